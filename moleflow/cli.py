@@ -1,0 +1,172 @@
+"""`moleflow` command line: train, eval, predict, compare, synth, plugins, versions.
+
+Every user-facing failure is a MoleflowError, printed as one `error: ...` line with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from moleflow.errors import MoleflowError
+
+EPILOG = "Run `moleflow <command> --help` for the flags of a command. Docs: README.md, UPDATE_NOTES.md."
+
+
+def _progress_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from moleflow.config import Config, explicit_settings, resolve_config
+    from moleflow.continual.trainer import run_training
+    from moleflow.runs import compare_runs
+
+    explicit = explicit_settings(args)
+    if args.resume:
+        if explicit:
+            raise MoleflowError(f"--resume takes every setting from the run folder; drop: "
+                                f"{' '.join('--' + k for k in sorted(explicit))}")
+        from moleflow.runs import RunFolder
+
+        cfg = Config.from_dict(RunFolder.open(args.resume).read_json("config.json"))
+    else:
+        cfg, _ = resolve_config(explicit, args.config)
+    run = run_training(cfg, progress=not args.quiet, resume=args.resume)
+    print(compare_runs([run.path]))
+    print(f"tensorboard --logdir {run.path.parent.parent}")
+    print(f"run: {run.path}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from moleflow.inference import evaluate_run
+    from moleflow.runs import compare_runs
+
+    run = evaluate_run(args.run, progress=not args.quiet)
+    print(compare_runs([run.path]))
+    print(f"run: {run.path}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from moleflow.inference import predict_images
+
+    for row in predict_images(args.run, args.images, args.out, progress=not args.quiet):
+        print(f"{row['filename']}\ttask={row['routed_task']} ({row['routed_class']})\tscore={row['score']:.4f}"
+              f"\theatmap={row['heatmap']}")
+    print(f"predictions: {args.out}/predictions.jsonl")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from moleflow.runs import compare_runs
+
+    text = compare_runs(args.runs, markdown=args.markdown)
+    if args.out:
+        from moleflow.runs import atomic_write_text
+
+        atomic_write_text(args.out, text + "\n")
+    print(text)
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from moleflow.data.synthetic import generate_benchmark
+
+    summary = generate_benchmark(args.out, classes=args.classes, size=args.size, n_train=args.n_train,
+                                 n_test_good=args.n_test_good, n_test_defect=args.n_test_defect, seed=args.seed,
+                                 progress=not args.quiet)
+    for cls, info in summary.items():
+        defects = ", ".join(f"{d}={n}" for d, n in info["defects"].items())
+        print(f"{cls}: train={info['train']} test_good={info['test_good']} {defects}")
+    print(f"benchmark: {args.out}")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from moleflow.registry import format_listing, listing
+
+    print(format_listing(listing()))
+    return 0
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    from moleflow.versions import chain, describe_versions
+
+    for name, parent, description in describe_versions():
+        print(f"{name:6} parent={parent or '-':5} {description}")
+        if args.verbose:
+            for preset in chain(name)[-1:]:
+                print(f"       overrides: {preset.overrides}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from moleflow import __version__
+    from moleflow.config import DataConfig, add_config_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="moleflow",
+        description="Continual anomaly detection: a frozen timm backbone, one shared normalizing flow, "
+                    "a LoRA expert + input adapter + router prototype per task.",
+        epilog=EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"moleflow {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("train", cmd_train, "train a task stream and write a run folder (last line: `run: <folder>`)")
+    p.add_argument("--config", help="JSON (or TOML) file of settings; explicit flags override it")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run after its last completed task")
+    _progress_flag(p)
+    add_config_arguments(p)
+
+    p = add("eval", cmd_eval, "re-evaluate a finished run from its checkpoints (rewrites its reports)")
+    p.add_argument("--run", required=True, metavar="RUN_DIR")
+    _progress_flag(p)
+
+    p = add("predict", cmd_predict, "route and score new images with a trained run; write heatmaps")
+    p.add_argument("--run", required=True, metavar="RUN_DIR")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--out", required=True, help="output folder for predictions.jsonl and heatmaps")
+    _progress_flag(p)
+
+    p = add("compare", cmd_compare, "per-class tables of runs and the change between consecutive runs")
+    p.add_argument("runs", nargs="+", help="run folders, or folders containing run folders")
+    p.add_argument("--markdown", action="store_true", help="GitHub markdown tables")
+    p.add_argument("--out", help="also write the tables to this file")
+
+    p = add("synth", cmd_synth, "generate the embedded MVTec-layout benchmark (real PNGs, deterministic)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--classes", nargs="+", default=DataConfig().task_classes)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--n_train", type=int, default=60)
+    p.add_argument("--n_test_good", type=int, default=20)
+    p.add_argument("--n_test_defect", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    _progress_flag(p)
+
+    add("plugins", cmd_plugins, "list every registered component (group, name, distribution, version, status)")
+    p = add("versions", cmd_versions, "list the version presets")
+    p.add_argument("--verbose", action="store_true", help="show each version's overrides")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except MoleflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; a training run can be continued with `moleflow train --resume RUN_DIR`",
+              file=sys.stderr)
+        return 130

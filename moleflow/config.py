@@ -1,0 +1,232 @@
+"""One dataclass tree for every setting; argparse is generated from it so each flag is defined once.
+
+Resolution order (later wins): dataclass defaults < version preset chain (v3 -> its parents) <
+`--config FILE` (JSON, or TOML on Python >= 3.11) < flags given on the command line.
+Flag names use underscores, as in the version history; a hyphenated alias is accepted too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from moleflow.errors import MoleflowError
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    meta = {"help": help, **extra}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    data_path: str = _opt("data/synth", "root of the data set (MVTec-style layout for mvtec/mpdd)")
+    dataset_format: str = _opt("mvtec", "data set format: a name registered in moleflow.datasets")
+    task_classes: list = _opt(["leather", "grid", "transistor"], "classes in task order, one task each", nargs="+")
+    img_size: list = _opt([224], "image size: N, or H W", nargs="+", type=int)
+    split_percent: list = _opt([70, 15, 15], "train/val/test %% for folder/csv formats", nargs=3, type=int)
+    split_seed: int = _opt(0, "seed of the anomaly-aware split (folder/csv formats)")
+
+
+@dataclass
+class BackboneConfig:
+    backbone_name: str = _opt("resnet18", "any timm model name (ViT or CNN)")
+    pretrained: bool = _opt(True, "use timm's pretrained weights (fails fast offline; see --backbone_weights)")
+    backbone_weights: str = _opt("", "local weights file (safetensors or state dict) for the backbone")
+    vit_blocks: list = _opt([], "ViT blocks whose patch tokens are averaged (default: ~1/3 and ~2/3 depth)",
+                            nargs="*", type=int)
+    cnn_layers: list = _opt(["layer2", "layer3"], "CNN stages aggregated PatchCore-style", nargs="+")
+    embed_dim: int = _opt(128, "feature width after parameter-free channel pooling (0 = keep)")
+    feature_cache: str = _opt("", "directory of an on-disk feature cache (empty = memory only)")
+
+
+@dataclass
+class FlowConfig:
+    model: str = _opt("moleflow", "model: a name registered in moleflow.models")
+    num_coupling_layers: int = _opt(8, "coupling blocks in the shared flow")
+    coupling_type: str = _opt("allinone", "coupling block type", choices=["allinone", "glow"])
+    clamp: float = _opt(2.0, "soft clamp of the coupling scales")
+    subnet_hidden: int = _opt(0, "hidden width of coupling subnets (0 = 2 x feature width)")
+    lora_rank: int = _opt(8, "rank of each task's LoRA expert")
+    lora_alpha: float = _opt(16.0, "LoRA alpha")
+    lora_scaling: str = _opt("alpha_over_rank", "LoRA scale", choices=["alpha_over_rank", "alpha_over_2rank"])
+    task0_lora: bool = _opt(True, "task 0 also gets a LoRA expert (v2+)")
+    adapter: str = _opt("film", "per-task input adapter", choices=["none", "instancenorm", "film"])
+    adapter_first_task: bool = _opt(True, "task 0 gets an input adapter too")
+    task0_mix: float = _opt(0.1, "task-0 adapter output = (1-mix)*x + mix*adapter(x); 0 = plain adapter")
+    use_pos_embed: bool = _opt(True, "add a fixed 2-D sinusoidal positional embedding before the adapter")
+
+
+@dataclass
+class TrainConfig:
+    strategy: str = _opt("moleflow", "continual strategy", choices=["moleflow", "finetune", "joint"])
+    router: str = _opt("mahalanobis", "task router: a name registered in moleflow.routers")
+    num_epochs: int = _opt(40, "training epochs per task")
+    batch_size: int = _opt(16, "images per optimisation step (all their patches)")
+    lr: float = _opt(2e-4, "AdamW learning rate (cosine schedule per task)")
+    weight_decay: float = _opt(1e-5, "AdamW weight decay")
+    grad_clip: float = _opt(1.0, "gradient-norm clip (0 = off)")
+    loss: list = _opt(["nll=1.0"], "loss terms NAME=WEIGHT (registered in moleflow.losses)", nargs="+")
+    seed: int = _opt(0, "seed of everything random in the run")
+    device: str = _opt("auto", "auto | cpu | cuda")
+
+
+@dataclass
+class EvalConfig:
+    score_aggregation: str = _opt("max", "image score from patch scores", choices=["max", "topk"])
+    topk: int = _opt(10, "k for --score_aggregation topk")
+    blur_sigma: float = _opt(4.0, "Gaussian blur of the upsampled anomaly map (0 = none)")
+    save_maps: bool = _opt(False, "write maps/<class>.npz with float maps, masks, labels, scores, paths")
+    heatmaps: int = _opt(-1, "heatmap overlays per class to write (-1 = all, 0 = none)")
+
+
+@dataclass
+class RunConfig:
+    version: str = _opt("v3", "version preset (see UPDATE_NOTES.md); explicit flags override it")
+    experiment_name: str = _opt("default", "runs/<experiment>/<version>/<run>")
+    runs_dir: str = _opt("runs", "where run folders are created")
+
+
+SECTIONS = {
+    "data": DataConfig,
+    "backbone": BackboneConfig,
+    "flow": FlowConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "run": RunConfig,
+}
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting by its flag name (names are unique across sections)."""
+        return {k: v for section in self.to_dict().values() for k, v in section.items()}
+
+    def set(self, name: str, value: Any) -> None:
+        section = FLAG_SECTION.get(name)
+        if section is None:
+            raise MoleflowError(f"unknown setting '{name}'; see `moleflow train --help`")
+        setattr(getattr(self, section), name, _coerce(name, value))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Config":
+        cfg = cls()
+        for key, value in data.items():
+            if key in SECTIONS and isinstance(value, dict):
+                for name, v in value.items():
+                    cfg.set(name, v)
+            else:
+                cfg.set(key, value)
+        return cfg
+
+
+FIELD_SPECS = {f.name: (section, f) for section, klass in SECTIONS.items() for f in fields(klass)}
+FLAG_SECTION = {name: section for name, (section, _) in FIELD_SPECS.items()}
+assert len(FIELD_SPECS) == sum(len(fields(k)) for k in SECTIONS.values()), "flag names must be unique"
+
+
+def _coerce(name: str, value: Any) -> Any:
+    _, f = FIELD_SPECS[name]
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("1", "true", "yes")
+            return bool(value)
+        if isinstance(default, list):
+            items = value if isinstance(value, (list, tuple)) else [value]
+            kind = f.metadata.get("type", str)
+            return [kind(v) for v in items]
+        return type(default)(value)
+    except (TypeError, ValueError):
+        raise MoleflowError(f"setting '{name}': cannot use {value!r} (expected {type(default).__name__})") from None
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, sections: tuple[str, ...] = tuple(SECTIONS)) -> None:
+    """Add one flag per setting; defaults are SUPPRESSed so we can tell which flags were given."""
+    for section in sections:
+        group = parser.add_argument_group(section)
+        for f in fields(SECTIONS[section]):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            help_text = f"{f.metadata['help']} (default: {default})"
+            names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+            if isinstance(default, bool):
+                group.add_argument(*names, dest=f.name, action="store_true", default=argparse.SUPPRESS, help=help_text)
+                neg = [f"--no_{f.name}", f"--no-{f.name.replace('_', '-')}"]
+                group.add_argument(*neg, dest=f.name, action="store_false", default=argparse.SUPPRESS,
+                                   help=f"turn off --{f.name}")
+                continue
+            kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
+            if isinstance(default, list):
+                kwargs["nargs"] = f.metadata.get("nargs", "+")
+                kwargs["type"] = f.metadata.get("type", str)
+            else:
+                kwargs["type"] = type(default)
+            if "choices" in f.metadata:
+                kwargs["choices"] = f.metadata["choices"]
+            group.add_argument(*names, **kwargs)
+
+
+def explicit_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given on the command line (flags default to SUPPRESS, so only given ones exist)."""
+    return {k: v for k, v in vars(args).items() if k in FIELD_SPECS}
+
+
+def read_config_file(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise MoleflowError(f"config file not found: {p}")
+    text = p.read_text()
+    try:
+        if p.suffix == ".toml":
+            import tomllib  # Python >= 3.11
+
+            return tomllib.loads(text)
+        return json.loads(text)
+    except ImportError:
+        raise MoleflowError(f"{p}: TOML needs Python >= 3.11; use a .json config") from None
+    except Exception as exc:  # noqa: BLE001 - parse errors of either format
+        raise MoleflowError(f"{p}: cannot parse config ({exc})") from None
+
+
+def resolve_config(explicit: dict[str, Any], config_file: str | None = None) -> tuple[Config, dict[str, Any]]:
+    """Build the final Config. Returns it and the overrides contributed by the version chain."""
+    from moleflow.versions import version_overrides
+
+    file_values = read_config_file(config_file) if config_file else {}
+    file_flat = Config.from_dict(file_values).flat() if file_values else {}
+    file_given = {k: file_flat[k] for k in _flatten_keys(file_values)}
+    version = explicit.get("version", file_given.get("version", RunConfig.version))
+    preset = version_overrides(version)
+    cfg = Config()
+    for source in (preset, file_given, explicit):
+        for name, value in source.items():
+            cfg.set(name, value)
+    cfg.run.version = version
+    return cfg, preset
+
+
+def _flatten_keys(data: dict) -> list[str]:
+    keys: list[str] = []
+    for key, value in data.items():
+        keys.extend(value.keys() if key in SECTIONS and isinstance(value, dict) else [key])
+    return keys

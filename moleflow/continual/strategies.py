@@ -1,0 +1,107 @@
+"""Continual strategies: thin wrappers around the model contract (begin/trainable/forward/end/state).
+
+- moleflow: each task trains only what it owns (task 0: base + its expert/adapter), then freezes it.
+- finetune: one plain flow, trained task after task, nothing frozen: the forgetting lower bound.
+- joint:    one plain flow trained once on all tasks' data together: the upper bound (no sequence, so
+            no accuracy-matrix diagonal, BWT or FM).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from moleflow.errors import MoleflowError
+
+
+class Strategy:
+    name = "base"
+    #: model constructor overrides (plain flow for the baselines)
+    model_overrides: dict[str, Any] = {}
+    #: True when a task's scoring parameters never change after its end_task (enables score caching)
+    frozen_after_task = False
+
+    def __init__(self, model: Any, num_tasks: int):
+        self.model = model
+        self.num_tasks = num_tasks
+
+    def model_task(self, task_id: int) -> int:
+        """The model-side task id used to train and score task `task_id`."""
+        return task_id
+
+    def begin_task(self, task_id: int, class_name: str) -> None:
+        self.model.begin_task(task_id, class_name)
+
+    def trainable(self, task_id: int) -> list[torch.nn.Parameter]:
+        return self.model.trainable_parameters(task_id)
+
+    def end_task(self, task_id: int) -> None:
+        self.model.end_task(task_id)
+
+    def training_indices(self, task_id: int) -> list[int] | None:
+        """Which tasks' training data the round for `task_id` uses (None = no training this round)."""
+        return [task_id]
+
+    def evaluates_after(self, task_id: int) -> bool:
+        return True
+
+    def shared_changes(self, task_id: int) -> bool:
+        """Whether training task `task_id` can change the shared (non-task-owned) state."""
+        return task_id == 0
+
+
+class MoLEFlowStrategy(Strategy):
+    name = "moleflow"
+    frozen_after_task = True
+
+
+class _SingleFlow(Strategy):
+    """One plain flow (no experts, no adapters) used for every task."""
+
+    model_overrides = {"experts": False, "adapter": "none", "task0_lora": False}
+
+    def model_task(self, task_id: int) -> int:
+        return 0
+
+    def begin_task(self, task_id: int, class_name: str) -> None:
+        if task_id == 0:
+            self.model.begin_task(0, class_name)
+
+    def trainable(self, task_id: int) -> list[torch.nn.Parameter]:
+        params = self.model.trainable_parameters(0)
+        for p in params:
+            p.requires_grad_(True)
+        return params
+
+    def end_task(self, task_id: int) -> None:
+        pass  # nothing is frozen: that is the point of the baseline
+
+
+class FinetuneStrategy(_SingleFlow):
+    name = "finetune"
+
+    def shared_changes(self, task_id: int) -> bool:
+        return True
+
+
+class JointStrategy(_SingleFlow):
+    name = "joint"
+
+    def training_indices(self, task_id: int) -> list[int] | None:
+        return list(range(self.num_tasks)) if task_id == self.num_tasks - 1 else None
+
+    def evaluates_after(self, task_id: int) -> bool:
+        return task_id == self.num_tasks - 1
+
+    def shared_changes(self, task_id: int) -> bool:
+        return task_id == self.num_tasks - 1
+
+
+STRATEGIES = {cls.name: cls for cls in (MoLEFlowStrategy, FinetuneStrategy, JointStrategy)}
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    if name not in STRATEGIES:
+        raise MoleflowError(f"unknown strategy '{name}'; known: {', '.join(STRATEGIES)}")
+    return STRATEGIES[name]

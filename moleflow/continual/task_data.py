@@ -1,0 +1,77 @@
+"""Everything that happens before a run folder exists: list and load every task's data, build the
+frozen extractor and compute each image's features once. Bad input therefore fails here, with nothing
+written."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from moleflow import registry
+from moleflow.data.dataset import AnomalyDataset, load_split, parse_img_size
+from moleflow.features.cache import FeatureSet, extract_features
+
+
+@dataclass
+class TaskData:
+    task_id: int
+    class_name: str
+    train: FeatureSet
+    test: FeatureSet
+    test_dataset: AnomalyDataset  # kept to draw heatmap overlays from the original pixels
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_extractor(cfg: Any, device: torch.device) -> torch.nn.Module:
+    b = cfg.backbone
+    extractor = registry.create(
+        "extractors",
+        "timm",
+        b.backbone_name,
+        parse_img_size(cfg.data.img_size),
+        pretrained=b.pretrained,
+        weights_path=b.backbone_weights or None,
+        vit_blocks=b.vit_blocks or None,
+        cnn_layers=tuple(b.cnn_layers),
+        embed_dim=b.embed_dim or None,
+        init_seed=cfg.train.seed,
+    )
+    return extractor.to(device)
+
+
+def load_datasets(cfg: Any) -> list[tuple[AnomalyDataset, AnomalyDataset]]:
+    d = cfg.data
+    opts = {"split_percent": tuple(d.split_percent), "seed": d.split_seed}
+    size = parse_img_size(d.img_size)
+    # folder/csv formats have a val split; the test split is what every format reports on
+    return [
+        (load_split(d.dataset_format, d.data_path, cls, "train", size, **opts),
+         load_split(d.dataset_format, d.data_path, cls, "test", size, **opts))
+        for cls in d.task_classes
+    ]
+
+
+def prepare_tasks(cfg: Any, device: torch.device, progress: bool = True) -> tuple[list[TaskData], Any, float]:
+    """Returns the tasks, the extractor and the seconds spent in the backbone."""
+    datasets = load_datasets(cfg)
+    extractor = build_extractor(cfg, device)
+    cache = cfg.backbone.feature_cache or None
+    start = time.perf_counter()
+    tasks = []
+    for t, (cls, (train_ds, test_ds)) in enumerate(zip(cfg.data.task_classes, datasets)):
+        kw = dict(batch_size=16, cache_dir=cache, device=device, progress=progress)
+        tasks.append(TaskData(
+            t, cls,
+            extract_features(extractor, train_ds, desc=f"features {cls}/train", **kw),
+            extract_features(extractor, test_ds, desc=f"features {cls}/test", **kw),
+            test_ds,
+        ))
+    return tasks, extractor, time.perf_counter() - start

@@ -1,0 +1,176 @@
+"""The task loop: begin task -> fit what it owns -> end task (freeze) -> add router prototype ->
+checkpoint -> evaluate every task seen so far. Knows models only through the continual contract."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from moleflow import registry
+from moleflow.config import Config
+from moleflow.continual.fit import FitSettings, fit_task
+from moleflow.continual.strategies import strategy_class
+from moleflow.continual.task_data import TaskData, prepare_tasks, resolve_device
+from moleflow.data.dataset import parse_img_size
+from moleflow.errors import MoleflowError
+from moleflow.evaluation.evaluator import Evaluator
+from moleflow.losses.compose import CompositeLoss
+from moleflow.runs import RunFolder, TBLogger, collect_env
+
+MATRIX_METRICS = ("image_auroc", "pixel_auroc", "aupro")
+
+
+def model_kwargs(cfg: Config) -> dict[str, Any]:
+    f = cfg.flow
+    return {
+        "num_coupling_layers": f.num_coupling_layers,
+        "coupling_type": f.coupling_type,
+        "clamp": f.clamp,
+        "subnet_hidden": f.subnet_hidden or None,
+        "lora_rank": f.lora_rank,
+        "lora_alpha": f.lora_alpha,
+        "lora_scaling": f.lora_scaling,
+        "task0_lora": f.task0_lora,
+        "adapter": f.adapter,
+        "adapter_first_task": f.adapter_first_task,
+        "task0_mix": f.task0_mix or None,
+        "use_pos_embed": f.use_pos_embed,
+    }
+
+
+class ContinualRun:
+    """One run's model, router, strategy and evaluator, plus the results gathered so far."""
+
+    def __init__(self, cfg: Config, tasks: list[TaskData], dim: int, grid: tuple[int, int], device: torch.device,
+                 progress: bool = True):
+        self.cfg, self.tasks, self.device, self.progress = cfg, tasks, device, progress
+        strategy_cls = strategy_class(cfg.train.strategy)
+        torch.manual_seed(cfg.train.seed)
+        kwargs = {**model_kwargs(cfg), **strategy_cls.model_overrides}
+        self.model = registry.create("models", cfg.flow.model, dim, grid, **kwargs).to(device)
+        self.router = registry.create("routers", cfg.train.router)
+        self.classes = list(cfg.data.task_classes)
+        self.strategy = strategy_cls(self.model, len(self.classes))
+        self.loss = CompositeLoss(cfg.train.loss, model_name=cfg.flow.model)
+        size = parse_img_size(cfg.data.img_size)
+        self.evaluator = Evaluator(self.model, self.strategy, self.router, cfg.eval, size, device)
+        self.results: dict[int, dict[str, dict[str, float]]] = {}  # after task i -> class -> metrics
+        self.fit_log: list[dict] = []
+
+    def _task_seed(self, task_id: int) -> int:
+        # per-task seeds make a resumed run draw exactly what an uninterrupted one draws
+        return self.cfg.train.seed * 1000 + task_id
+
+    def train_task(self, t: int, tb: TBLogger | None) -> None:
+        task = self.tasks[t]
+        torch.manual_seed(self._task_seed(t))
+        self.strategy.begin_task(t, task.class_name)
+        rounds = self.strategy.training_indices(t)
+        if rounds is not None:
+            feats = torch.cat([self.tasks[i].train.patch for i in rounds])
+            tr = self.cfg.train
+            settings = FitSettings(tr.num_epochs, tr.batch_size, tr.lr, tr.weight_decay, tr.grad_clip,
+                                   self._task_seed(t), self.device, self.progress)
+            log = (lambda e, v: tb.scalar(f"train/loss_task{t}_{task.class_name}", v, e)) if tb else None
+            fit = fit_task(self.model, self.strategy.model_task(t), feats, self.strategy.trainable(t), self.loss,
+                           settings, label=f"task {t} ({task.class_name})", on_epoch=log)
+            self.fit_log.append({"task": t, "class": task.class_name, "epochs": len(fit.epoch_losses),
+                                 "final_loss": fit.epoch_losses[-1] if fit.epoch_losses else None,
+                                 "seconds": fit.seconds, "steps": fit.steps})
+        self.strategy.end_task(t)
+        self.router.add_task(t, task.train.pooled)
+
+    def evaluate(self, upto: int, keep_maps: bool = False) -> dict[str, Any]:
+        scored = {}
+        row = {}
+        for task in self.tasks[: upto + 1]:
+            s = self.evaluator.score(task.task_id, task.class_name, task.test)
+            row[task.class_name] = self.evaluator.metrics(s, task.test, keep_maps=keep_maps)
+            scored[task.class_name] = s
+        self.results[upto] = row
+        return scored
+
+    # --- checkpoints -------------------------------------------------------------------------------
+    def save(self, run: RunFolder, t: int) -> None:
+        tensors = {f"model.{k}": v for k, v in self.model.task_state(self.strategy.model_task(t)).items()} \
+            if self.strategy.frozen_after_task else {}
+        tensors.update({f"router.{k}": v for k, v in self.router.task_state(t).items()})
+        run.save_checkpoint(f"task_{t}", tensors, {"task": str(t), "class": self.classes[t]})
+        if self.strategy.shared_changes(t) or not self.strategy.frozen_after_task:
+            state = self.model.shared_state() if self.strategy.frozen_after_task else self.model.state_dict()
+            run.save_checkpoint(f"shared_{t}", dict(state), {"after_task": str(t)})
+
+    def restore(self, run: RunFolder, completed: int) -> None:
+        latest_shared = None
+        for t in range(completed):
+            self.strategy.begin_task(t, self.classes[t])
+            tensors, _ = run.load_checkpoint(f"task_{t}")
+            model_part = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+            if model_part:
+                self.model.load_task_state(self.strategy.model_task(t), model_part)
+            self.router.load_task_state(t, {k[7:]: v for k, v in tensors.items() if k.startswith("router.")})
+            self.strategy.end_task(t)
+            if f"shared_{t}" in run.checkpoint_names():
+                latest_shared = f"shared_{t}"
+        if latest_shared is not None:
+            state, _ = run.load_checkpoint(latest_shared)
+            if self.strategy.frozen_after_task:
+                self.model.load_shared_state(state)
+            else:
+                self.model.load_state_dict(state)
+
+
+def run_training(cfg: Config, *, progress: bool = True, resume: str | None = None, log=print) -> RunFolder:
+    """Train the whole task stream and write the run folder. Returns it."""
+    from moleflow.evaluation.report import write_final_report
+
+    device = resolve_device(cfg.train.device)
+    if len(set(cfg.data.task_classes)) != len(cfg.data.task_classes):
+        raise MoleflowError(f"--task_classes lists a class twice: {' '.join(cfg.data.task_classes)}")
+    tasks, extractor, backbone_s = prepare_tasks(cfg, device, progress)  # fails before any folder exists
+    log(f"backbone: {cfg.backbone.backbone_name} "
+        f"({'pretrained' if cfg.backbone.pretrained and not cfg.backbone.backbone_weights else cfg.backbone.backbone_weights or 'random init, --no_pretrained'}), "
+        f"grid {extractor.grid[0]}x{extractor.grid[1]}, dim {extractor.dim}, features in {backbone_s:.1f}s")
+    state = ContinualRun(cfg, tasks, extractor.dim, extractor.grid, device, progress)
+
+    if resume:
+        run = RunFolder.open(resume)
+        progress_doc = run.read_json("progress.json") if (run.path / "progress.json").exists() else {}
+        completed = int(progress_doc.get("completed_tasks", 0))
+        state.restore(run, completed)
+        state.results = {int(k): v for k, v in progress_doc.get("results", {}).items()}
+        state.fit_log = progress_doc.get("fit", [])
+        timing = progress_doc.get("timing", {"train_s": 0.0, "eval_s": 0.0})
+        log(f"resuming {run.path} after {completed} completed task(s)")
+    else:
+        run = RunFolder.create(cfg.run.runs_dir, cfg.run.experiment_name, cfg.run.version)
+        run.write_json("config.json", cfg.to_dict())
+        run.write_json("env.json", collect_env(cfg.train.seed, str(device)))
+        completed, timing = 0, {"train_s": 0.0, "eval_s": 0.0}
+    timing["backbone_s"] = backbone_s
+
+    tb = TBLogger(run.path / "tb")
+    try:
+        for t in range(completed, len(tasks)):
+            start = time.perf_counter()
+            state.train_task(t, tb)
+            timing["train_s"] += time.perf_counter() - start
+            state.save(run, t)
+            if state.strategy.evaluates_after(t) and t < len(tasks) - 1:
+                start = time.perf_counter()
+                state.evaluate(t)
+                timing["eval_s"] += time.perf_counter() - start
+                for cls, m in state.results[t].items():
+                    for name in MATRIX_METRICS:
+                        tb.scalar(f"{cls}/{name}", m[name], t)
+            run.write_json("progress.json", {"completed_tasks": t + 1, "results": state.results,
+                                             "fit": state.fit_log, "timing": timing})
+        start = time.perf_counter()
+        scored = state.evaluate(len(tasks) - 1, keep_maps=True)
+        timing["eval_s"] += time.perf_counter() - start
+        write_final_report(run, state, scored, timing, tb)
+    finally:
+        tb.close()
+    return run

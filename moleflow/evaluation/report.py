@@ -1,0 +1,124 @@
+"""Write the final outputs of a run: metrics.json, results.csv, per_image.jsonl, heatmaps/, maps/, and
+the TensorBoard hparams view. Every file goes through the run folder's atomic writers."""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from moleflow.evaluation import metrics as M
+from moleflow.evaluation.continual import accuracy_matrix, continual_summary
+from moleflow.evaluation.visualize import overlay_png
+
+SUMMARY_KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "f1", "routing_accuracy",
+                "image_auroc_oracle", "pixel_auroc_oracle", "aupro_oracle")
+TB_IMAGES_PER_CLASS = 3
+
+
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def continual_block(results: dict[int, dict[str, dict]], classes: list[str], metrics: tuple[str, ...]) -> dict:
+    out: dict[str, Any] = {"matrix": {}, "bwt": {}, "fm": {}}
+    for name in metrics:
+        table = {i: {j: row[c][name] for j, c in enumerate(classes) if c in row} for i, row in results.items()}
+        summary = continual_summary(accuracy_matrix(table, len(classes)))
+        out["matrix"][name] = summary["matrix"]
+        out["bwt"][name] = summary["bwt"]
+        out["fm"][name] = summary["fm"]
+    return out
+
+
+def _uint8_image(tensor: torch.Tensor) -> np.ndarray:
+    return (tensor.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def write_final_report(run: Any, state: Any, scored: dict[str, Any], timing: dict, tb: Any) -> dict:
+    cfg, tasks = state.cfg, state.tasks
+    classes = [t.class_name for t in tasks]
+    last = len(tasks) - 1
+    per_class = state.results[last]
+    mean = {k: _nanmean([per_class[c].get(k, float("nan")) for c in classes]) for k in SUMMARY_KEYS}
+
+    true = torch.cat([torch.full_like(scored[c].pred_task, t.task_id) for t, c in zip(tasks, classes)])
+    pred = torch.cat([scored[c].pred_task for c in classes])
+    routing = {"accuracy": M.routing_accuracy(true.numpy(), pred.numpy()),
+               "confusion": M.confusion_matrix(true.numpy(), pred.numpy(), len(tasks)).tolist(),
+               "router": cfg.train.router}
+    metrics = {
+        "tasks": classes,
+        "final": {"per_class": per_class, "mean": mean},
+        "continual": continual_block(state.results, classes, ("image_auroc", "pixel_auroc", "aupro")),
+        "routing": routing,
+        "params": state.model.param_counts(),
+        "timing": timing,
+        "fit": state.fit_log,
+        "definitions": {
+            "image_score": f"{cfg.eval.score_aggregation} of per-patch scores"
+                           + (f" (top {cfg.eval.topk})" if cfg.eval.score_aggregation == "topk" else ""),
+            "patch_score": "0.5*||z||^2 - log|det J| (nats); training loss = its mean / D",
+            "anomaly_map": f"bilinear upsample of patch scores + Gaussian blur sigma {cfg.eval.blur_sigma}",
+        },
+    }
+
+    per_image, csv_rows, tb_images = [], [], []
+    n_maps = cfg.eval.heatmaps
+    for task in tasks:
+        c, s, fs = task.class_name, scored[task.class_name], task.test
+        thr = per_class[c]["f1_threshold"]
+        maps = s.maps.numpy()
+        vmin, vmax = float(np.percentile(maps, 1)), float(np.percentile(maps, 99.5))
+        if cfg.eval.save_maps:
+            buf = io.BytesIO()
+            np.savez_compressed(buf, maps=maps.astype(np.float32), masks=fs.masks[:, 0].numpy(),
+                                labels=fs.labels.numpy(), scores=s.image.numpy(), paths=np.array(fs.paths))
+            run.write_bytes(f"maps/{c}.npz", buf.getvalue())
+        for i, path in enumerate(fs.paths):
+            score, label = float(s.image[i]), int(fs.labels[i])
+            heat = None
+            if n_maps < 0 or i < n_maps:
+                png = overlay_png(_uint8_image(task.test_dataset[i]["image"]), maps[i],
+                                  fs.masks[i, 0].numpy().astype(bool), score, vmin=vmin, vmax=vmax,
+                                  title=f"{c} gt={label} task={int(s.pred_task[i])}")
+                target = run.heatmap_path(c, path)
+                run.write_bytes(target.relative_to(run.path), png)
+                heat = str(target.relative_to(run.path))
+                if len([x for x in tb_images if x[0] == c]) < TB_IMAGES_PER_CLASS and label == 1:
+                    tb_images.append((c, png))
+            prediction = int(score >= thr) if not math.isnan(thr) else None
+            per_image.append({"filename": path, "class": c, "task": task.task_id, "routed_task": int(s.pred_task[i]),
+                              "ground_truth": label, "prediction": prediction, "score": score,
+                              "score_oracle": float(s.image_oracle[i]), "heatmap": heat,
+                              "correct": None if prediction is None else prediction == label})
+        csv_rows.append({"class": c, "task": task.task_id, **{k: per_class[c].get(k) for k in SUMMARY_KEYS}})
+    csv_rows.append({"class": "mean", "task": "", **mean})
+
+    run.write_per_image(per_image)
+    run.write_results_csv(csv_rows)
+    run.write_json("metrics.json", metrics)
+    _log_tensorboard(tb, cfg, classes, per_class, mean, metrics, tb_images)
+    return metrics
+
+
+def _log_tensorboard(tb: Any, cfg: Any, classes: list[str], per_class: dict, mean: dict, metrics: dict,
+                     images: list[tuple[str, bytes]]) -> None:
+    from PIL import Image
+
+    last = len(classes) - 1
+    for c in classes:
+        for k in ("image_auroc", "pixel_auroc", "aupro", "routing_accuracy"):
+            tb.scalar(f"final/{c}/{k}", per_class[c][k], last)
+    for k, v in mean.items():
+        tb.scalar(f"final/mean/{k}", v, last)
+    for i, (c, png) in enumerate(images):
+        tb.image(f"heatmaps/{c}/{i}", np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), last)
+    final = {f"hparam/mean_{k}": mean[k] for k in ("image_auroc", "pixel_auroc", "aupro", "routing_accuracy")}
+    final["hparam/bwt_image_auroc"] = metrics["continual"]["bwt"]["image_auroc"]
+    final["hparam/fm_image_auroc"] = metrics["continual"]["fm"]["image_auroc"]
+    tb.hparams(cfg.flat(), final)

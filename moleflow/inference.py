@@ -1,0 +1,92 @@
+"""Use a finished run: re-evaluate it from its checkpoints (`moleflow eval`) or route and score new
+images (`moleflow predict`). Both rebuild the model from config.json + safetensors checkpoints only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from moleflow.config import Config
+from moleflow.continual.task_data import build_extractor, prepare_tasks, resolve_device
+from moleflow.continual.trainer import ContinualRun
+from moleflow.data.dataset import parse_img_size
+from moleflow.data.image_io import load_image
+from moleflow.errors import MoleflowError
+from moleflow.evaluation.maps import anomaly_maps, image_scores
+from moleflow.evaluation.visualize import overlay_png
+from moleflow.runs import RunFolder, TBLogger, atomic_write_bytes, atomic_write_text
+
+
+def _open_finished(run_dir: str | Path) -> tuple[RunFolder, Config]:
+    run = RunFolder.open(run_dir)
+    cfg = Config.from_dict(run.read_json("config.json"))
+    done = run.read_json("progress.json").get("completed_tasks", 0) if (run.path / "progress.json").exists() else 0
+    if done < len(cfg.data.task_classes):
+        raise MoleflowError(f"{run.path}: only {done} of {len(cfg.data.task_classes)} tasks completed; "
+                            f"finish it with `moleflow train --resume {run.path}`")
+    return run, cfg
+
+
+def evaluate_run(run_dir: str | Path, progress: bool = True) -> RunFolder:
+    from moleflow.evaluation.report import write_final_report
+
+    run, cfg = _open_finished(run_dir)
+    device = resolve_device(cfg.train.device)
+    tasks, extractor, backbone_s = prepare_tasks(cfg, device, progress)
+    state = ContinualRun(cfg, tasks, extractor.dim, extractor.grid, device, progress)
+    state.restore(run, len(tasks))
+    doc = run.read_json("progress.json")
+    state.results = {int(k): v for k, v in doc.get("results", {}).items()}
+    state.fit_log = doc.get("fit", [])
+    scored = state.evaluate(len(tasks) - 1, keep_maps=True)
+    tb = TBLogger(run.path / "tb")
+    try:
+        write_final_report(run, state, scored, {**doc.get("timing", {}), "backbone_s": backbone_s}, tb)
+    finally:
+        tb.close()
+    return run
+
+
+def _decide(score: float, threshold: float | None) -> bool | None:
+    """Decision at the routed class's F1-optimal threshold from the run's test set (None if unknown)."""
+    return None if threshold is None or threshold != threshold else bool(score >= threshold)
+
+
+@torch.no_grad()
+def predict_images(run_dir: str | Path, images: list[str], out_dir: str | Path, progress: bool = True) -> list[dict]:
+    run, cfg = _open_finished(run_dir)
+    missing = [p for p in images if not Path(p).is_file()]
+    if missing:
+        raise MoleflowError(f"image not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    device = resolve_device(cfg.train.device)
+    size = parse_img_size(cfg.data.img_size)
+    extractor = build_extractor(cfg, device)
+    state = ContinualRun(cfg, [], extractor.dim, extractor.grid, device, progress)
+    state.restore(run, len(cfg.data.task_classes))
+    thresholds = {c: m.get("f1_threshold") for c, m in run.read_json("metrics.json")["final"]["per_class"].items()}
+    out = Path(out_dir)
+    (out / "heatmaps").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for path in images:
+        image = load_image(path, size)
+        patch, pooled = extractor(image.unsqueeze(0).to(device))
+        task = int(state.router.predict(pooled.cpu())[0]) if cfg.train.router != "oracle" else None
+        if task is None:
+            raise MoleflowError("this run uses --router oracle, which needs the true task; predict needs a real router")
+        scores = state.model.patch_scores(patch, state.strategy.model_task(task)).float().cpu()
+        amap = anomaly_maps(scores, size, cfg.eval.blur_sigma)[0].numpy()
+        score = float(image_scores(scores, cfg.eval.score_aggregation, cfg.eval.topk)[0])
+        rgb = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        png = overlay_png(rgb, amap, None, score, vmin=float(amap.min()), vmax=float(amap.max()),
+                          title=f"task={task} ({cfg.data.task_classes[task]})")
+        target = out / "heatmaps" / f"{len(rows):04d}_{Path(path).stem}.png"
+        atomic_write_bytes(target, png)
+        rows.append({"filename": str(path), "routed_task": task, "routed_class": cfg.data.task_classes[task],
+                     "score": score, "anomalous": _decide(score, thresholds.get(cfg.data.task_classes[task])),
+                     "heatmap": str(target)})
+    atomic_write_text(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    return rows

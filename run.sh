@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# moleflow entry points. On a fresh machine each sub-command first creates .venv and installs moleflow
+# (editable) plus every plugin under plugins/, with torch/torchvision pinned by constraints.txt.
+#
+#   ./run.sh demo      generate the embedded benchmark if missing, train v3 on leather -> grid -> transistor
+#   ./run.sh test      the test suite (offline: HF_HUB_OFFLINE=1)
+#   ./run.sh setup     only the set-up step
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$PWD
+VENV=${MOLEFLOW_VENV:-$ROOT/.venv}
+PY=$VENV/bin/python
+DATA_PATH=${DATA_PATH:-$ROOT/data/synth}
+CLASSES=${CLASSES:-leather grid transistor}
+
+log() { printf '[run.sh] %s\n' "$*" >&2; }
+
+pick_python() {
+  for candidate in "${PYTHON:-}" python3 python3.12 python3.11 python3.10; do
+    [ -n "$candidate" ] || continue
+    if command -v "$candidate" >/dev/null 2>&1 &&
+       "$candidate" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' 2>/dev/null; then
+      echo "$candidate"; return 0
+    fi
+  done
+  log "error: no Python >= 3.10 found; set PYTHON=/path/to/python3"; exit 1
+}
+
+install_stamp() {
+  cat setup.cfg pyproject.toml constraints.txt plugins/*/setup.cfg plugins/*/pyproject.toml 2>/dev/null | sha256sum | cut -c1-16
+}
+
+pip_quiet() {
+  # pip's find-links/extra-index warnings are noise here; real errors still fail the command
+  "$PY" -m pip "$@" 2>&1 | { grep -v -e 'is ignored: it is neither a file nor a directory' || true; }
+  return "${PIPESTATUS[0]}"
+}
+
+setup() {
+  if [ ! -x "$PY" ]; then
+    local python; python=$(pick_python)
+    log "creating $VENV with $($python --version 2>&1)"
+    "$python" -m venv "$VENV"
+  fi
+  local stamp; stamp=$(install_stamp)
+  if [ "$(cat "$VENV/.moleflow-installed" 2>/dev/null)" != "$stamp" ]; then
+    log "installing moleflow, its plugins and test tools into $VENV (torch pinned by constraints.txt; ~2 min)"
+    local targets=(-e "$ROOT")
+    for plugin in "$ROOT"/plugins/*/; do
+      [ -f "$plugin/setup.cfg" ] || [ -f "$plugin/pyproject.toml" ] && targets+=(-e "$plugin")
+    done
+    pip_quiet install -q -c constraints.txt "${targets[@]}" "pytest>=7" "scikit-image>=0.21"
+    echo "$stamp" > "$VENV/.moleflow-installed"
+  fi
+}
+
+ensure_benchmark() {
+  if [ ! -d "$DATA_PATH" ]; then
+    log "generating the embedded benchmark in $DATA_PATH"
+    rm -rf "$DATA_PATH.partial"
+    "$PY" -m moleflow synth --out "$DATA_PATH.partial" --quiet
+    mv "$DATA_PATH.partial" "$DATA_PATH"
+  fi
+}
+
+demo() {
+  setup
+  ensure_benchmark
+  export HF_HUB_OFFLINE=1
+  echo "demo: v3 on the embedded benchmark ($CLASSES); backbone resnet18 with RANDOM weights"
+  echo "      (--no_pretrained: nothing can be downloaded here; see README for pretrained runs)"
+  # shellcheck disable=SC2086
+  "$PY" -m moleflow train --data_path "$DATA_PATH" --task_classes $CLASSES --version v3 \
+    --backbone_name resnet18 --no_pretrained --img_size 128 --embed_dim 128 \
+    --num_epochs "${EPOCHS:-30}" --batch_size 8 --experiment_name demo --heatmaps 10 "$@"
+}
+
+run_tests() {
+  setup
+  export HF_HUB_OFFLINE=1 MPLBACKEND=Agg
+  "$PY" -m pytest tests "$@"
+}
+
+case "${1:-}" in
+  setup) setup ;;
+  demo) shift; demo "$@" ;;
+  test) shift; run_tests "$@" ;;
+  *)
+    echo "usage: ./run.sh demo | test | setup" >&2
+    echo "  demo   set up .venv if missing, generate the embedded benchmark if missing, train v3 on it" >&2
+    echo "  test   set up .venv if missing, run the test suite" >&2
+    exit 2 ;;
+esac

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from moleflow import registry
+from moleflow.errors import MoleflowError
+
+
+def test_builtins_are_registered_through_entry_points():
+    # moleflow's own distribution provides these, exactly like a plugin would
+    comps = {(c.group, c.name): c for g in registry.GROUPS for c in registry.components(g)}
+    for key in [("models", "moleflow"), ("losses", "nll"), ("routers", "mahalanobis"), ("datasets", "mvtec"),
+                ("metrics", "aupro"), ("versions", "v3"), ("extractors", "timm")]:
+        assert key in comps, key
+        assert comps[key].distribution == "moleflow"
+
+
+def test_unknown_name_lists_known_names():
+    with pytest.raises(MoleflowError) as info:
+        registry.get("losses", "no_such_loss")
+    assert "no_such_loss" in str(info.value) and "nll" in str(info.value)
+
+
+def test_unknown_group_is_an_error():
+    with pytest.raises(MoleflowError, match="groups are"):
+        registry.names("gizmos")
+
+
+def test_plugin_distribution_is_discovered_and_usable(installed_plugin):
+    comps = {c.name: c for c in registry.components("losses")}
+    assert comps["twice_nll"].distribution == "moleflow-testplugin"
+    assert comps["twice_nll"].version == "9.8.7"
+    loss = registry.create("losses", "twice_nll")
+    out = {"patch_score": torch.full((2, 3, 3), 4.0), "z": torch.zeros(2, 3, 3, 8)}
+    assert loss(out).item() == pytest.approx(1.0)
+
+
+def test_broken_plugin_is_reported_without_breaking_the_listing(installed_plugin):
+    rows = registry.listing()
+    status = {(c.group, c.name): err for c, err in rows}
+    assert status[("models", "broken")] is not None and "broken on purpose" in status[("models", "broken")]
+    assert status[("losses", "nll")] is None
+    with pytest.raises(MoleflowError, match="moleflow-testplugin 9.8.7 failed to import"):
+        registry.get("models", "broken")
+
+
+def test_cli_plugins_lists_everything_and_the_error(installed_plugin):
+    proc = subprocess.run([sys.executable, "-m", "moleflow", "plugins"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    broken = [l for l in lines if " broken " in f" {l} "]
+    assert broken and "error: ImportError: this plugin is broken on purpose" in broken[0]
+    assert any(l.split()[:2] == ["losses", "twice_nll"] and "moleflow-testplugin" in l and l.endswith("ok")
+               for l in lines)
+    for group in ("models", "losses", "extractors", "routers", "datasets", "metrics", "versions"):
+        assert any(l.startswith(group) for l in lines), group
