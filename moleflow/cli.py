@@ -21,7 +21,7 @@ def _progress_flag(parser: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from moleflow.config import Config, explicit_settings, resolve_config
     from moleflow.continual.trainer import run_training
-    from moleflow.runs import compare_runs
+    from moleflow.compare import compare_runs
 
     explicit = explicit_settings(args)
     if args.resume:
@@ -42,7 +42,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from moleflow.inference import evaluate_run
-    from moleflow.runs import compare_runs
+    from moleflow.compare import compare_runs
 
     run = evaluate_run(args.run, progress=not args.quiet)
     print(compare_runs([run.path]))
@@ -61,7 +61,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from moleflow.runs import compare_runs
+    from moleflow.compare import compare_runs
 
     text = compare_runs(args.runs, markdown=args.markdown)
     if args.out:
@@ -77,7 +77,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     summary = generate_benchmark(args.out, classes=args.classes, size=args.size, n_train=args.n_train,
                                  n_test_good=args.n_test_good, n_test_defect=args.n_test_defect, seed=args.seed,
-                                 progress=not args.quiet)
+                                 progress=not args.quiet, extent_range=args.defect_extent,
+                                 contrast_range=args.defect_contrast)
     for cls, info in summary.items():
         defects = ", ".join(f"{d}={n}" for d, n in info["defects"].items())
         print(f"{cls}: train={info['train']} test_good={info['test_good']} {defects}")
@@ -106,6 +107,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from moleflow import __version__
     from moleflow.config import DataConfig, add_config_arguments
+    from moleflow.data.synthetic import CONTRAST_RANGE, EXTENT_RANGE
 
     parser = argparse.ArgumentParser(
         prog="moleflow",
@@ -150,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n_test_good", type=int, default=20)
     p.add_argument("--n_test_defect", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--defect_extent", type=float, nargs=2, default=list(EXTENT_RANGE), metavar=("LOW", "HIGH"),
+                   help="defect size range as a fraction of the image side")
+    p.add_argument("--defect_contrast", type=float, nargs=2, default=list(CONTRAST_RANGE), metavar=("LOW", "HIGH"),
+                   help="defect strength range (0..1); raise LOW for an easier benchmark")
     _progress_flag(p)
 
     add("plugins", cmd_plugins, "list every registered component (group, name, distribution, version, status)")

@@ -61,6 +61,8 @@ class FlowConfig:
     adapter_first_task: bool = _opt(True, "task 0 gets an input adapter too")
     task0_mix: float = _opt(0.1, "task-0 adapter output = (1-mix)*x + mix*adapter(x); 0 = plain adapter")
     use_pos_embed: bool = _opt(True, "add a fixed 2-D sinusoidal positional embedding before the adapter")
+    standardize_features: bool = _opt(True, "standardise features per channel with statistics of the first "
+                                            "training round (frozen with the base flow)")
 
 
 @dataclass
@@ -72,7 +74,8 @@ class TrainConfig:
     lr: float = _opt(2e-4, "AdamW learning rate (cosine schedule per task)")
     weight_decay: float = _opt(1e-5, "AdamW weight decay")
     grad_clip: float = _opt(1.0, "gradient-norm clip (0 = off)")
-    loss: list = _opt(["nll=1.0"], "loss terms NAME=WEIGHT (registered in moleflow.losses)", nargs="+")
+    loss: list = _opt(["nll=1.0"], "loss terms NAME=WEIGHT (registered in moleflow.losses); repeatable",
+                      nargs="+", action="extend")
     seed: int = _opt(0, "seed of everything random in the run")
     device: str = _opt("auto", "auto | cpu | cuda")
 
@@ -181,6 +184,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, sections: tuple[str, .
                 kwargs["type"] = f.metadata.get("type", str)
             else:
                 kwargs["type"] = type(default)
+            if "action" in f.metadata:
+                kwargs["action"] = f.metadata["action"]
             if "choices" in f.metadata:
                 kwargs["choices"] = f.metadata["choices"]
             group.add_argument(*names, **kwargs)

@@ -67,3 +67,8 @@ def test_every_setting_has_exactly_one_flag():
     dests = [a.dest for a in train._actions if a.option_strings and a.dest not in ("help",)]
     for name in Config().flat():
         assert name in dests, name
+
+
+def test_loss_flag_is_repeatable():
+    assert parse_train("--loss", "nll=1", "--loss", "center=0.5")["loss"] == ["nll=1", "center=0.5"]
+    assert parse_train("--loss", "nll=1", "center=0.5")["loss"] == ["nll=1", "center=0.5"]

@@ -37,6 +37,7 @@ def model_kwargs(cfg: Config) -> dict[str, Any]:
         "adapter_first_task": f.adapter_first_task,
         "task0_mix": f.task0_mix or None,
         "use_pos_embed": f.use_pos_embed,
+        "standardize": f.standardize_features,
     }
 
 
@@ -70,6 +71,9 @@ class ContinualRun:
         rounds = self.strategy.training_indices(t)
         if rounds is not None:
             feats = torch.cat([self.tasks[i].train.patch for i in rounds])
+            observe = getattr(self.model, "observe_training_features", None)  # optional contract hook
+            if observe is not None:
+                observe(self.strategy.model_task(t), feats)
             tr = self.cfg.train
             settings = FitSettings(tr.num_epochs, tr.batch_size, tr.lr, tr.weight_decay, tr.grad_clip,
                                    self._task_seed(t), self.device, self.progress)

@@ -86,9 +86,7 @@ def write_final_report(run: Any, state: Any, scored: dict[str, Any], timing: dic
                 png = overlay_png(_uint8_image(task.test_dataset[i]["image"]), maps[i],
                                   fs.masks[i, 0].numpy().astype(bool), score, vmin=vmin, vmax=vmax,
                                   title=f"{c} gt={label} task={int(s.pred_task[i])}")
-                target = run.heatmap_path(c, path)
-                run.write_bytes(target.relative_to(run.path), png)
-                heat = str(target.relative_to(run.path))
+                heat = run.save_heatmap(c, path, png)
                 if len([x for x in tb_images if x[0] == c]) < TB_IMAGES_PER_CLASS and label == 1:
                     tb_images.append((c, png))
             prediction = int(score >= thr) if not math.isnan(thr) else None

@@ -1,0 +1,239 @@
+"""Comparison tables rebuilt from run folders (what `moleflow compare` prints).
+
+For each run: a header line, a per-class table (routing accuracy, image AUROC, pixel AUROC, AUPRO), a mean
+row and BWT / FM. With two or more runs: a change table per consecutive pair (run k vs run k-1, like a
+version-history "v1 -> v2" table) and optionally first vs last. A folder that is not itself a run
+expands to every run below it, sorted by (version, start time).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from moleflow.errors import MoleflowError
+from moleflow.run_folder import CONFIG_FILE, RunFolder
+
+METRICS_FILE = "metrics.json"
+# (metrics.json key, column title), in table order
+COLUMNS = (
+    ("routing_accuracy", "routing acc"),
+    ("image_auroc", "image AUROC"),
+    ("pixel_auroc", "pixel AUROC"),
+    ("aupro", "AUPRO"),
+)
+CONTINUAL_METRICS = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"))
+
+
+@dataclass
+class RunSummary:
+    path: Path
+    version: str
+    strategy: str
+    model: str
+    experiment: str
+    classes: list[str]
+    per_class: dict[str, dict[str, float | None]]
+    mean: dict[str, float | None]
+    bwt: dict[str, float | None] = field(default_factory=dict)
+    fm: dict[str, float | None] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.version} ({self.path.name})"
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _config_value(config: dict, key: str, default: str = "?") -> str:
+    """Flat configs hold keys at the top; Config.to_dict() nests them one level down in sections."""
+    if key in config and not isinstance(config[key], dict):
+        return str(config[key])
+    for section in config.values():
+        if isinstance(section, dict) and key in section:
+            return str(section[key])
+    return default
+
+
+def load_summary(path: str | Path) -> RunSummary:
+    run = RunFolder.open(path)
+    config = run.read_json(CONFIG_FILE)
+    if not (run.path / METRICS_FILE).is_file():
+        raise MoleflowError(f"{run.path}: no {METRICS_FILE} (run unfinished or failed?); finish or resume it, "
+                            "or leave it out of the comparison")
+    metrics = run.read_json(METRICS_FILE)
+    if not isinstance(metrics, dict):
+        raise MoleflowError(f"{run.path}: {METRICS_FILE} is not a JSON object; the file is damaged")
+    final = metrics.get("final") or {}
+    raw_per_class = final.get("per_class") or {}
+    tasks = metrics.get("tasks")
+    classes = [str(c) for c in tasks] if isinstance(tasks, list) else list(raw_per_class)
+    per_class = {c: {k: _number((raw_per_class.get(c) or {}).get(k)) for k, _ in COLUMNS} for c in classes}
+    raw_mean = final.get("mean") or {}
+    mean: dict[str, float | None] = {}
+    for key, _ in COLUMNS:
+        value = _number(raw_mean.get(key))
+        if value is None and key == "routing_accuracy":
+            value = _number((metrics.get("routing") or {}).get("accuracy"))
+        if value is None:  # fall back to the class mean, only when every class has the number
+            values = [per_class[c][key] for c in classes]
+            value = sum(values) / len(values) if values and None not in values else None
+        mean[key] = value
+    continual = metrics.get("continual") or {}
+    return RunSummary(
+        path=run.path,
+        version=_config_value(config, "version"),
+        strategy=_config_value(config, "strategy"),
+        model=_config_value(config, "model"),
+        experiment=_config_value(config, "experiment_name"),
+        classes=classes,
+        per_class=per_class,
+        mean=mean,
+        bwt={k: _number((continual.get("bwt") or {}).get(k)) for k, _ in CONTINUAL_METRICS},
+        fm={k: _number((continual.get("fm") or {}).get(k)) for k, _ in CONTINUAL_METRICS},
+    )
+
+
+def _natural_key(text: str) -> list[Any]:
+    """'v4' < 'v4.1' < 'v10' (digits compared as numbers)."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text) if part]
+
+
+def _runs_below(root: Path) -> list[Path]:
+    found: list[Path] = []
+    for current, dirs, files in os.walk(root):
+        if CONFIG_FILE in files and Path(current) != root:
+            found.append(Path(current))
+            dirs[:] = []  # a run folder holds no runs; skip its heatmaps
+            continue
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    return found
+
+
+def expand_run_dirs(run_dirs: list[str | Path]) -> tuple[list[Path], list[Path]]:
+    """Run folders in the order given (parents expanded, sorted by version then time), without repeats.
+
+    Returns (runs, skipped): runs found by expanding a parent but lacking metrics.json (still running or
+    killed) are skipped rather than failing the whole comparison; a run named directly must be complete.
+    """
+    runs: list[Path] = []
+    skipped: list[Path] = []
+    seen: set[Path] = set()
+
+    def add(p: Path, bucket: list[Path]) -> None:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            bucket.append(p)
+
+    for item in run_dirs:
+        p = Path(item)
+        if not p.exists():
+            raise MoleflowError(f"run folder not found: {p}")
+        if RunFolder.is_run_folder(p):
+            add(p, runs)
+            continue
+        if not p.is_dir():
+            raise MoleflowError(f"{p} is not a run folder or a folder of runs")
+        below = _runs_below(p)
+        if not below:
+            raise MoleflowError(f"no run folders under {p} (a run folder contains {CONFIG_FILE})")
+
+        def sort_key(run: Path) -> tuple[list[Any], str, int]:
+            # name starts with the start second; config.json's write time orders runs started within one second
+            version = _config_value(RunFolder.open(run).read_json(CONFIG_FILE), "version")
+            return _natural_key(version), run.name[:15], (run / CONFIG_FILE).stat().st_mtime_ns
+
+        for run in sorted(below, key=sort_key):
+            add(run, runs if (run / METRICS_FILE).is_file() else skipped)
+    return runs, skipped
+
+
+# ----------------------------------------------------------------------------------------- formatting
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _change(old: float | None, new: float | None, relative: bool = True) -> str:
+    if old is None or new is None:
+        return "n/a"
+    delta = new - old
+    if not relative:
+        return f"{delta:+.4f}"
+    rel = f"{delta / abs(old) * 100:+.2f}%" if old != 0 else "n/a"
+    return f"{delta:+.4f} ({rel})"
+
+
+def render_table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
+    """First column left-aligned, the others right-aligned (numbers)."""
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        return "\n".join(lines)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def _run_section(index: int, run: RunSummary, markdown: bool) -> str:
+    facts = f"version {run.version} | strategy/model {run.strategy}/{run.model} | experiment {run.experiment}"
+    head = f"**run {index}** `{run.path}`  \n{facts}" if markdown else f"run {index}: {run.path}\n  {facts}"
+    rows = [[c] + [_fmt(run.per_class[c][k]) for k, _ in COLUMNS] for c in run.classes]
+    rows.append(["mean"] + [_fmt(run.mean[k]) for k, _ in COLUMNS])
+    table = render_table(["class"] + [title for _, title in COLUMNS], rows, markdown)
+    continual = [f"BWT ({title}) {_fmt(run.bwt[key])}, FM ({title}) {_fmt(run.fm[key])}"
+                 for key, title in CONTINUAL_METRICS if key == "image_auroc" or run.bwt[key] is not None]
+    tail = ("  \n" if markdown else "\n").join(continual)
+    return f"{head}\n\n{table}\n\n{tail}"
+
+
+def _change_section(old: RunSummary, new: RunSummary, markdown: bool) -> str:
+    title = f"change: {old.label} -> {new.label}"
+    head = f"**{title}**" if markdown else f"{title}\n  (absolute change, relative change in %; BWT/FM rows: absolute change)"
+    classes = list(dict.fromkeys(old.classes + new.classes))
+    empty: dict[str, float | None] = {}
+    rows = [[c] + [_change(old.per_class.get(c, empty).get(k), new.per_class.get(c, empty).get(k)) for k, _ in COLUMNS]
+            for c in classes]
+    rows.append(["mean"] + [_change(old.mean[k], new.mean[k]) for k, _ in COLUMNS])
+    for name, values in (("BWT", (old.bwt, new.bwt)), ("FM", (old.fm, new.fm))):
+        # BWT/FM are already differences near 0: a relative change of them means nothing.
+        cells = {key: _change(values[0][key], values[1][key], relative=False) for key, _ in CONTINUAL_METRICS}
+        rows.append([name] + [cells.get(key, "") for key, _ in COLUMNS])
+    table = render_table(["class"] + [t for _, t in COLUMNS], rows, markdown)
+    return f"{head}\n\n{table}"
+
+
+def compare_runs(run_dirs: list[str | Path], markdown: bool = False, *, first_vs_last: bool = False) -> str:
+    """Tables for the given runs (or folders of runs); markdown=True gives GitHub tables, else aligned text.
+
+    first_vs_last adds a change table between the first and the last run (when there are 3 or more).
+    """
+    if not run_dirs:
+        raise MoleflowError("no run folders given; pass run folders or a folder of runs such as runs/demo")
+    paths, skipped = expand_run_dirs(run_dirs)
+    if not paths:
+        names = ", ".join(str(p) for p in skipped)
+        raise MoleflowError(f"no finished runs to compare (no {METRICS_FILE} in: {names})")
+    runs = [load_summary(p) for p in paths]
+    sections = [_run_section(i + 1, run, markdown) for i, run in enumerate(runs)]
+    pairs = list(zip(runs, runs[1:]))
+    if first_vs_last and len(runs) >= 3:
+        pairs.append((runs[0], runs[-1]))
+    sections += [_change_section(old, new, markdown) for old, new in pairs]
+    if skipped:
+        sections.append("skipped (no metrics.json yet): " + ", ".join(str(p) for p in skipped))
+    return "\n\n".join(sections) + "\n"

@@ -1,0 +1,86 @@
+"""Per-task input adapters: small modules that map a task's features toward what the shared flow expects.
+
+All adapters take and return (B, h, w, D) tensors. Every adapter starts close to a fixed, documented
+function (zero-initialised last layers), so a new task starts from the shared flow's behaviour.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from moleflow.errors import MoleflowError
+
+ADAPTER_KINDS = ("none", "instancenorm", "film")
+
+
+def _zero_init_mlp(dim: int, hidden: int) -> nn.Sequential:
+    mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+    nn.init.zeros_(mlp[2].weight)
+    nn.init.zeros_(mlp[2].bias)
+    return mlp
+
+
+class IdentityAdapter(nn.Module):
+    """No adaptation; owns no parameters."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+class InstanceNormAdapter(nn.Module):
+    """v1: per image and channel normalisation over the token grid, then a zero-init residual MLP.
+
+    out = n + mlp(n), n = InstanceNorm(x) (affine=False), mlp: D -> D -> D. At init out == n.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.mlp = _zero_init_mlp(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4:
+            raise MoleflowError(f"InstanceNormAdapter expects (B, h, w, D) features, got shape {tuple(x.shape)}")
+        # Stats over h*w per (image, channel); use_input_stats semantics in train and eval alike.
+        n = F.instance_norm(x.permute(0, 3, 1, 2), eps=self.eps).permute(0, 2, 3, 1)
+        return n + self.mlp(n)
+
+
+class FiLMAdapter(nn.Module):
+    """v3: out = (1 - g) * x + g * y, with y = f + mlp(f), f = gamma * LayerNorm(x) + beta.
+
+    LayerNorm has no affine of its own; gamma/beta init 1/0; mlp hidden max(D//2, 128) with a zero
+    last layer. The gate is g = sigmoid(gate_logit) with gate_logit initialised to 0, so g starts at
+    exactly 0.5 and always stays in (0, 1).
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.gamma = nn.Parameter(torch.ones(dim))
+        self.beta = nn.Parameter(torch.zeros(dim))
+        self.mlp = _zero_init_mlp(dim, max(dim // 2, 128))
+        self.gate_logit = nn.Parameter(torch.zeros(()))
+
+    @property
+    def gate(self) -> Tensor:
+        return torch.sigmoid(self.gate_logit)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.layer_norm(x, (self.dim,)) * self.gamma + self.beta
+        y = y + self.mlp(y)
+        g = self.gate
+        return (1 - g) * x + g * y
+
+
+def make_adapter(kind: str, dim: int) -> nn.Module:
+    """"none" | "instancenorm" | "film"."""
+    if kind == "none":
+        return IdentityAdapter()
+    if kind == "instancenorm":
+        return InstanceNormAdapter(dim)
+    if kind == "film":
+        return FiLMAdapter(dim)
+    raise MoleflowError(f"unknown adapter '{kind}'; use one of: {', '.join(ADAPTER_KINDS)}")

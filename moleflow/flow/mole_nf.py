@@ -1,0 +1,329 @@
+"""MoLE-Flow: one shared normalizing flow over patch tokens, a LoRA expert and an input adapter per task.
+
+Each patch token (B*h*w rows of width D, plus a fixed positional embedding) is mapped to z by a FrEIA
+SequenceINN of coupling blocks whose subnets are LoRALinear layers. Ownership is exact:
+
+* task 0 trains the shared base (subnet base Linears and AllInOneBlock's global affine scale/offset)
+  plus its own expert (unless task0_lora=False) and adapter (unless adapter_first_task=False);
+* task t >= 1 trains only expert t and adapter t; the base is frozen once task 0 ends.
+
+So after a task ends nothing used to score it changes, and its scores stay bitwise identical.
+The patch score is the NLL of the adapted token x' under the flow: 0.5*||z||^2 - log|det dz/dx'|
+(constant 0.5*D*log(2*pi) dropped; the adapter's own Jacobian is not included).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import FrEIA.framework as Ff
+import FrEIA.modules as Fm
+import torch
+from torch import Tensor, nn
+
+from moleflow.errors import MoleflowError
+from moleflow.features.positional import sinusoidal_2d
+from moleflow.flow.adapters import make_adapter
+from moleflow.flow.lora import LoRALinear, lora_scale
+from moleflow.flow.subnet import make_subnet_constructor
+
+COUPLING_TYPES = ("allinone", "glow")
+
+
+class MoLEFlow(nn.Module):
+    """Shared flow + per-task LoRA experts and adapters; see the module docstring for ownership rules.
+
+    subnet_hidden=None uses 2*dim hidden units (the usual CFlow/MSFlow choice). coupling_type "glow" is
+    FrEIA's GLOWCouplingBlock (two affine couplings per block, no permutation, no global affine).
+    adapter="none" creates no adapter modules; otherwise task 0's adapter output is mixed as
+    (1 - task0_mix) * x + task0_mix * adapter(x) when task0_mix is not None. experts=False builds a
+    plain flow (no LoRA banks) for the fine-tune/joint strategies: then the base is trained by every
+    task and is never frozen by end_task; only the adapters are per task.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        grid: tuple[int, int],
+        *,
+        num_coupling_layers: int = 8,
+        coupling_type: str = "allinone",
+        clamp: float = 2.0,
+        subnet_hidden: int | None = None,
+        lora_rank: int = 8,
+        lora_alpha: float = 16.0,
+        lora_scaling: str = "alpha_over_rank",
+        task0_lora: bool = True,
+        adapter: str = "film",
+        adapter_first_task: bool = True,
+        task0_mix: float | None = 0.1,
+        use_pos_embed: bool = True,
+        experts: bool = True,
+        standardize: bool = True,
+    ) -> None:
+        super().__init__()
+        if dim < 2:
+            raise MoleflowError(f"flow dim must be >= 2 (coupling splits channels in two), got {dim}")
+        if num_coupling_layers < 1:
+            raise MoleflowError(f"num_coupling_layers must be >= 1, got {num_coupling_layers}")
+        if coupling_type not in COUPLING_TYPES:
+            raise MoleflowError(f"unknown coupling_type '{coupling_type}'; use one of: {', '.join(COUPLING_TYPES)}")
+        if task0_mix is not None and not 0.0 <= task0_mix <= 1.0:
+            raise MoleflowError(f"task0_mix must be in [0, 1] or None, got {task0_mix}")
+        lora_scale(lora_alpha, lora_rank, lora_scaling)  # validates the scaling name early
+        make_adapter(adapter, dim)  # validates the adapter kind early
+        h, w = (int(v) for v in grid)
+        self.dim = dim
+        self.grid = (h, w)
+        self.coupling_type = coupling_type
+        self.experts = experts
+        self.task0_lora = task0_lora
+        self.adapter_kind = adapter
+        self.adapter_first_task = adapter_first_task
+        self.task0_mix = task0_mix
+        self.use_pos_embed = use_pos_embed
+
+        constructor = make_subnet_constructor(
+            subnet_hidden if subnet_hidden is not None else 2 * dim,
+            rank=lora_rank,
+            alpha=lora_alpha,
+            scaling=lora_scaling,
+        )
+        self.flow = Ff.SequenceINN(dim)
+        for _ in range(num_coupling_layers):
+            if coupling_type == "allinone":
+                self.flow.append(
+                    Fm.AllInOneBlock, subnet_constructor=constructor, affine_clamping=clamp, permute_soft=False
+                )
+            else:
+                self.flow.append(Fm.GLOWCouplingBlock, subnet_constructor=constructor, clamp=clamp)
+        self._redraw_permutations()
+        # FrEIA's fixed permutation matrices are nn.Parameter(requires_grad=False); remember them by name
+        # now, because after end_task(0) requires_grad no longer tells them apart from the frozen base.
+        self._fixed_names = frozenset(n for n, p in self.flow.named_parameters() if not p.requires_grad)
+        self._lora_layers = [m for m in self.flow.modules() if isinstance(m, LoRALinear)]
+
+        self.adapters = nn.ModuleDict()
+        self.task_names: list[str] = []
+        self._ended: set[int] = set()
+        # Per-channel standardisation, fitted once on the first training round's features and frozen with
+        # the base: backbone features are often tiny (random-init ResNet: std ~0.05), and the clamped
+        # couplings then need many steps just to learn the scale. Saved with the shared state.
+        self.standardize = standardize
+        self.register_buffer("input_mean", torch.zeros(dim))
+        self.register_buffer("input_std", torch.ones(dim))
+        self.register_buffer("input_stats_ready", torch.zeros((), dtype=torch.bool))
+        # Deterministic from (grid, dim), so non-persistent: never saved, never loaded.
+        self.register_buffer("pos_embed", sinusoidal_2d(h, w, dim) if use_pos_embed else None, persistent=False)
+
+    def _redraw_permutations(self) -> None:
+        """Draw AllInOneBlock's hard permutations from torch's RNG instead of numpy's global one.
+
+        Makes the whole model init depend on torch.manual_seed alone; the matrices keep FrEIA's
+        convention (row i selects channel perm[i]) and stay non-trainable.
+        """
+        for block in self.flow.module_list:
+            if isinstance(block, Fm.AllInOneBlock) and block.w_perm is not None:
+                w = torch.eye(self.dim)[torch.randperm(self.dim)]
+                with torch.no_grad():
+                    block.w_perm.copy_(w.view_as(block.w_perm))
+                    block.w_perm_inv.copy_(w.T.contiguous().view_as(block.w_perm_inv))
+
+    # ----- task bookkeeping -------------------------------------------------------------------------
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.task_names)
+
+    def _check_task(self, task_id: int) -> None:
+        if not 0 <= task_id < self.num_tasks:
+            raise MoleflowError(
+                f"task {task_id} has not begun (tasks begun: {self.num_tasks}); call begin_task({task_id}) first"
+            )
+
+    def begin_task(self, task_id: int, class_name: str = "") -> None:
+        """Create the task's expert and adapter. Tasks begin in order; any earlier task still open is ended."""
+        if task_id != self.num_tasks:
+            raise MoleflowError(
+                f"begin_task({task_id}) out of order: tasks begin as 0, 1, 2, ...; next expected is {self.num_tasks}"
+            )
+        for earlier in range(task_id):
+            if earlier not in self._ended:
+                self.end_task(earlier)  # the base must be frozen before a later task can train
+        if self.experts and (task_id > 0 or self.task0_lora):
+            for layer in self._lora_layers:
+                layer.add_expert(task_id)
+        if self.adapter_kind != "none" and (task_id > 0 or self.adapter_first_task):
+            ref = self._lora_layers[0].base.weight  # follows .to(device/dtype) of the model
+            self.adapters[str(task_id)] = make_adapter(self.adapter_kind, self.dim).to(ref.device, ref.dtype)
+        self.task_names.append(class_name or f"task{task_id}")
+
+    def _expert_parameters(self, task_id: int) -> list[nn.Parameter]:
+        return [p for layer in self._lora_layers for p in layer.expert_parameters(task_id)]
+
+    def _adapter_parameters(self, task_id: int) -> list[nn.Parameter]:
+        key = str(task_id)
+        return list(self.adapters[key].parameters()) if key in self.adapters else []
+
+    def base_parameters(self) -> list[nn.Parameter]:
+        """All learnable shared flow parameters (never the fixed permutation matrices, never experts)."""
+        expert_ids = {id(p) for layer in self._lora_layers for d in (layer.lora_A, layer.lora_B) for p in d.values()}
+        return [
+            p for name, p in self.flow.named_parameters() if name not in self._fixed_names and id(p) not in expert_ids
+        ]
+
+    def _owned_parameters(self, task_id: int) -> list[nn.Parameter]:
+        own = self._expert_parameters(task_id) + self._adapter_parameters(task_id)
+        if self.experts and task_id == 0:
+            own = self.base_parameters() + own
+        return own
+
+    def trainable_parameters(self, task_id: int) -> list[nn.Parameter]:
+        """Parameters the optimiser of this task may update (experts on: exactly what the task owns)."""
+        self._check_task(task_id)
+        if self.experts:
+            return self._owned_parameters(task_id)
+        return self.base_parameters() + self._adapter_parameters(task_id)
+
+    def end_task(self, task_id: int) -> None:
+        """Freeze everything the task owns (task 0 with experts: base + expert 0 + adapter 0)."""
+        self._check_task(task_id)
+        for p in self._owned_parameters(task_id):
+            p.requires_grad_(False)
+        self._ended.add(task_id)
+
+    # ----- computation ------------------------------------------------------------------------------
+
+    @contextmanager
+    def _active_expert(self, task_id: int) -> Iterator[None]:
+        for layer in self._lora_layers:
+            layer.active_task = task_id
+        try:
+            yield
+        finally:
+            for layer in self._lora_layers:
+                layer.active_task = None
+
+    def _check_feats(self, feats: Tensor) -> None:
+        h, w = self.grid
+        # The grid only matters for the positional embedding; the flow itself is per token.
+        grid_ok = not self.use_pos_embed or tuple(feats.shape[1:3]) == (h, w)
+        if feats.dim() != 4 or feats.shape[-1] != self.dim or not grid_ok:
+            raise MoleflowError(
+                f"flow input has shape {tuple(feats.shape)} but the flow was built for (B, {h}, {w}, {self.dim}); "
+                "rebuild the model with the extractor's grid and feature dim"
+            )
+
+    @torch.no_grad()
+    def observe_training_features(self, task_id: int, feats: Tensor) -> None:
+        """Fit the input standardisation on the first training round's features (N,h,w,D); a no-op after."""
+        if not self.standardize or bool(self.input_stats_ready):
+            return
+        if 0 in self._ended:
+            raise MoleflowError("input statistics must be fitted before task 0 ends (the base is frozen)")
+        flat = feats.reshape(-1, feats.shape[-1]).double()
+        self.input_mean.copy_(flat.mean(0).float())
+        self.input_std.copy_(flat.std(0).clamp_min(1e-6).float())
+        self.input_stats_ready.fill_(True)
+
+    def adapt(self, feats: Tensor, task_id: int) -> Tensor:
+        """(B,h,w,D) features -> the flow's input x' (standardise, positional embedding, task adapter)."""
+        self._check_feats(feats)
+        self._check_task(task_id)
+        if self.standardize:
+            feats = (feats - self.input_mean) / self.input_std
+        x = feats + self.pos_embed if self.pos_embed is not None else feats
+        key = str(task_id)
+        if key not in self.adapters:
+            return x
+        y = self.adapters[key](x)
+        if task_id == 0 and self.task0_mix is not None:
+            y = (1.0 - self.task0_mix) * x + self.task0_mix * y
+        return y
+
+    def _run_flow(self, rows: Tensor, task_id: int, rev: bool) -> tuple[Tensor, Tensor]:
+        with self._active_expert(task_id):
+            out, log_jac_det = self.flow(rows, rev=rev, jac=True)
+        return out, log_jac_det
+
+    def forward(self, feats: Tensor, task_id: int) -> dict[str, Tensor]:
+        """feats (B,h,w,D) -> z (B,h,w,D), log_jac_det (B,h,w), patch_score (B,h,w)."""
+        x = self.adapt(feats, task_id)
+        b, h, w, d = x.shape
+        z, log_jac_det = self._run_flow(x.reshape(b * h * w, d), task_id, rev=False)
+        z = z.reshape(b, h, w, d)
+        log_jac_det = log_jac_det.reshape(b, h, w)
+        return {"z": z, "log_jac_det": log_jac_det, "patch_score": 0.5 * z.pow(2).sum(-1) - log_jac_det}
+
+    @torch.no_grad()
+    def patch_scores(self, feats: Tensor, task_id: int) -> Tensor:
+        """(B,h,w) per-patch NLL; higher = more anomalous. Call model.eval() first if dropout is used."""
+        return self.forward(feats, task_id)["patch_score"]
+
+    def inverse(self, z: Tensor, task_id: int) -> Tensor:
+        """(B,h,w,D) latent -> the adapted flow input x' that maps to it."""
+        self._check_task(task_id)
+        b, h, w, d = z.shape
+        x, _ = self._run_flow(z.reshape(b * h * w, d), task_id, rev=True)
+        return x.reshape(b, h, w, d)
+
+    # ----- state ------------------------------------------------------------------------------------
+
+    def _task_keys(self, task_id: int) -> list[str]:
+        keys: list[str] = []
+        for name, module in self.named_modules():
+            if isinstance(module, LoRALinear) and module.has_expert(task_id):
+                keys += [f"{name}.lora_A.{task_id}", f"{name}.lora_B.{task_id}"]
+        if str(task_id) in self.adapters:
+            keys += [f"adapters.{task_id}.{k}" for k in self.adapters[str(task_id)].state_dict()]
+        return keys
+
+    def task_state(self, task_id: int) -> dict[str, Tensor]:
+        """Copies of the tensors the task owns on its own (its expert and adapter), keyed as in state_dict."""
+        self._check_task(task_id)
+        full = self.state_dict()
+        return {k: full[k].detach().clone(memory_format=torch.contiguous_format) for k in self._task_keys(task_id)}
+
+    def _shared_keys(self) -> list[str]:
+        per_task = {k for t in range(self.num_tasks) for k in self._task_keys(t)}
+        return [k for k in self.state_dict() if k not in per_task]
+
+    def shared_state(self) -> dict[str, Tensor]:
+        """Copies of everything else in state_dict: base flow, permutation matrices."""
+        full = self.state_dict()
+        return {k: full[k].detach().clone(memory_format=torch.contiguous_format) for k in self._shared_keys()}
+
+    def _load_exact(self, state: dict[str, Tensor], expected: set[str], what: str) -> None:
+        missing = sorted(expected - state.keys())
+        unexpected = sorted(state.keys() - expected)
+        if missing or unexpected:
+            raise MoleflowError(
+                f"{what} does not match this model (missing: {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+                f"unexpected: {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}); "
+                "build the model with the config the checkpoint was saved with"
+            )
+        try:
+            self.load_state_dict(state, strict=False)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[-1].strip()
+            raise MoleflowError(f"{what} has wrong tensor shapes ({first}); use the config it was saved with") from exc
+
+    def load_task_state(self, task_id: int, state: dict[str, Tensor]) -> None:
+        self._check_task(task_id)
+        self._load_exact(state, set(self._task_keys(task_id)), f"state of task {task_id}")
+
+    def load_shared_state(self, state: dict[str, Tensor]) -> None:
+        self._load_exact(state, set(self._shared_keys()), "shared flow state")
+
+    def param_counts(self) -> dict:
+        """{"shared": learnable base parameters, "per_task": [parameters each task adds]}."""
+        def count(params: list[nn.Parameter]) -> int:
+            return sum(p.numel() for p in params)
+
+        return {
+            "shared": count(self.base_parameters()),
+            "per_task": [
+                count(self._expert_parameters(t) + self._adapter_parameters(t)) for t in range(self.num_tasks)
+            ],
+        }

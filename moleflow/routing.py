@@ -1,0 +1,156 @@
+"""Task routers: one prototype per task, built from that task's pooled training features, and a
+nearest-prototype decision at test time (no second backbone pass: the pooled feature comes with the patches).
+
+Each task's prototype is computed from its own data only and is never touched again, so adding task t
+cannot change how earlier tasks are described (the zero-forgetting invariant extends to routing).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.covariance import LedoitWolf
+from torch import Tensor
+
+from moleflow.errors import MoleflowError
+
+
+class PrototypeRouter:
+    """Base: per-task state dicts of float64 tensors, distances (N, num_tasks), argmin -> task id."""
+
+    name = "prototype"
+    state_keys: tuple[str, ...] = ()
+    min_samples = 1
+
+    def __init__(self) -> None:
+        self._tasks: dict[int, dict[str, Tensor]] = {}
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self._tasks)
+
+    @property
+    def task_ids(self) -> list[int]:
+        return sorted(self._tasks)
+
+    # --- per-task prototypes -------------------------------------------------------------------
+    def _fit(self, x: Tensor) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def _distance(self, x: Tensor, state: dict[str, Tensor]) -> Tensor:
+        raise NotImplementedError
+
+    def _feature_dim(self) -> int | None:
+        for state in self._tasks.values():
+            if "mean" in state:
+                return int(state["mean"].shape[0])
+        return None
+
+    def _as_features(self, pooled: Tensor, what: str) -> Tensor:
+        x = torch.as_tensor(pooled).detach().to("cpu", torch.float64)
+        if x.ndim != 2:
+            raise MoleflowError(f"{self.name} router: {what} must be (N, D) pooled features, "
+                                f"got shape {tuple(x.shape)}")
+        dim = self._feature_dim()
+        if dim is not None and x.shape[1] != dim:
+            raise MoleflowError(f"{self.name} router: {what} has feature dim {x.shape[1]}, the stored prototypes "
+                                f"have {dim}; use the same backbone/embed_dim as the tasks already added")
+        return x
+
+    def add_task(self, task_id: int, pooled: Tensor) -> None:
+        task_id = int(task_id)
+        if task_id in self._tasks:
+            raise MoleflowError(f"{self.name} router already has task {task_id}; "
+                                "a task's prototype is fixed once added")
+        x = self._as_features(pooled, f"task {task_id} training features")
+        if x.shape[0] < self.min_samples:
+            raise MoleflowError(f"{self.name} router needs at least {self.min_samples} training images for task "
+                                f"{task_id}, got {x.shape[0]}")
+        self._tasks[task_id] = {k: v.detach().clone().contiguous() for k, v in self._fit(x).items()}
+
+    def task_state(self, task_id: int) -> dict[str, Tensor]:
+        if int(task_id) not in self._tasks:
+            raise MoleflowError(f"{self.name} router has no task {task_id}; known: {self.task_ids}")
+        return {k: v.clone() for k, v in self._tasks[int(task_id)].items()}
+
+    def load_task_state(self, task_id: int, state: dict[str, Tensor]) -> None:
+        missing = [k for k in self.state_keys if k not in state]
+        if missing:
+            raise MoleflowError(f"{self.name} router state for task {task_id} lacks {', '.join(missing)}; "
+                                "the checkpoint was written by a different router (check --router)")
+        self._tasks[int(task_id)] = {k: torch.as_tensor(state[k]).to("cpu", torch.float64).clone()
+                                     for k in self.state_keys}
+
+    # --- decisions ------------------------------------------------------------------------------
+    def distances(self, pooled: Tensor) -> Tensor:
+        """(N, num_tasks) float64, columns in `task_ids` order; smaller is closer."""
+        if not self._tasks:
+            raise MoleflowError(f"{self.name} router has no tasks yet; add_task before predicting")
+        x = self._as_features(pooled, "query features")
+        return torch.stack([self._distance(x, self._tasks[t]) for t in self.task_ids], dim=1)
+
+    def predict(self, pooled: Tensor, true_tasks: Tensor | None = None) -> Tensor:
+        """(N,) long task ids of the nearest prototype; `true_tasks` is only used by the oracle."""
+        ids = torch.tensor(self.task_ids, dtype=torch.long)
+        return ids[self.distances(pooled).argmin(dim=1)]
+
+
+class EuclideanRouter(PrototypeRouter):
+    """Task mean; squared Euclidean distance."""
+
+    name = "euclidean"
+    state_keys = ("mean",)
+
+    def _fit(self, x: Tensor) -> dict[str, Tensor]:
+        return {"mean": x.mean(dim=0)}
+
+    def _distance(self, x: Tensor, state: dict[str, Tensor]) -> Tensor:
+        return (x - state["mean"]).pow(2).sum(dim=1)
+
+
+class MahalanobisRouter(PrototypeRouter):
+    """Task mean + Ledoit-Wolf shrinkage covariance; squared Mahalanobis distance.
+
+    A few dozen training images against hundreds of feature dims make the sample covariance singular;
+    Ledoit-Wolf shrinks it toward a scaled identity by the analytically optimal amount, which keeps the
+    precision well-conditioned without a tuned ridge.
+    """
+
+    name = "mahalanobis"
+    state_keys = ("mean", "precision")
+    min_samples = 2
+
+    def _fit(self, x: Tensor) -> dict[str, Tensor]:
+        lw = LedoitWolf(assume_centered=False).fit(x.numpy())
+        cov = lw.covariance_
+        # only bites when every sample is identical (zero covariance): keeps the inverse finite
+        floor = max(1e-6 * float(np.trace(cov)) / cov.shape[0], 1e-12)
+        precision = np.linalg.inv(cov + floor * np.eye(cov.shape[0]))
+        precision = 0.5 * (precision + precision.T)
+        return {"mean": torch.from_numpy(lw.location_.copy()), "precision": torch.from_numpy(precision)}
+
+    def _distance(self, x: Tensor, state: dict[str, Tensor]) -> Tensor:
+        diff = x - state["mean"]
+        return ((diff @ state["precision"]) * diff).sum(dim=1)
+
+
+class OracleRouter(PrototypeRouter):
+    """Upper bound for experiments: routes every image to its true task."""
+
+    name = "oracle"
+
+    def _fit(self, x: Tensor) -> dict[str, Tensor]:
+        return {}
+
+    def distances(self, pooled: Tensor) -> Tensor:
+        raise MoleflowError("the oracle router has no distances; it only echoes the true task ids")
+
+    def predict(self, pooled: Tensor, true_tasks: Tensor | None = None) -> Tensor:
+        if true_tasks is None:
+            raise MoleflowError("the oracle router needs the true task ids; use --router mahalanobis or euclidean "
+                                "when the task is unknown")
+        tasks = torch.as_tensor(true_tasks).long().flatten().cpu().clone()
+        unknown = sorted(set(tasks.tolist()) - set(self.task_ids))
+        if unknown:
+            raise MoleflowError(f"oracle router: true tasks {unknown} were never added; known: {self.task_ids}")
+        return tasks

@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from moleflow.compare import compare_runs
+from moleflow.errors import MoleflowError
+from moleflow.runs import RunFolder
+
+CLASSES = ["leather", "grid", "transistor"]
+
+
+def _metrics(image, pixel, aupro, routing, bwt, fm):
+    per_class = {c: {"image_auroc": image[i], "pixel_auroc": pixel[i], "aupro": aupro[i],
+                     "routing_accuracy": routing[i], "image_ap": 0.5} for i, c in enumerate(CLASSES)}
+    mean = {k: sum(v[k] for v in per_class.values() if v[k] is not None) / len(CLASSES)
+            for k in ("image_auroc", "pixel_auroc", "routing_accuracy")}
+    return {"tasks": CLASSES,
+            "final": {"per_class": per_class, "mean": mean},
+            "continual": {"matrix": {"image_auroc": [[image[0], None, None]] * 3},
+                          "bwt": {"image_auroc": bwt, "pixel_auroc": 0.0}, "fm": {"image_auroc": fm, "pixel_auroc": 0.0}},
+            "routing": {"accuracy": mean["routing_accuracy"], "confusion": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]},
+            "params": {"shared": 10, "per_task": [1, 1, 1]},
+            "timing": {"backbone_s": 1.0, "train_s": 1.0, "eval_s": 1.0}}
+
+
+def _make_run(root, version, metrics, *, experiment="demo", strategy="moleflow", nested=True):
+    run = RunFolder.create(root, experiment, version)
+    if nested:  # what Config.to_dict() writes
+        config = {"run": {"version": version, "experiment_name": experiment},
+                  "train": {"strategy": strategy}, "flow": {"model": "moleflow"}}
+    else:
+        config = {"version": version, "experiment_name": experiment, "strategy": strategy, "model": "moleflow"}
+    run.write_json("config.json", config)
+    if metrics is not None:
+        run.write_json("metrics.json", metrics)
+    return run
+
+
+OLD = dict(image=[0.9, 0.8, 0.7], pixel=[0.85, 0.75, 0.65], aupro=[0.8, float("nan"), 0.6],
+           routing=[1.0, 0.95, 1.0], bwt=-0.05, fm=0.05)
+NEW = dict(image=[0.95, 0.82, 0.7], pixel=[0.9, 0.7, 0.66], aupro=[0.82, 0.5, 0.6],
+           routing=[1.0, 1.0, 0.9], bwt=-0.01, fm=0.01)
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    a = _make_run(tmp_path, "v1", _metrics(**OLD))
+    b = _make_run(tmp_path, "v2", _metrics(**NEW), nested=False)
+    return a, b
+
+
+def _row(text, label, occurrence=0):
+    rows = [line for line in text.splitlines() if re.match(rf"^\|? ?{re.escape(label)}\b", line)]
+    return rows[occurrence]
+
+
+def _change(old, new):
+    return f"{new - old:+.4f} ({(new - old) / old * 100:+.2f}%)"
+
+
+def test_per_run_tables_hold_the_numbers(two_runs):
+    a, b = two_runs
+    text = compare_runs([a.path, b.path])
+    assert f"run 1: {a.path}" in text and f"run 2: {b.path}" in text
+    assert "version v1" in text and "version v2" in text and "strategy/model moleflow/moleflow" in text
+    leather = _row(text, "leather").split()
+    assert leather == ["leather", "1.0000", "0.9000", "0.8500", "0.8000"]
+    assert _row(text, "grid").split() == ["grid", "0.9500", "0.8000", "0.7500", "n/a"]  # NaN AUPRO
+    mean = _row(text, "mean").split()
+    assert mean[2] == f"{sum(OLD['image']) / 3:.4f}"
+    assert mean[4] == "n/a"  # one class has no AUPRO, so there is no mean either
+    assert "BWT (image AUROC) -0.0500, FM (image AUROC) 0.0500" in text
+    # aligned plain text: every row of a table has the same width as its header
+    table = text.split("\n\n")[1].splitlines()
+    assert table[0].startswith("class") and table[-1].startswith("mean")
+    assert len({len(line) for line in table}) == 1
+
+
+def test_change_table_between_consecutive_runs(two_runs):
+    a, b = two_runs
+    text = compare_runs([a.path, b.path])
+    assert f"change: v1 ({a.path.name}) -> v2 ({b.path.name})" in text
+    change = text[text.index("change:"):]
+    leather = _row(change, "leather")
+    for old, new in ((OLD["routing"][0], NEW["routing"][0]), (OLD["image"][0], NEW["image"][0]),
+                     (OLD["pixel"][0], NEW["pixel"][0]), (OLD["aupro"][0], NEW["aupro"][0])):
+        assert _change(old, new) in leather
+    assert "+0.0500 (+5.56%)" in leather  # image AUROC 0.90 -> 0.95
+    grid = _row(change, "grid")
+    assert _change(0.8, 0.82) in grid and _change(0.75, 0.7) in grid and "n/a" in grid
+    transistor = _row(change, "transistor")
+    assert "-0.1000 (-10.00%)" in transistor  # routing 1.0 -> 0.9
+    assert _change(sum(OLD["image"]) / 3, sum(NEW["image"]) / 3) in _row(change, "mean")
+    assert "+0.0400" in _row(change, "BWT") and "-0.0400" in _row(change, "FM")
+
+
+def test_markdown_tables(two_runs):
+    a, b = two_runs
+    text = compare_runs([a.path, b.path], markdown=True)
+    assert "| class | routing acc | image AUROC | pixel AUROC | AUPRO |" in text
+    assert "|:---|---:|---:|---:|---:|" in text
+    assert "| leather | 1.0000 | 0.9000 | 0.8500 | 0.8000 |" in text
+    assert "| leather | +0.0000 (+0.00%) | +0.0500 (+5.56%) | +0.0500 (+5.88%) | +0.0200 (+2.50%) |" in text
+    assert f"`{a.path}`" in text
+
+
+def test_parent_folder_expands_sorted_by_version_then_time(tmp_path):
+    m = _metrics(**OLD)
+    v10 = _make_run(tmp_path, "v10", m)
+    v2_first = _make_run(tmp_path, "v2", m)
+    v1 = _make_run(tmp_path, "v1", m)
+    v2_second = _make_run(tmp_path, "v2", m)
+    unfinished = _make_run(tmp_path, "v3", None)
+    # file times can be coarser than the gap between two writes: make the creation order explicit
+    for i, run in enumerate((v10, v2_first, v1, v2_second)):
+        os.utime(run.path / "config.json", ns=(10**18 + i * 10**6, 10**18 + i * 10**6))
+    text = compare_runs([tmp_path / "demo"])
+    order = [int(m.group(1)) for m in re.finditer(r"^run (\d+): ", text, re.M)]
+    assert order == [1, 2, 3, 4]
+    positions = [text.index(str(r.path)) for r in (v1, v2_first, v2_second, v10)]
+    assert positions == sorted(positions)
+    assert text.count("change: ") == 3
+    assert f"skipped (no metrics.json yet): {unfinished.path}" in text
+
+
+def test_first_vs_last_and_duplicates(tmp_path):
+    runs = [_make_run(tmp_path, v, _metrics(**OLD)) for v in ("v1", "v2", "v3")]
+    text = compare_runs([r.path for r in runs] + [runs[0].path], first_vs_last=True)
+    assert re.findall(r"^run (\d+): ", text, re.M) == ["1", "2", "3"]  # the repeated run is listed once
+    assert text.count("change: ") == 3
+    assert f"change: v1 ({runs[0].path.name}) -> v3 ({runs[2].path.name})" in text
+
+
+def test_missing_or_damaged_metrics_name_the_folder(tmp_path):
+    run = _make_run(tmp_path, "v1", None)
+    with pytest.raises(MoleflowError, match=re.escape(str(run.path))):
+        compare_runs([run.path])
+    (run.path / "metrics.json").write_text('{"tasks": [')
+    with pytest.raises(MoleflowError, match=re.escape(str(run.path)) + ".*damaged"):
+        compare_runs([run.path])
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(MoleflowError, match="not found"):
+        compare_runs([tmp_path / "nope"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MoleflowError, match="no run folders under"):
+        compare_runs([tmp_path / "empty"])
+    with pytest.raises(MoleflowError, match="no run folders given"):
+        compare_runs([])
