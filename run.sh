@@ -6,6 +6,7 @@
 #   ./run.sh test      the test suite (offline: HF_HUB_OFFLINE=1)
 #   ./run.sh setup     only the set-up step
 set -euo pipefail
+shopt -s nullglob
 cd "$(dirname "$0")"
 ROOT=$PWD
 VENV=${MOLEFLOW_VENV:-$ROOT/.venv}
@@ -27,7 +28,8 @@ pick_python() {
 }
 
 install_stamp() {
-  cat setup.cfg pyproject.toml constraints.txt plugins/*/setup.cfg plugins/*/pyproject.toml 2>/dev/null | sha256sum | cut -c1-16
+  # re-install when packaging metadata (entry points!) or pins change
+  cat setup.cfg pyproject.toml constraints.txt plugins/*/setup.cfg plugins/*/pyproject.toml | sha256sum | cut -c1-16
 }
 
 pip_quiet() {
@@ -47,7 +49,9 @@ setup() {
     log "installing moleflow, its plugins and test tools into $VENV (torch pinned by constraints.txt; ~2 min)"
     local targets=(-e "$ROOT")
     for plugin in "$ROOT"/plugins/*/; do
-      [ -f "$plugin/setup.cfg" ] || [ -f "$plugin/pyproject.toml" ] && targets+=(-e "$plugin")
+      if [ -f "$plugin/setup.cfg" ] || [ -f "$plugin/pyproject.toml" ]; then
+        targets+=(-e "$plugin")
+      fi
     done
     pip_quiet install -q -c constraints.txt "${targets[@]}" "pytest>=7" "scikit-image>=0.21"
     echo "$stamp" > "$VENV/.moleflow-installed"
