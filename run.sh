@@ -4,6 +4,7 @@
 #
 #   ./run.sh demo      generate the embedded benchmark if missing, train v3 on leather -> grid -> transistor
 #   ./run.sh test      the test suite (offline: HF_HUB_OFFLINE=1)
+#   ./run.sh sweep [ITEMS]  one run per version / baseline (default: all), then compare tables
 #   ./run.sh setup     only the set-up step
 set -euo pipefail
 shopt -s nullglob
@@ -79,6 +80,55 @@ demo() {
     --num_epochs "${EPOCHS:-30}" --batch_size 8 --experiment_name demo --heatmaps 10 "$@"
 }
 
+# Settings every sweep block shares; a block adds only what makes its version/strategy.
+COMMON=(--data_path "$DATA_PATH" --backbone_name resnet18 --no_pretrained --img_size 128 --embed_dim 128
+        --num_epochs "${EPOCHS:-30}" --batch_size 8 --heatmaps 10 --quiet)
+
+sweep() {
+  setup
+  ensure_benchmark
+  export HF_HUB_OFFLINE=1
+  local experiment=${EXPERIMENT:-sweep}
+  local wanted=("$@")
+  [ ${#wanted[@]} -gt 0 ] || wanted=(v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint)
+  local base=(--task_classes $CLASSES --experiment_name "$experiment" "${COMMON[@]}")
+  local baselines=(--task_classes $CLASSES --experiment_name "$experiment-baselines" "${COMMON[@]}")
+  for item in "${wanted[@]}"; do
+    case "$item" in
+      v1)   # base flow at task 0; LoRA alpha/(2r) on later tasks; InstanceNorm adapter on tasks >= 1
+        moleflow train --version v1 --lora_rank 8 --lora_alpha 16 "${base[@]}" ;;
+      v2)   # LoRA alpha/r; task 0 gets an expert too
+        moleflow train --version v2 --lora_scaling alpha_over_rank --task0_lora "${base[@]}" ;;
+      v3)   # FiLM adapter on every task; task 0 = 0.9 x + 0.1 adapter(x)
+        moleflow train --version v3 --adapter film --task0_mix 0.1 "${base[@]}" ;;
+      v4)   # CPCF (learned neighbourhood context, trained at task 0 only) + SC-LoRA (4x4 grid of experts)
+        moleflow train --version v4 --use_cpcf --cpcf_context_kernel 3 --use_spatial_lora --sc_lora_grid_size 4 "${base[@]}" ;;
+      v4.1) # CPCF with a fixed context: (1-g) x + g * 3x3 mean, g = 0.3, no parameters
+        moleflow train --version v4.1 --use_cpcf --cpcf_fixed_context --cpcf_context_gate 0.3 "${base[@]}" ;;
+      v5)   # v3 + center loss on z
+        moleflow train --version v5 --center_loss_weight 0.05 "${base[@]}" ;;
+      v6)   # v3 + gated patch self-attention before the flow (task 0 only)
+        moleflow train --version v6 --use_patch_attention "${base[@]}" ;;
+      v7)   # v3 + focal NLL
+        moleflow train --version v7 --focal_gamma 2.0 "${base[@]}" ;;
+      finetune)  # lower bound: one plain flow, trained task after task, nothing frozen
+        moleflow train --version v3 --strategy finetune "${baselines[@]}" ;;
+      joint)     # upper bound: one plain flow on all tasks' data at once
+        moleflow train --version v3 --strategy joint "${baselines[@]}" ;;
+      *) log "error: unknown sweep item '$item' (known: v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint)"; exit 2 ;;
+    esac
+  done
+  for folder in "runs/$experiment" "runs/$experiment-baselines"; do
+    if [ -d "$folder" ]; then
+      moleflow compare "$folder" --markdown --out "$folder/COMPARE.md" >/dev/null
+      echo "tables: $folder/COMPARE.md"
+    fi
+  done
+  echo "tensorboard --logdir runs   (HPARAMS tab: every run's config beside its final metrics)"
+}
+
+moleflow() { "$PY" -m moleflow "$@"; }
+
 run_tests() {
   setup
   export HF_HUB_OFFLINE=1 MPLBACKEND=Agg
@@ -89,9 +139,11 @@ case "${1:-}" in
   setup) setup ;;
   demo) shift; demo "$@" ;;
   test) shift; run_tests "$@" ;;
+  sweep) shift; sweep "$@" ;;
   *)
-    echo "usage: ./run.sh demo | test | setup" >&2
+    echo "usage: ./run.sh demo | test | sweep [v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint] | setup" >&2
     echo "  demo   set up .venv if missing, generate the embedded benchmark if missing, train v3 on it" >&2
     echo "  test   set up .venv if missing, run the test suite" >&2
+    echo "  sweep  one run per version/baseline on DATA_PATH (default: the embedded benchmark), then compare" >&2
     exit 2 ;;
 esac

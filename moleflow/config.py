@@ -63,6 +63,20 @@ class FlowConfig:
     use_pos_embed: bool = _opt(True, "add a fixed 2-D sinusoidal positional embedding before the adapter")
     standardize_features: bool = _opt(True, "standardise features per channel with statistics of the first "
                                             "training round (frozen with the base flow)")
+    use_patch_attention: bool = _opt(False, "v6: gated single-head patch self-attention before the flow, "
+                                            "trained at task 0, frozen after")
+    use_cpcf: bool = _opt(False, "v4: condition every coupling subnet on a k x k neighbourhood context of the "
+                                 "flow input (cross-patch coupling)")
+    cpcf_context_kernel: int = _opt(3, "v4: odd neighbourhood size k of the CPCF context (replicate padding)")
+    cpcf_use_attention: bool = _opt(False, "v4: CPCF context by single-head attention over the k x k "
+                                           "neighbourhood instead of a depthwise conv")
+    cpcf_fixed_context: bool = _opt(False, "v4.1: parameter-free CPCF context (mean of the k x k neighbours)")
+    cpcf_context_gate: float = _opt(0.3, "v4.1 with --cpcf_include_center: gate g of (1-g)*x + g*mean_kxk(x)")
+    cpcf_include_center: bool = _opt(False, "let a patch's CPCF context include the patch itself (the "
+                                            "historical formulas; leaks x into its own condition)")
+    use_spatial_lora: bool = _opt(False, "v4: SC-LoRA, each expert is a G x G grid of LoRA pairs blended "
+                                         "bilinearly by patch position")
+    sc_lora_grid_size: int = _opt(4, "v4: G, the SC-LoRA grid size (G*G LoRA pairs per layer and task)")
 
 
 @dataclass
@@ -74,8 +88,11 @@ class TrainConfig:
     lr: float = _opt(2e-4, "AdamW learning rate (cosine schedule per task)")
     weight_decay: float = _opt(1e-5, "AdamW weight decay")
     grad_clip: float = _opt(1.0, "gradient-norm clip (0 = off)")
-    loss: list = _opt(["nll=1.0"], "loss terms NAME=WEIGHT (registered in moleflow.losses); repeatable",
+    loss: list = _opt(["nll=1.0"], "loss terms NAME=WEIGHT (registered in moleflow.losses); repeatable; replaces "
+                      "the default. Under AdamW only the ratio of weights matters",
                       nargs="+", action="extend")
+    center_loss_weight: float = _opt(0.0, "v5: weight λ of the center loss on z; 0 = off")
+    focal_gamma: float = _opt(0.0, "v7: focal NLL exponent γ; 0 = plain NLL")
     seed: int = _opt(0, "seed of everything random in the run")
     device: str = _opt("auto", "auto | cpu | cuda")
 

@@ -61,7 +61,7 @@ def get(group: str, name: str) -> Any:
     matches = [ep for ep in _entry_points(group) if ep.name == name]
     if not matches:
         known = ", ".join(names(group)) or "(none installed)"
-        raise MoleflowError(f"unknown {group[:-1] if group.endswith('s') else group} '{name}'; known: {known}")
+        raise MoleflowError(f"unknown {group[:-2] if group.endswith('sses') else group[:-1]} '{name}'; known: {known}")
     providers = {_describe(group, ep).distribution for ep in matches}
     if len(providers) > 1:
         raise MoleflowError(

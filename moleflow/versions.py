@@ -52,6 +52,43 @@ V3 = VersionPreset(
     {"adapter": "film", "adapter_first_task": True, "task0_mix": 0.1},
     ("adapter", "adapter_first_task", "task0_mix"),
 )
+V4 = VersionPreset(
+    "v4",
+    "v3",
+    "CPCF: coupling subnets conditioned on a learnable 3x3 depthwise-conv neighbourhood context of x' "
+    "(trained at task 0, frozen after) + SC-LoRA: each expert a 4x4 grid of LoRA pairs, bilinear in position",
+    {"use_cpcf": True, "use_spatial_lora": True},
+    ("use_cpcf", "cpcf_context_kernel", "cpcf_use_attention", "use_spatial_lora", "sc_lora_grid_size"),
+)
+V41 = VersionPreset(
+    "v4.1",
+    "v4",
+    "fixed CPCF context (1-0.3)*x + 0.3*mean_3x3(x): no parameters, so no task-0 bias in the context",
+    {"cpcf_fixed_context": True},
+    ("cpcf_fixed_context", "cpcf_context_gate"),
+)
+V5 = VersionPreset(
+    "v5",
+    "v3",
+    "v3 + center loss on z: total = NLL + 0.05 * mean ||z||^2 / D (fixed centre at 0)",
+    {"center_loss_weight": 0.05},
+    ("center_loss_weight",),
+)
+V7 = VersionPreset(
+    "v7",
+    "v3",
+    "v3 + focal NLL: per-patch NLL weighted by (1 - exp(-nll))^2, so well-explained patches count less",
+    {"focal_gamma": 2.0},
+    ("focal_gamma",),
+)
+V6 = VersionPreset(
+    "v6",
+    "v3",
+    "gated single-head patch self-attention (pre-LN attention + FFN, tanh gates starting at identity) "
+    "before the task adapter; part of the shared base: trained at task 0, frozen after",
+    {"use_patch_attention": True},
+    ("use_patch_attention",),
+)
 
 
 def get_preset(name: str) -> VersionPreset:

@@ -16,7 +16,7 @@ from moleflow.continual.task_data import TaskData, prepare_tasks, resolve_device
 from moleflow.data.dataset import parse_img_size
 from moleflow.errors import MoleflowError
 from moleflow.evaluation.evaluator import Evaluator
-from moleflow.losses.compose import CompositeLoss
+from moleflow.losses.compose import CompositeLoss, loss_terms
 from moleflow.runs import RunFolder, TBLogger, collect_env
 
 MATRIX_METRICS = ("image_auroc", "pixel_auroc", "aupro")
@@ -38,6 +38,15 @@ def model_kwargs(cfg: Config) -> dict[str, Any]:
         "task0_mix": f.task0_mix or None,
         "use_pos_embed": f.use_pos_embed,
         "standardize": f.standardize_features,
+        "use_patch_attention": f.use_patch_attention,
+        "use_cpcf": f.use_cpcf,
+        "cpcf_context_kernel": f.cpcf_context_kernel,
+        "cpcf_use_attention": f.cpcf_use_attention,
+        "cpcf_fixed_context": f.cpcf_fixed_context,
+        "cpcf_context_gate": f.cpcf_context_gate,
+        "cpcf_include_center": f.cpcf_include_center,
+        "use_spatial_lora": f.use_spatial_lora,
+        "sc_lora_grid_size": f.sc_lora_grid_size,
     }
 
 
@@ -54,7 +63,8 @@ class ContinualRun:
         self.router = registry.create("routers", cfg.train.router)
         self.classes = list(cfg.data.task_classes)
         self.strategy = strategy_cls(self.model, len(self.classes))
-        self.loss = CompositeLoss(cfg.train.loss, model_name=cfg.flow.model)
+        terms, options = loss_terms(cfg)
+        self.loss = CompositeLoss(terms, model_name=cfg.flow.model, options=options)
         size = parse_img_size(cfg.data.img_size)
         self.evaluator = Evaluator(self.model, self.strategy, self.router, cfg.eval, size, device)
         self.results: dict[int, dict[str, dict[str, float]]] = {}  # after task i -> class -> metrics
@@ -126,10 +136,19 @@ class ContinualRun:
                 self.model.load_state_dict(state)
 
 
+def check_components(cfg: Config) -> None:
+    """Fail on unknown component names in seconds, before any image is read or feature computed."""
+    registry.get("models", cfg.flow.model)
+    registry.get("routers", cfg.train.router)
+    terms, options = loss_terms(cfg)
+    CompositeLoss(terms, model_name=cfg.flow.model, options=options)
+
+
 def run_training(cfg: Config, *, progress: bool = True, resume: str | None = None, log=print) -> RunFolder:
     """Train the whole task stream and write the run folder. Returns it."""
     from moleflow.evaluation.report import write_final_report
 
+    check_components(cfg)
     device = resolve_device(cfg.train.device)
     if len(set(cfg.data.task_classes)) != len(cfg.data.task_classes):
         raise MoleflowError(f"--task_classes lists a class twice: {' '.join(cfg.data.task_classes)}")

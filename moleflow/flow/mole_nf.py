@@ -10,6 +10,17 @@ SequenceINN of coupling blocks whose subnets are LoRALinear layers. Ownership is
 So after a task ends nothing used to score it changes, and its scores stay bitwise identical.
 The patch score is the NLL of the adapted token x' under the flow: 0.5*||z||^2 - log|det dz/dx'|
 (constant 0.5*D*log(2*pi) dropped; the adapter's own Jacobian is not included).
+
+v6 (use_patch_attention): a gated self-attention block over each image's patch grid runs after the
+positional embedding and before the task adapter. It is part of the shared base (trained at task 0,
+frozen after). It mixes tokens within an image, so x' depends on the whole image, but the flow and its
+Jacobian stay per token; inverse() inverts the flow only (z -> x'), never the attention.
+
+v4 (use_cpcf, see cpcf.py): every coupling subnet is also conditioned on a neighbourhood context computed
+from x' (a FrEIA condition of width D). The learnable extractor is shared base (trained at task 0, frozen
+after); v4.1's fixed extractor has no parameters. inverse() then needs the context of the x' it should
+reproduce: pass context=flow_context(x'). v4 (use_spatial_lora, see spatial_lora.py): every expert is a
+G x G grid of LoRA pairs blended bilinearly by patch position; owned per task exactly like plain experts.
 """
 
 from __future__ import annotations
@@ -17,18 +28,17 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator
 
-import FrEIA.framework as Ff
-import FrEIA.modules as Fm
 import torch
 from torch import Tensor, nn
 
 from moleflow.errors import MoleflowError
 from moleflow.features.positional import sinusoidal_2d
 from moleflow.flow.adapters import make_adapter
+from moleflow.flow.blocks import COUPLING_TYPES, build_coupling_flow
+from moleflow.flow.cpcf import make_context
 from moleflow.flow.lora import LoRALinear, lora_scale
-from moleflow.flow.subnet import make_subnet_constructor
-
-COUPLING_TYPES = ("allinone", "glow")
+from moleflow.flow.patch_attention import PatchSelfAttention
+from moleflow.flow.spatial_lora import CornerGroups, SpatialLoRALinear, bilinear_corners
 
 
 class MoLEFlow(nn.Module):
@@ -61,6 +71,15 @@ class MoLEFlow(nn.Module):
         use_pos_embed: bool = True,
         experts: bool = True,
         standardize: bool = True,
+        use_patch_attention: bool = False,
+        use_cpcf: bool = False,
+        cpcf_context_kernel: int = 3,
+        cpcf_use_attention: bool = False,
+        cpcf_fixed_context: bool = False,
+        cpcf_context_gate: float = 0.3,
+        cpcf_include_center: bool = False,
+        use_spatial_lora: bool = False,
+        sc_lora_grid_size: int = 4,
     ) -> None:
         super().__init__()
         if dim < 2:
@@ -84,25 +103,37 @@ class MoLEFlow(nn.Module):
         self.task0_mix = task0_mix
         self.use_pos_embed = use_pos_embed
 
-        constructor = make_subnet_constructor(
-            subnet_hidden if subnet_hidden is not None else 2 * dim,
-            rank=lora_rank,
-            alpha=lora_alpha,
-            scaling=lora_scaling,
+        if use_spatial_lora and sc_lora_grid_size < 1:
+            raise MoleflowError(f"sc_lora_grid_size must be >= 1, got {sc_lora_grid_size}")
+        self.flow = build_coupling_flow(
+            dim,
+            num_coupling_layers=num_coupling_layers,
+            coupling_type=coupling_type,
+            clamp=clamp,
+            subnet_hidden=subnet_hidden if subnet_hidden is not None else 2 * dim,
+            lora_rank=lora_rank,
+            lora_alpha=lora_alpha,
+            lora_scaling=lora_scaling,
+            cond_dim=dim if use_cpcf else 0,
+            spatial_grid=sc_lora_grid_size if use_spatial_lora else 0,
         )
-        self.flow = Ff.SequenceINN(dim)
-        for _ in range(num_coupling_layers):
-            if coupling_type == "allinone":
-                self.flow.append(
-                    Fm.AllInOneBlock, subnet_constructor=constructor, affine_clamping=clamp, permute_soft=False
-                )
-            else:
-                self.flow.append(Fm.GLOWCouplingBlock, subnet_constructor=constructor, clamp=clamp)
-        self._redraw_permutations()
         # FrEIA's fixed permutation matrices are nn.Parameter(requires_grad=False); remember them by name
         # now, because after end_task(0) requires_grad no longer tells them apart from the frozen base.
         self._fixed_names = frozenset(n for n, p in self.flow.named_parameters() if not p.requires_grad)
         self._lora_layers = [m for m in self.flow.modules() if isinstance(m, LoRALinear)]
+        # Built after the flow so the flow's random init is the same with and without it.
+        self.patch_attention = PatchSelfAttention(dim) if use_patch_attention else None
+        self.context = None
+        if use_cpcf:
+            self.context = make_context(dim, kernel=cpcf_context_kernel, use_attention=cpcf_use_attention,
+                                        fixed=cpcf_fixed_context, gate=cpcf_context_gate,
+                                        include_center=cpcf_include_center)
+        self._spatial_layers = [m for m in self._lora_layers if isinstance(m, SpatialLoRALinear)]
+        # Bilinear corners of every patch position: deterministic from (grid, G), so never saved.
+        corners = bilinear_corners(h, w, sc_lora_grid_size) if use_spatial_lora else (None, None)
+        self.register_buffer("sc_corner_idx", corners[0], persistent=False)
+        self.register_buffer("sc_corner_weights", None if corners[1] is None else corners[1].float(),
+                             persistent=False)
 
         self.adapters = nn.ModuleDict()
         self.task_names: list[str] = []
@@ -116,19 +147,6 @@ class MoLEFlow(nn.Module):
         self.register_buffer("input_stats_ready", torch.zeros((), dtype=torch.bool))
         # Deterministic from (grid, dim), so non-persistent: never saved, never loaded.
         self.register_buffer("pos_embed", sinusoidal_2d(h, w, dim) if use_pos_embed else None, persistent=False)
-
-    def _redraw_permutations(self) -> None:
-        """Draw AllInOneBlock's hard permutations from torch's RNG instead of numpy's global one.
-
-        Makes the whole model init depend on torch.manual_seed alone; the matrices keep FrEIA's
-        convention (row i selects channel perm[i]) and stay non-trainable.
-        """
-        for block in self.flow.module_list:
-            if isinstance(block, Fm.AllInOneBlock) and block.w_perm is not None:
-                w = torch.eye(self.dim)[torch.randperm(self.dim)]
-                with torch.no_grad():
-                    block.w_perm.copy_(w.view_as(block.w_perm))
-                    block.w_perm_inv.copy_(w.T.contiguous().view_as(block.w_perm_inv))
 
     # ----- task bookkeeping -------------------------------------------------------------------------
 
@@ -167,11 +185,15 @@ class MoLEFlow(nn.Module):
         return list(self.adapters[key].parameters()) if key in self.adapters else []
 
     def base_parameters(self) -> list[nn.Parameter]:
-        """All learnable shared flow parameters (never the fixed permutation matrices, never experts)."""
+        """All learnable shared parameters: flow base (never the fixed permutations, never experts) and,
+        when enabled, the patch attention block and the learnable CPCF context extractor."""
         expert_ids = {id(p) for layer in self._lora_layers for d in (layer.lora_A, layer.lora_B) for p in d.values()}
-        return [
+        base = [
             p for name, p in self.flow.named_parameters() if name not in self._fixed_names and id(p) not in expert_ids
         ]
+        for extra in (self.patch_attention, self.context):
+            base += list(extra.parameters()) if extra is not None else []
+        return base
 
     def _owned_parameters(self, task_id: int) -> list[nn.Parameter]:
         own = self._expert_parameters(task_id) + self._adapter_parameters(task_id)
@@ -196,19 +218,31 @@ class MoLEFlow(nn.Module):
     # ----- computation ------------------------------------------------------------------------------
 
     @contextmanager
-    def _active_expert(self, task_id: int) -> Iterator[None]:
+    def _active_expert(self, task_id: int, num_rows: int) -> Iterator[None]:
+        groups = None
+        if self._spatial_layers:  # rows are (image, position) row-major: position = row % (h*w)
+            images, rest = divmod(num_rows, self.sc_corner_idx.shape[0])
+            if rest:
+                h, w = self.grid
+                raise MoleflowError(f"SC-LoRA needs whole {h}x{w} patch grids per image; got {num_rows} rows")
+            groups = CornerGroups.from_rows(self.sc_corner_idx.repeat(images, 1),
+                                            self.sc_corner_weights.repeat(images, 1))
         for layer in self._lora_layers:
             layer.active_task = task_id
+        for layer in self._spatial_layers:
+            layer.corner_groups = groups
         try:
             yield
         finally:
             for layer in self._lora_layers:
                 layer.active_task = None
+            for layer in self._spatial_layers:
+                layer.corner_groups = None
 
     def _check_feats(self, feats: Tensor) -> None:
         h, w = self.grid
-        # The grid only matters for the positional embedding; the flow itself is per token.
-        grid_ok = not self.use_pos_embed or tuple(feats.shape[1:3]) == (h, w)
+        # The grid only matters for the positional embedding and SC-LoRA; the flow itself is per token.
+        grid_ok = not (self.use_pos_embed or self._spatial_layers) or tuple(feats.shape[1:3]) == (h, w)
         if feats.dim() != 4 or feats.shape[-1] != self.dim or not grid_ok:
             raise MoleflowError(
                 f"flow input has shape {tuple(feats.shape)} but the flow was built for (B, {h}, {w}, {self.dim}); "
@@ -228,12 +262,15 @@ class MoLEFlow(nn.Module):
         self.input_stats_ready.fill_(True)
 
     def adapt(self, feats: Tensor, task_id: int) -> Tensor:
-        """(B,h,w,D) features -> the flow's input x' (standardise, positional embedding, task adapter)."""
+        """(B,h,w,D) features -> the flow's input x' (standardise, positional embedding, patch attention if
+        enabled, task adapter)."""
         self._check_feats(feats)
         self._check_task(task_id)
         if self.standardize:
             feats = (feats - self.input_mean) / self.input_std
         x = feats + self.pos_embed if self.pos_embed is not None else feats
+        if self.patch_attention is not None:
+            x = self.patch_attention(x)
         key = str(task_id)
         if key not in self.adapters:
             return x
@@ -242,16 +279,23 @@ class MoLEFlow(nn.Module):
             y = (1.0 - self.task0_mix) * x + self.task0_mix * y
         return y
 
-    def _run_flow(self, rows: Tensor, task_id: int, rev: bool) -> tuple[Tensor, Tensor]:
-        with self._active_expert(task_id):
-            out, log_jac_det = self.flow(rows, rev=rev, jac=True)
+    def flow_context(self, x_adapted: Tensor) -> Tensor | None:
+        """(B,h,w,D) flow input x' -> its CPCF context (B,h,w,D), or None without use_cpcf."""
+        return self.context(x_adapted) if self.context is not None else None
+
+    def _run_flow(self, grid: Tensor, task_id: int, rev: bool, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(B,h,w,D) grid of x' or z -> (B*h*w, D) rows out and their log-dets."""
+        rows = grid.reshape(-1, grid.shape[-1])
+        cond = None if context is None else [context.reshape(rows.shape[0], -1)]
+        with self._active_expert(task_id, rows.shape[0]):
+            out, log_jac_det = self.flow(rows, c=cond, rev=rev, jac=True)
         return out, log_jac_det
 
     def forward(self, feats: Tensor, task_id: int) -> dict[str, Tensor]:
         """feats (B,h,w,D) -> z (B,h,w,D), log_jac_det (B,h,w), patch_score (B,h,w)."""
         x = self.adapt(feats, task_id)
         b, h, w, d = x.shape
-        z, log_jac_det = self._run_flow(x.reshape(b * h * w, d), task_id, rev=False)
+        z, log_jac_det = self._run_flow(x, task_id, rev=False, context=self.flow_context(x))
         z = z.reshape(b, h, w, d)
         log_jac_det = log_jac_det.reshape(b, h, w)
         return {"z": z, "log_jac_det": log_jac_det, "patch_score": 0.5 * z.pow(2).sum(-1) - log_jac_det}
@@ -261,12 +305,18 @@ class MoLEFlow(nn.Module):
         """(B,h,w) per-patch NLL; higher = more anomalous. Call model.eval() first if dropout is used."""
         return self.forward(feats, task_id)["patch_score"]
 
-    def inverse(self, z: Tensor, task_id: int) -> Tensor:
-        """(B,h,w,D) latent -> the adapted flow input x' that maps to it."""
+    def inverse(self, z: Tensor, task_id: int, context: Tensor | None = None) -> Tensor:
+        """(B,h,w,D) latent -> the adapted flow input x' that maps to it (the flow only: adapter and patch
+        attention are not inverted). With use_cpcf, context must be flow_context(x') of that same x'."""
         self._check_task(task_id)
-        b, h, w, d = z.shape
-        x, _ = self._run_flow(z.reshape(b * h * w, d), task_id, rev=True)
-        return x.reshape(b, h, w, d)
+        if context is None and self.context is not None:
+            raise MoleflowError("with use_cpcf, inverse() needs context=model.flow_context(x') of the x' to recover")
+        if context is not None and self.context is None:
+            raise MoleflowError("this model was built without use_cpcf; call inverse() without context")
+        if context is not None and context.shape != z.shape:
+            raise MoleflowError(f"context has shape {tuple(context.shape)}, expected {tuple(z.shape)} like z")
+        x, _ = self._run_flow(z, task_id, rev=True, context=context)
+        return x.reshape(z.shape)
 
     # ----- state ------------------------------------------------------------------------------------
 
@@ -290,7 +340,7 @@ class MoLEFlow(nn.Module):
         return [k for k in self.state_dict() if k not in per_task]
 
     def shared_state(self) -> dict[str, Tensor]:
-        """Copies of everything else in state_dict: base flow, permutation matrices."""
+        """Copies of everything else in state_dict: base flow, permutation matrices, patch attention."""
         full = self.state_dict()
         return {k: full[k].detach().clone(memory_format=torch.contiguous_format) for k in self._shared_keys()}
 
