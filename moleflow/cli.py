@@ -63,7 +63,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from moleflow.compare import compare_runs
 
-    text = compare_runs(args.runs, markdown=args.markdown)
+    text = compare_runs(args.runs, markdown=args.markdown, first_vs_last=args.first_vs_last)
     if args.out:
         from moleflow.runs import atomic_write_text
 
@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("compare", cmd_compare, "per-class tables of runs and the change between consecutive runs")
     p.add_argument("runs", nargs="+", help="run folders, or folders containing run folders")
     p.add_argument("--markdown", action="store_true", help="GitHub markdown tables")
+    p.add_argument("--first_vs_last", action="store_true", help="also compare the first run with the last")
     p.add_argument("--out", help="also write the tables to this file")
 
     p = add("synth", cmd_synth, "generate the embedded MVTec-layout benchmark (real PNGs, deterministic)")

@@ -1,6 +1,7 @@
 """Comparison tables rebuilt from run folders (what `moleflow compare` prints).
 
-For each run: a header line, a per-class table (routing accuracy, image AUROC, pixel AUROC, AUPRO), a mean
+With two or more runs, first a summary: one row per run with the means, BWT / FM and the parameters
+each task adds. For each run: a header line, a per-class table (routing accuracy, image AUROC, pixel AUROC, AUPRO), a mean
 row and BWT / FM. With two or more runs: a change table per consecutive pair (run k vs run k-1, like a
 version-history "v1 -> v2" table) and optionally first vs last. A folder that is not itself a run
 expands to every run below it, sorted by (version, start time).
@@ -41,6 +42,8 @@ class RunSummary:
     mean: dict[str, float | None]
     bwt: dict[str, float | None] = field(default_factory=dict)
     fm: dict[str, float | None] = field(default_factory=dict)
+    growth_per_task: float | None = None  # mean parameters added per task, as a fraction of the shared ones
+    timing: dict[str, float | None] = field(default_factory=dict)  # seconds: backbone_s, train_s, eval_s
 
     @property
     def label(self) -> str:
@@ -101,7 +104,16 @@ def load_summary(path: str | Path) -> RunSummary:
         mean=mean,
         bwt={k: _number((continual.get("bwt") or {}).get(k)) for k, _ in CONTINUAL_METRICS},
         fm={k: _number((continual.get("fm") or {}).get(k)) for k, _ in CONTINUAL_METRICS},
+        growth_per_task=_growth(metrics.get("params") or {}),
+        timing={k: _number((metrics.get("timing") or {}).get(k)) for k in ("backbone_s", "train_s", "eval_s")},
     )
+
+
+def _growth(params: dict) -> float | None:
+    shared, per_task = _number(params.get("shared")), params.get("per_task")
+    if not shared or not isinstance(per_task, list) or not per_task:
+        return None
+    return sum(per_task) / len(per_task) / shared
 
 
 def _natural_key(text: str) -> list[Any]:
@@ -217,6 +229,19 @@ def _change_section(old: RunSummary, new: RunSummary, markdown: bool) -> str:
     return f"{head}\n\n{table}"
 
 
+def _summary_section(runs: list[RunSummary], markdown: bool) -> str:
+    """One row per run: the means, BWT/FM (image AUROC) and the parameters each task adds."""
+    header = (["run", "version", "strategy"] + [f"mean {t}" for _, t in COLUMNS]
+              + ["BWT", "FM", "params/task", "backbone s", "train s", "eval s"])
+    rows = [[run.path.name, run.version, run.strategy] + [_fmt(run.mean[k]) for k, _ in COLUMNS]
+            + [_fmt(run.bwt.get("image_auroc")), _fmt(run.fm.get("image_auroc")),
+               "n/a" if run.growth_per_task is None else f"{100 * run.growth_per_task:.1f}% of shared"]
+            + ["n/a" if run.timing.get(k) is None else f"{run.timing[k]:.1f}" for k in ("backbone_s", "train_s", "eval_s")]
+            for run in runs]
+    title = "summary (BWT/FM on image AUROC)"
+    return f"{'**' + title + '**' if markdown else title}\n\n{render_table(header, rows, markdown)}"
+
+
 def compare_runs(run_dirs: list[str | Path], markdown: bool = False, *, first_vs_last: bool = False) -> str:
     """Tables for the given runs (or folders of runs); markdown=True gives GitHub tables, else aligned text.
 
@@ -229,7 +254,8 @@ def compare_runs(run_dirs: list[str | Path], markdown: bool = False, *, first_vs
         names = ", ".join(str(p) for p in skipped)
         raise MoleflowError(f"no finished runs to compare (no {METRICS_FILE} in: {names})")
     runs = [load_summary(p) for p in paths]
-    sections = [_run_section(i + 1, run, markdown) for i, run in enumerate(runs)]
+    sections = [_summary_section(runs, markdown)] if len(runs) >= 2 else []
+    sections += [_run_section(i + 1, run, markdown) for i, run in enumerate(runs)]
     pairs = list(zip(runs, runs[1:]))
     if first_vs_last and len(runs) >= 3:
         pairs.append((runs[0], runs[-1]))

@@ -74,7 +74,7 @@ def test_per_run_tables_hold_the_numbers(two_runs):
     assert mean[4] == "n/a"  # one class has no AUPRO, so there is no mean either
     assert "BWT (image AUROC) -0.0500, FM (image AUROC) 0.0500" in text
     # aligned plain text: every row of a table has the same width as its header
-    table = text.split("\n\n")[1].splitlines()
+    table = text.split("run 1: ")[1].split("\n\n")[1].splitlines()  # after the summary section
     assert table[0].startswith("class") and table[-1].startswith("mean")
     assert len({len(line) for line in table}) == 1
 
@@ -151,3 +151,25 @@ def test_bad_arguments(tmp_path):
         compare_runs([tmp_path / "empty"])
     with pytest.raises(MoleflowError, match="no run folders given"):
         compare_runs([])
+
+
+def test_cli_first_vs_last_flag_adds_the_table(tmp_path, capsys):
+    from moleflow.cli import main
+
+    runs = [_make_run(tmp_path, v, _metrics(**OLD)) for v in ("v1", "v2", "v3")]
+    paths = [str(r.path) for r in runs]
+    assert main(["compare", *paths]) == 0
+    plain = capsys.readouterr().out
+    assert main(["compare", *paths, "--first_vs_last"]) == 0
+    with_flag = capsys.readouterr().out
+    assert with_flag.count("change: ") == plain.count("change: ") + 1 == 3
+
+
+def test_summary_has_one_row_per_run_with_growth(two_runs):
+    text = compare_runs([r.path for r in two_runs], markdown=True)
+    summary = text.split("**run 1**")[0]
+    assert "summary" in summary and summary.count("| moleflow |") == 2
+    assert "10.0% of shared" in summary  # params: shared 10, per task 1
+    assert summary.count("| 1.0 | 1.0 | 1.0 |") == 2  # backbone / train / eval seconds
+    one = compare_runs([two_runs[0].path])
+    assert "summary (BWT/FM" not in one
