@@ -49,6 +49,8 @@ class BackboneConfig:
 @dataclass
 class FlowConfig:
     model: str = _opt("moleflow", "model: a name registered in moleflow.models")
+    model_opt: list = _opt([], "options of a plugin model, KEY=VALUE (repeatable; values read as JSON when "
+                               "they parse, else as text)", nargs="+", action="extend")
     num_coupling_layers: int = _opt(8, "coupling blocks in the shared flow")
     coupling_type: str = _opt("allinone", "coupling block type", choices=["allinone", "glow"])
     clamp: float = _opt(2.0, "soft clamp of the coupling scales")
@@ -206,6 +208,20 @@ def add_config_arguments(parser: argparse.ArgumentParser, sections: tuple[str, .
             if "choices" in f.metadata:
                 kwargs["choices"] = f.metadata["choices"]
             group.add_argument(*names, **kwargs)
+
+
+def parse_options(items: list[str], flag: str = "--model_opt") -> dict[str, Any]:
+    """['k=3', 'name=x', 'on=true'] -> {'k': 3, 'name': 'x', 'on': True}."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise MoleflowError(f"{flag} {item!r}: expected KEY=VALUE")
+        try:
+            options[key.strip()] = json.loads(raw)
+        except ValueError:
+            options[key.strip()] = raw
+    return options
 
 
 def explicit_settings(args: argparse.Namespace) -> dict[str, Any]:

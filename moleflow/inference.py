@@ -77,7 +77,8 @@ def predict_images(run_dir: str | Path, images: list[str], out_dir: str | Path, 
         task = int(state.router.predict(pooled.cpu())[0]) if cfg.train.router != "oracle" else None
         if task is None:
             raise MoleflowError("this run uses --router oracle, which needs the true task; predict needs a real router")
-        scores = state.model.patch_scores(patch, state.strategy.model_task(task)).float().cpu()
+        model_input = image.unsqueeze(0).to(device) if getattr(state.model, "input_kind", "features") == "images" else patch
+        scores = state.model.patch_scores(model_input, state.strategy.model_task(task)).float().cpu()
         amap = anomaly_maps(scores, size, cfg.eval.blur_sigma)[0].numpy()
         score = float(image_scores(scores, cfg.eval.score_aggregation, cfg.eval.topk)[0])
         rgb = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)

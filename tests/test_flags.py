@@ -211,6 +211,7 @@ def test_flag_changes_something(name, flags_bench, flags_tasks, baselines):
 
 # settings whose effect is tested elsewhere, or that have nothing to change on this data
 NOT_IN_CASES = {
+    "model_opt": "test_plugin_example: test_model_opt_reaches_the_plugin_model",
     "data_path": "test_cli: training and bad-input tests",
     "task_classes": "test_cli: tables list exactly these classes; joint run on two classes",
     "dataset_format": "test_data_layer: one registered lister per format",

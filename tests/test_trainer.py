@@ -181,7 +181,7 @@ def test_nan_loss_stops_with_a_clear_error(tiny_bench, tiny_tasks, tmp_path):
     tasks, extractor = tiny_tasks
     poisoned = dataclasses.replace(tasks[0].train, patch=tasks[0].train.patch.clone())
     poisoned.patch[3, 0, 0, 0] = float("nan")  # one bad feature must stop the task, not train on garbage
-    bad_tasks = [dataclasses.replace(tasks[0], train=poisoned), *tasks[1:]]
+    bad_tasks = [dataclasses.replace(tasks[0], train=poisoned, train_inputs=poisoned.patch), *tasks[1:]]
     cfg = tiny_config(tiny_bench, tmp_path)
     state = ContinualRun(cfg, bad_tasks, extractor.dim, extractor.grid, torch.device("cpu"), progress=False)
     with pytest.raises(MoleflowError, match=r"task 0 \(leather\): loss became nan at epoch 1, step \d+"):

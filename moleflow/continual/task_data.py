@@ -12,6 +12,7 @@ import torch
 
 from moleflow import registry
 from moleflow.data.dataset import AnomalyDataset, load_split, parse_img_size
+from moleflow.errors import MoleflowError
 from moleflow.features.cache import FeatureSet, extract_features
 
 
@@ -22,6 +23,28 @@ class TaskData:
     train: FeatureSet
     test: FeatureSet
     test_dataset: AnomalyDataset  # kept to draw heatmap overlays from the original pixels
+    # what the model consumes: the patch features (default) or, for models with input_kind "images",
+    # the images themselves (N,3,H,W in [0,1]); the router always uses the pooled backbone features
+    train_inputs: torch.Tensor | None = None
+    test_inputs: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.train_inputs is None:
+            self.train_inputs = self.train.patch
+        if self.test_inputs is None:
+            self.test_inputs = self.test.patch
+
+
+def model_input_kind(cfg: Any) -> str:
+    """'features' or 'images', declared by the registered model class (default: features)."""
+    kind = getattr(registry.get("models", cfg.flow.model), "input_kind", "features")
+    if kind not in ("features", "images"):
+        raise MoleflowError(f"model '{cfg.flow.model}' declares input_kind={kind!r}; use 'features' or 'images'")
+    return kind
+
+
+def stack_images(dataset: AnomalyDataset) -> torch.Tensor:
+    return torch.stack([dataset[i]["image"] for i in range(len(dataset))])
 
 
 def resolve_device(name: str) -> torch.device:
@@ -62,6 +85,7 @@ def load_datasets(cfg: Any) -> list[tuple[AnomalyDataset, AnomalyDataset]]:
 def prepare_tasks(cfg: Any, device: torch.device, progress: bool = True) -> tuple[list[TaskData], Any, float]:
     """Returns the tasks, the extractor and the seconds spent in the backbone."""
     datasets = load_datasets(cfg)
+    wants_images = model_input_kind(cfg) == "images"
     extractor = build_extractor(cfg, device)
     cache = cfg.backbone.feature_cache or None
     start = time.perf_counter()
@@ -73,5 +97,7 @@ def prepare_tasks(cfg: Any, device: torch.device, progress: bool = True) -> tupl
             extract_features(extractor, train_ds, desc=f"features {cls}/train", **kw),
             extract_features(extractor, test_ds, desc=f"features {cls}/test", **kw),
             test_ds,
+            stack_images(train_ds) if wants_images else None,
+            stack_images(test_ds) if wants_images else None,
         ))
     return tasks, extractor, time.perf_counter() - start

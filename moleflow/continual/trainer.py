@@ -4,9 +4,11 @@ checkpoint -> evaluate every task seen so far. Knows models only through the con
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from moleflow import registry
 from moleflow.config import Config
@@ -20,6 +22,16 @@ from moleflow.losses.compose import CompositeLoss, loss_terms
 from moleflow.runs import RunFolder, TBLogger, collect_env
 
 MATRIX_METRICS = ("image_auroc", "pixel_auroc", "aupro")
+
+
+def build_model(cfg: Config, dim: int, grid: tuple[int, int], overrides: dict[str, Any]) -> torch.nn.Module:
+    """A registered model class with `from_config` builds itself (plugins: their own options come from
+    --model_opt); otherwise it is called with the flow settings (the built-in MoLE-Flow)."""
+    factory = registry.get("models", cfg.flow.model)
+    from_config = getattr(factory, "from_config", None)
+    if from_config is not None:
+        return from_config(cfg, dim=dim, grid=grid, img_size=parse_img_size(cfg.data.img_size), overrides=overrides)
+    return factory(dim, grid, **{**model_kwargs(cfg), **overrides})
 
 
 def model_kwargs(cfg: Config) -> dict[str, Any]:
@@ -58,8 +70,7 @@ class ContinualRun:
         self.cfg, self.tasks, self.device, self.progress = cfg, tasks, device, progress
         strategy_cls = strategy_class(cfg.train.strategy)
         torch.manual_seed(cfg.train.seed)
-        kwargs = {**model_kwargs(cfg), **strategy_cls.model_overrides}
-        self.model = registry.create("models", cfg.flow.model, dim, grid, **kwargs).to(device)
+        self.model = build_model(cfg, dim, grid, strategy_cls.model_overrides).to(device)
         self.router = registry.create("routers", cfg.train.router)
         self.classes = list(cfg.data.task_classes)
         self.strategy = strategy_cls(self.model, len(self.classes))
@@ -80,16 +91,19 @@ class ContinualRun:
         self.strategy.begin_task(t, task.class_name)
         rounds = self.strategy.training_indices(t)
         if rounds is not None:
-            feats = torch.cat([self.tasks[i].train.patch for i in rounds])
+            inputs = torch.cat([self.tasks[i].train_inputs for i in rounds])
             observe = getattr(self.model, "observe_training_features", None)  # optional contract hook
             if observe is not None:
-                observe(self.strategy.model_task(t), feats)
+                observe(self.strategy.model_task(t), inputs)
             tr = self.cfg.train
             settings = FitSettings(tr.num_epochs, tr.batch_size, tr.lr, tr.weight_decay, tr.grad_clip,
                                    self._task_seed(t), self.device, self.progress)
             log = (lambda e, v: tb.scalar(f"train/loss_task{t}_{task.class_name}", v, e)) if tb else None
-            fit = fit_task(self.model, self.strategy.model_task(t), feats, self.strategy.trainable(t), self.loss,
-                           settings, label=f"task {t} ({task.class_name})", on_epoch=log)
+            # a model with its own training procedure (teacher/students, memory banks, ...) provides
+            # fit_task; everything else goes through the generic optimisation loop
+            fit_fn = getattr(self.model, "fit_task", None) or partial(fit_task, self.model)
+            fit = fit_fn(self.strategy.model_task(t), inputs, self.strategy.trainable(t), self.loss,
+                         settings, label=f"task {t} ({task.class_name})", on_epoch=log)
             self.fit_log.append({"task": t, "class": task.class_name, "epochs": len(fit.epoch_losses),
                                  "final_loss": fit.epoch_losses[-1] if fit.epoch_losses else None,
                                  "seconds": fit.seconds, "steps": fit.steps})
@@ -99,8 +113,9 @@ class ContinualRun:
     def evaluate(self, upto: int, keep_maps: bool = False) -> dict[str, Any]:
         scored = {}
         row = {}
-        for task in self.tasks[: upto + 1]:
-            s = self.evaluator.score(task.task_id, task.class_name, task.test)
+        seen = self.tasks[: upto + 1]
+        for task in tqdm(seen, desc=f"evaluate after task {upto}", disable=not self.progress, leave=False):
+            s = self.evaluator.score(task.task_id, task.class_name, task.test, task.test_inputs)
             row[task.class_name] = self.evaluator.metrics(s, task.test, keep_maps=keep_maps)
             scored[task.class_name] = s
         self.results[upto] = row

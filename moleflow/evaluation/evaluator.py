@@ -59,17 +59,19 @@ class Evaluator:
             self._cache[key] = out
         return out
 
-    def score(self, task_id: int, class_name: str, fs: Any) -> ScoredSet:
+    def score(self, task_id: int, class_name: str, fs: Any, inputs: torch.Tensor | None = None) -> ScoredSet:
+        """Route with the pooled features of `fs`; score `inputs` (default: its patch features)."""
+        inputs = fs.patch if inputs is None else inputs
         n = fs.patch.shape[0]
         true = torch.full((n,), task_id, dtype=torch.long)
         pred = self.router.predict(fs.pooled, true_tasks=true).long().cpu()
-        oracle = self.expert_scores(task_id, fs.patch, task_id)
+        oracle = self.expert_scores(task_id, inputs, task_id)
         routed = oracle.clone()
         for expert in pred.unique().tolist():
             if expert == task_id:
                 continue
             rows = (pred == expert).nonzero().flatten()
-            routed[rows] = self.expert_scores(task_id, fs.patch, expert)[rows]
+            routed[rows] = self.expert_scores(task_id, inputs, expert)[rows]
         method, k = self.cfg.score_aggregation, self.cfg.topk
         return ScoredSet(task_id, class_name, pred, routed, oracle,
                          image_scores(routed, method, k), image_scores(oracle, method, k))
