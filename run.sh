@@ -132,7 +132,9 @@ moleflow() { "$PY" -m moleflow "$@"; }
 run_tests() {
   setup
   export HF_HUB_OFFLINE=1 MPLBACKEND=Agg
-  "$PY" -m pytest tests "$@"
+  local suites=(tests)
+  for plugin_tests in plugins/*/tests; do suites+=("$plugin_tests"); done
+  "$PY" -m pytest "${suites[@]}" "$@"
 }
 
 case "${1:-}" in
