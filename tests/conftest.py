@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -59,3 +60,46 @@ def installed_plugin(tmp_path, monkeypatch):
     for mod in ("mf_testplugin", "mf_testplugin_broken"):
         sys.modules.pop(mod, None)
     return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tiny test models gain nothing from a second thread, and on a busy 2-core machine the
+    oversubscribed pool makes them ~10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def small_bench(tmp_path_factory) -> Path:
+    """The embedded benchmark at 64 px with default (subtle to obvious) defects: for CLI and flag tests."""
+    from moleflow.data.synthetic import generate_benchmark
+
+    out = tmp_path_factory.mktemp("small_bench") / "synth"
+    generate_benchmark(out, size=64, n_train=8, n_test_good=4, n_test_defect=6, seed=0, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bench(tmp_path_factory) -> Path:
+    """64 px with visible defects (large, high contrast): a random-init backbone at 64 px cannot see the
+    subtle ones, and the end-to-end detection test needs defects the features can carry."""
+    from moleflow.data.synthetic import generate_benchmark
+
+    out = tmp_path_factory.mktemp("tiny_bench") / "synth"
+    generate_benchmark(out, size=64, n_train=16, n_test_good=8, n_test_defect=12, seed=0, progress=False,
+                       extent_range=(0.1, 0.2), contrast_range=(0.7, 1.0))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_tasks(tiny_bench, tmp_path_factory):
+    """Features of tiny_bench computed once per session (tests build ContinualRun on them)."""
+    from helpers import tiny_config
+    from moleflow.continual.task_data import prepare_tasks
+
+    cfg = tiny_config(tiny_bench, tmp_path_factory.mktemp("runs"))
+    tasks, extractor, _ = prepare_tasks(cfg, torch.device("cpu"), progress=False)
+    return tasks, extractor

@@ -30,23 +30,6 @@ TINY = ["--img_size", "64", "--no_pretrained", "--embed_dim", "32", "--num_coupl
         "--lora_rank", "4", "--num_epochs", "2", "--batch_size", "8", "--device", "cpu", "--quiet"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # tiny models gain nothing from a second thread, and on a shared 2-core machine the oversubscribed
-    # thread pool makes them ~10x slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def cli_bench(tmp_path_factory) -> Path:
-    from moleflow.data.synthetic import generate_benchmark
-
-    out = tmp_path_factory.mktemp("cli_bench") / "synth"
-    generate_benchmark(out, size=64, n_train=8, n_test_good=4, n_test_defect=6, seed=0, progress=False)
-    return out
 
 
 @dataclass
@@ -99,10 +82,10 @@ def cache_files(cache: Path) -> dict[str, tuple[int, int]]:
 
 
 @pytest.fixture(scope="module")
-def trained(cli_bench, tmp_path_factory) -> Trained:
+def trained(small_bench, tmp_path_factory) -> Trained:
     root = tmp_path_factory.mktemp("cli_runs")
     cache = root / "feature_cache"
-    common = ["train", "--data_path", cli_bench, "--runs_dir", root / "runs", "--feature_cache", cache, *TINY]
+    common = ["train", "--data_path", small_bench, "--runs_dir", root / "runs", "--feature_cache", cache, *TINY]
     a = cli(*common, "--experiment_name", "exp_a", "--heatmaps", "2", "--save_maps")
     assert a.code == 0, a.err
     snapshot = cache_files(cache)
@@ -179,9 +162,9 @@ def test_compare_writes_markdown_with_a_change_section(trained, tmp_path):
     assert "+0.0000" in change_rows  # identical runs: zero change
 
 
-def test_predict_routes_each_image_to_its_class(trained, cli_bench, tmp_path):
-    images = [cli_bench / "leather" / "test" / "cut" / "000.png",
-              cli_bench / "transistor" / "test" / "good" / "001.png"]
+def test_predict_routes_each_image_to_its_class(trained, small_bench, tmp_path):
+    images = [small_bench / "leather" / "test" / "cut" / "000.png",
+              small_bench / "transistor" / "test" / "good" / "001.png"]
     out = tmp_path / "pred"
     result = cli("predict", "--run", trained.run_a, *images, "--out", out, "--quiet")
     assert result.code == 0, result.err
@@ -195,8 +178,8 @@ def test_predict_routes_each_image_to_its_class(trained, cli_bench, tmp_path):
         assert Path(row["heatmap"]).parent == out / "heatmaps"
 
 
-def test_joint_strategy_reports_no_bwt(trained, cli_bench):
-    result = cli("train", "--data_path", cli_bench, "--runs_dir", trained.root / "runs", "--experiment_name", "joint",
+def test_joint_strategy_reports_no_bwt(trained, small_bench):
+    result = cli("train", "--data_path", small_bench, "--runs_dir", trained.root / "runs", "--experiment_name", "joint",
                  "--feature_cache", trained.cache, "--task_classes", "leather", "grid", "--strategy", "joint",
                  "--heatmaps", "0", *TINY)
     assert result.code == 0, result.err
@@ -229,12 +212,12 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_input_is_one_error_line_and_no_run_folder(case, cli_bench, tmp_path):
+def test_bad_input_is_one_error_line_and_no_run_folder(case, small_bench, tmp_path):
     flags, expected = BAD_INPUTS[case]
-    corrupt, victim = _corrupt_copy(cli_bench, tmp_path) if case == "corrupt_image" else (None, None)
-    fill = {"bench": cli_bench, "tmp": tmp_path, "corrupt": corrupt, "victim": victim}
+    corrupt, victim = _corrupt_copy(small_bench, tmp_path) if case == "corrupt_image" else (None, None)
+    fill = {"bench": small_bench, "tmp": tmp_path, "corrupt": corrupt, "victim": victim}
     runs = tmp_path / "runs"
-    result = cli("train", "--data_path", cli_bench, "--runs_dir", runs, *TINY, *(f.format(**fill) for f in flags))
+    result = cli("train", "--data_path", small_bench, "--runs_dir", runs, *TINY, *(f.format(**fill) for f in flags))
     assert result.code == 2
     lines = result.err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.err
@@ -252,7 +235,7 @@ def test_resume_refuses_other_settings(trained):
     assert tree_bytes(trained.run_a) == before
 
 
-def test_offline_pretrained_fails_fast_naming_the_alternatives(cli_bench, tmp_path, monkeypatch):
+def test_offline_pretrained_fails_fast_naming_the_alternatives(small_bench, tmp_path, monkeypatch):
     import huggingface_hub.constants
 
     # an empty hub cache, so a machine that happens to hold resnet18's weights still takes the offline path
@@ -260,7 +243,7 @@ def test_offline_pretrained_fails_fast_naming_the_alternatives(cli_bench, tmp_pa
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     flags = [f for f in TINY if f != "--no_pretrained"]
     start = time.perf_counter()
-    result = cli("train", "--data_path", cli_bench, "--runs_dir", tmp_path / "runs", *flags)
+    result = cli("train", "--data_path", small_bench, "--runs_dir", tmp_path / "runs", *flags)
     elapsed = time.perf_counter() - start
     assert result.code == 2
     lines = result.err.splitlines()

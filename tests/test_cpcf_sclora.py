@@ -19,13 +19,6 @@ V4 = dict(V3, use_cpcf=True, use_spatial_lora=True, sc_lora_grid_size=G)
 V41 = dict(V4, cpcf_fixed_context=True)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # tiny models gain nothing from a second thread; on a shared 2-core machine it costs ~10x
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _model(num_tasks: int = 1, *, seed: int = 0, **kw) -> MoLEFlow:

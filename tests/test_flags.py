@@ -26,22 +26,6 @@ TINY = ["--img_size", "64", "--no_pretrained", "--embed_dim", "32", "--num_coupl
         "--lora_rank", "4", "--num_epochs", "2", "--batch_size", "8", "--device", "cpu", "--lr", "1e-3"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # tiny models gain nothing from a second thread; on a shared 2-core machine it costs ~10x
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def flags_bench(tmp_path_factory) -> Path:
-    from moleflow.data.synthetic import generate_benchmark
-
-    out = tmp_path_factory.mktemp("flags_bench") / "synth"
-    generate_benchmark(out, size=64, n_train=8, n_test_good=4, n_test_defect=6, seed=0, progress=False)
-    return out
 
 
 def config_from_flags(bench: Path, *flags: str) -> Config:
@@ -52,8 +36,8 @@ def config_from_flags(bench: Path, *flags: str) -> Config:
 
 
 @pytest.fixture(scope="session")
-def flags_tasks(flags_bench):
-    tasks, extractor, _ = prepare_tasks(config_from_flags(flags_bench), CPU, progress=False)
+def flags_tasks(small_bench):
+    tasks, extractor, _ = prepare_tasks(config_from_flags(small_bench), CPU, progress=False)
     return tasks, extractor
 
 
@@ -185,13 +169,13 @@ def settings_effect(bench: Path, flags_tasks, flags: list[str], observable: str,
 
 
 @pytest.fixture(scope="session")
-def baselines(flags_bench, flags_tasks) -> Callable:
+def baselines(small_bench, flags_tasks) -> Callable:
     """The observable without the flag, computed (twice, to prove it reproducible) once per session."""
     seen: dict = {}
 
     def get(flags: list[str], observable: str, key: str | None):
         if (tuple(flags), observable) not in seen:
-            first, again = (OBSERVABLES[observable](config_from_flags(flags_bench, *flags), flags_tasks)
+            first, again = (OBSERVABLES[observable](config_from_flags(small_bench, *flags), flags_tasks)
                             for _ in range(2))
             assert not differs(first, again), f"{observable} is not reproducible; a flag test would prove nothing"
             seen[tuple(flags), observable] = first
@@ -202,9 +186,9 @@ def baselines(flags_bench, flags_tasks) -> Callable:
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_flag_changes_something(name, flags_bench, flags_tasks, baselines):
+def test_flag_changes_something(name, small_bench, flags_tasks, baselines):
     base, flagged, observable, key = CASES[name]
-    changed = settings_effect(flags_bench, flags_tasks, flagged, observable, key)
+    changed = settings_effect(small_bench, flags_tasks, flagged, observable, key)
     assert differs(baselines(base, observable, key), changed), \
         f"{' '.join(flagged)} changed nothing in {observable}/{key}"
 
@@ -239,20 +223,20 @@ def test_every_setting_has_a_flag_test():
     assert not untested, f"settings with no test that they change anything: {untested}; add them to CASES"
 
 
-def test_standardize_features_fits_input_statistics_only_when_on(flags_bench, flags_tasks):
+def test_standardize_features_fits_input_statistics_only_when_on(small_bench, flags_tasks):
     stds = {}
     for flags in ([], ["--no_standardize_features"]):
-        state = _state(config_from_flags(flags_bench, *flags), flags_tasks)
+        state = _state(config_from_flags(small_bench, *flags), flags_tasks)
         state.train_task(0, None)
         stds[bool(flags)] = state.model.input_std
     assert torch.equal(stds[True], torch.ones_like(stds[True]))
     assert not torch.allclose(stds[False], torch.ones_like(stds[False]), atol=1e-3)
 
 
-def test_finetune_changes_task0_scores_after_later_tasks(flags_bench, flags_tasks):
+def test_finetune_changes_task0_scores_after_later_tasks(small_bench, flags_tasks):
     change = {}
     for strategy in ("moleflow", "finetune"):
-        state = _state(config_from_flags(flags_bench, "--strategy", strategy), flags_tasks)
+        state = _state(config_from_flags(small_bench, "--strategy", strategy), flags_tasks)
         state.train_task(0, None)
         before = state.model.patch_scores(state.tasks[0].test.patch, state.strategy.model_task(0))
         state.train_task(1, None)
@@ -261,14 +245,14 @@ def test_finetune_changes_task0_scores_after_later_tasks(flags_bench, flags_task
     assert change["moleflow"] == 0.0 and change["finetune"] > 1e-3
 
 
-def test_backbone_weights_file_replaces_the_random_init(flags_bench, flags_tasks, tmp_path):
+def test_backbone_weights_file_replaces_the_random_init(small_bench, flags_tasks, tmp_path):
     import timm
     from safetensors.torch import save_file
 
     torch.manual_seed(123)  # a different init than --no_pretrained's seeded one
     weights = tmp_path / "resnet18.safetensors"
     save_file(timm.create_model("resnet18", pretrained=False, num_classes=0).state_dict(), str(weights))
-    random_init = extractor_output(config_from_flags(flags_bench), flags_tasks)
-    from_file = extractor_output(config_from_flags(flags_bench, "--backbone_weights", str(weights)), flags_tasks)
+    random_init = extractor_output(config_from_flags(small_bench), flags_tasks)
+    from_file = extractor_output(config_from_flags(small_bench, "--backbone_weights", str(weights)), flags_tasks)
     assert from_file["grid"] == random_init["grid"] and from_file["dim"] == random_init["dim"]
     assert differs(random_init["patch"], from_file["patch"]) and "sha256:" in from_file["identity"]

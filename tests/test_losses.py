@@ -185,23 +185,6 @@ def test_missing_output_key_names_the_loss_key_and_model():
 # --- zero forgetting under v5 / v7 (tiny benchmark, same recipe as test_trainer.py) ------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_bench(tmp_path_factory):
-    from moleflow.data.synthetic import generate_benchmark
-
-    out = tmp_path_factory.mktemp("bench") / "synth"
-    generate_benchmark(out, size=64, n_train=8, n_test_good=4, n_test_defect=4, seed=0, progress=False,
-                       extent_range=(0.1, 0.2), contrast_range=(0.7, 1.0))
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny_tasks(tiny_bench, tmp_path_factory):
-    from moleflow.continual.task_data import prepare_tasks
-
-    cfg = tiny_config(tiny_bench, tmp_path_factory.mktemp("runs"))
-    tasks, extractor, _ = prepare_tasks(cfg, torch.device("cpu"), progress=False)
-    return tasks, extractor
 
 
 @pytest.mark.parametrize("version", ["v5", "v7"])

@@ -17,24 +17,6 @@ from moleflow.runs import RunFolder
 
 
 @pytest.fixture(scope="session")
-def tiny_bench(tmp_path_factory):
-    from moleflow.data.synthetic import generate_benchmark
-
-    # visible defects (large, high contrast): a random-init backbone at 64 px cannot see the subtle ones
-    out = tmp_path_factory.mktemp("bench") / "synth"
-    generate_benchmark(out, size=64, n_train=16, n_test_good=8, n_test_defect=12, seed=0, progress=False,
-                       extent_range=(0.1, 0.2), contrast_range=(0.7, 1.0))
-    return out
-
-
-@pytest.fixture(scope="session")
-def tiny_tasks(tiny_bench, tmp_path_factory):
-    cfg = tiny_config(tiny_bench, tmp_path_factory.mktemp("runs"))
-    tasks, extractor, _ = prepare_tasks(cfg, torch.device("cpu"), progress=False)
-    return tasks, extractor
-
-
-@pytest.fixture(scope="session")
 def v3_run(tiny_bench, tmp_path_factory):
     cfg = tiny_config(tiny_bench, tmp_path_factory.mktemp("runs"), save_maps=True)
     return run_training(cfg, progress=False, log=lambda *_: None)
