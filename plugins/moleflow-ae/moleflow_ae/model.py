@@ -1,0 +1,178 @@
+"""The `ae` model: one reconstruction autoencoder per task, trained to repair synthetic defects.
+
+Continual contract: every task gets its own network (and its own score normalisers), trained only in
+that task's round and frozen at end_task, so nothing used to score an earlier task ever changes (zero
+forgetting by construction; the price is one AE of parameters per task, nothing shared).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from moleflow.errors import MoleflowError
+
+from moleflow_ae.corruption import TrainingCorruption
+from moleflow_ae.networks import ReconstructionNet, build_network, count_parameters
+from moleflow_ae.options import AEOptions
+from moleflow_ae.scoring import combine, score_maps, training_means
+
+OUTPUT_KEYS = ("reconstruction", "target")
+#: moleflow's --loss default is the flow's NLL; it means "nothing chosen" for this model (see fit_task)
+DEFAULT_LOSS = ["nll=1.0"]
+FALLBACK_LOSS = ["mse=1"]
+
+
+class TaskAE(nn.Module):
+    """What one task owns: its network and the training-set means used by score=both."""
+
+    def __init__(self, net: ReconstructionNet) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("score_means", torch.ones(2))
+
+
+class ReconstructionAE(nn.Module):
+    input_kind = "images"
+
+    def __init__(self, *, fallback_loss: bool = False, **options: Any) -> None:
+        super().__init__()
+        self.opts = AEOptions.from_dict(options)
+        self.fallback_loss = fallback_loss
+        self.tasks = nn.ModuleDict()
+        # follows model.to(device), so networks created later in begin_task land on the run's device
+        self.register_buffer("_anchor", torch.zeros(0), persistent=False)
+        self.loss_used: list[str] | None = None  # the terms the last fit_task trained with
+
+    @classmethod
+    def from_config(cls, cfg, *, dim, grid, img_size, overrides):
+        from moleflow.config import parse_options
+
+        return cls(fallback_loss=list(cfg.train.loss) == DEFAULT_LOSS, **parse_options(cfg.flow.model_opt))
+
+    # --- helpers -----------------------------------------------------------------------------------
+    def to_model_channels(self, images: torch.Tensor) -> torch.Tensor:
+        """(N,3,H,W) -> (N,channels,H,W); grey = the mean of the channels."""
+        if images.ndim != 4:
+            raise MoleflowError(f"model 'ae' expects images (N,C,H,W), got shape {tuple(images.shape)}")
+        if self.opts.channels == 1:
+            return images.mean(1, keepdim=True)
+        if images.shape[1] != self.opts.channels:
+            raise MoleflowError(f"model 'ae' has channels={self.opts.channels} but got {images.shape[1]}-channel "
+                                "images; use --model_opt channels=1 for grey input")
+        return images
+
+    def _task(self, task_id: int) -> TaskAE:
+        key = str(task_id)
+        if key not in self.tasks:
+            raise MoleflowError(f"model 'ae' has no network for task {task_id} (known: {', '.join(self.tasks) or 'none'});"
+                                " train that task first or load its checkpoint")
+        return self.tasks[key]
+
+    def _resolve_loss(self, loss_fn: Callable) -> Callable:
+        """The --loss default (nll=1.0) reads flow outputs; with it, and only with it, train with mse=1.
+        Any other configuration is used as given, so a wrong term fails with CompositeLoss's clear error."""
+        terms = getattr(loss_fn, "terms", [])
+        foreign = [key for term in terms for key in getattr(term.fn, "reads", ()) if key not in OUTPUT_KEYS]
+        if foreign and self.fallback_loss:
+            from moleflow.losses.compose import CompositeLoss
+
+            self.loss_used = list(FALLBACK_LOSS)
+            return CompositeLoss(FALLBACK_LOSS, model_name="ae")
+        self.loss_used = [f"{t.name}={t.weight!r}" for t in terms] or None
+        return loss_fn
+
+    # --- the continual contract --------------------------------------------------------------------
+    def begin_task(self, task_id: int, class_name: str = "") -> None:
+        if str(task_id) not in self.tasks:
+            o = self.opts
+            net = build_network(o.arch, o.channels, o.width, o.depth, o.latent)
+            self.tasks[str(task_id)] = TaskAE(net).to(self._anchor.device)
+
+    def trainable_parameters(self, task_id: int) -> list:
+        return list(self._task(task_id).net.parameters())
+
+    def end_task(self, task_id: int) -> None:
+        task = self._task(task_id)
+        task.eval()
+        for p in task.parameters():
+            p.requires_grad_(False)
+
+    def fit_task(self, task_id, inputs, params, loss_fn, settings, *, label, on_epoch=None):
+        from moleflow.continual.fit import FitResult
+
+        result = FitResult()
+        if not params:
+            return result
+        if inputs.shape[0] == 0:
+            raise MoleflowError(f"{label}: no training images")
+        task = self._task(task_id)
+        loss = self._resolve_loss(loss_fn)
+        images = self.to_model_channels(inputs).cpu()
+        corruption = TrainingCorruption(self.opts, settings.seed)
+        order = torch.Generator().manual_seed(settings.seed)
+        for p in params:
+            p.requires_grad_(True)
+        optimizer = torch.optim.Adam(params, lr=settings.lr)
+        start = time.perf_counter()
+        task.train()
+        bar = tqdm(range(settings.num_epochs), desc=f"train {label}", disable=not settings.progress, leave=False)
+        for epoch in bar:
+            total = 0.0
+            for step, idx in enumerate(torch.randperm(len(images), generator=order).split(settings.batch_size)):
+                corrupted, clean, masks = (t.to(settings.device) for t in corruption(images[idx]))
+                outputs = {"reconstruction": task.net(corrupted), "target": clean}
+                value, _ = loss(outputs, {"input": corrupted, "target": clean, "anomaly_mask": masks})
+                if not torch.isfinite(value):
+                    raise MoleflowError(f"{label}: loss became {value.item()} at epoch {epoch + 1}, step {step + 1}; "
+                                        "training stopped (try a lower --lr or --grad_clip 1)")
+                optimizer.zero_grad(set_to_none=True)
+                value.backward()
+                if settings.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+                optimizer.step()
+                total += value.item() * len(idx)
+                result.steps += 1
+            result.epoch_losses.append(total / len(images))
+            bar.set_postfix(loss=f"{result.epoch_losses[-1]:.4f}")
+            if on_epoch is not None:
+                on_epoch(epoch, result.epoch_losses[-1])
+        task.eval()
+        task.score_means.copy_(training_means(task.net, images, settings.device, settings.batch_size))
+        result.seconds = time.perf_counter() - start
+        return result
+
+    @torch.no_grad()
+    def patch_scores(self, images: torch.Tensor, task_id: int) -> torch.Tensor:
+        task = self._task(task_id)
+        device = task.score_means.device
+        recon_map, latent_map = score_maps(task.net, self.to_model_channels(images).to(device))
+        return combine(recon_map, latent_map, self.opts.score, task.score_means).to(images.device)
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor, task_id: int) -> torch.Tensor:
+        """The task's reconstruction of (N,3,H,W) images, in the model's channel count (for inspection)."""
+        task = self._task(task_id)
+        return task.net(self.to_model_channels(images).to(task.score_means.device))
+
+    # --- state -------------------------------------------------------------------------------------
+    def task_state(self, task_id: int) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone().contiguous() for k, v in self._task(task_id).state_dict().items()}
+
+    def shared_state(self) -> dict:
+        return {}
+
+    def load_task_state(self, task_id: int, state: dict) -> None:
+        self.begin_task(task_id)
+        self._task(task_id).load_state_dict(state)
+
+    def load_shared_state(self, state: dict) -> None:
+        pass
+
+    def param_counts(self) -> dict:
+        tasks = sorted(int(k) for k in self.tasks)
+        return {"shared": 0, "per_task": [count_parameters(self.tasks[str(t)].net) for t in tasks]}
