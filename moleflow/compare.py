@@ -231,9 +231,9 @@ def _change_section(old: RunSummary, new: RunSummary, markdown: bool) -> str:
 
 def _summary_section(runs: list[RunSummary], markdown: bool) -> str:
     """One row per run: the means, BWT/FM (image AUROC) and the parameters each task adds."""
-    header = (["run", "version", "strategy"] + [f"mean {t}" for _, t in COLUMNS]
+    header = (["run", "version", "strategy/model"] + [f"mean {t}" for _, t in COLUMNS]
               + ["BWT", "FM", "params/task", "backbone s", "train s", "eval s"])
-    rows = [[run.path.name, run.version, run.strategy] + [_fmt(run.mean[k]) for k, _ in COLUMNS]
+    rows = [[run.path.name, run.version, f"{run.strategy}/{run.model}"] + [_fmt(run.mean[k]) for k, _ in COLUMNS]
             + [_fmt(run.bwt.get("image_auroc")), _fmt(run.fm.get("image_auroc")),
                "n/a" if run.growth_per_task is None else f"{100 * run.growth_per_task:.1f}% of shared"]
             + ["n/a" if run.timing.get(k) is None else f"{run.timing[k]:.1f}" for k in ("backbone_s", "train_s", "eval_s")]

@@ -168,7 +168,7 @@ def test_cli_first_vs_last_flag_adds_the_table(tmp_path, capsys):
 def test_summary_has_one_row_per_run_with_growth(two_runs):
     text = compare_runs([r.path for r in two_runs], markdown=True)
     summary = text.split("**run 1**")[0]
-    assert "summary" in summary and summary.count("| moleflow |") == 2
+    assert "summary" in summary and summary.count("| moleflow/moleflow |") == 2
     assert "10.0% of shared" in summary  # params: shared 10, per task 1
     assert summary.count("| 1.0 | 1.0 | 1.0 |") == 2  # backbone / train / eval seconds
     one = compare_runs([two_runs[0].path])
