@@ -173,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     except MoleflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into e.g. `head`, which closed early: not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("error: interrupted; a training run can be continued with `moleflow train --resume RUN_DIR`",
               file=sys.stderr)

@@ -43,6 +43,7 @@ class RunSummary:
     bwt: dict[str, float | None] = field(default_factory=dict)
     fm: dict[str, float | None] = field(default_factory=dict)
     growth_per_task: float | None = None  # mean parameters added per task, as a fraction of the shared ones
+    params_per_task: float | None = None  # mean parameters added per task (absolute)
     timing: dict[str, float | None] = field(default_factory=dict)  # seconds: backbone_s, train_s, eval_s
 
     @property
@@ -105,8 +106,21 @@ def load_summary(path: str | Path) -> RunSummary:
         bwt={k: _number((continual.get("bwt") or {}).get(k)) for k, _ in CONTINUAL_METRICS},
         fm={k: _number((continual.get("fm") or {}).get(k)) for k, _ in CONTINUAL_METRICS},
         growth_per_task=_growth(metrics.get("params") or {}),
+        params_per_task=_mean_per_task(metrics.get("params") or {}),
         timing={k: _number((metrics.get("timing") or {}).get(k)) for k in ("backbone_s", "train_s", "eval_s")},
     )
+
+
+def _mean_per_task(params: dict) -> float | None:
+    per_task = params.get("per_task")
+    return sum(per_task) / len(per_task) if isinstance(per_task, list) and per_task else None
+
+
+def _params_cell(run: "RunSummary") -> str:
+    if run.growth_per_task is not None:
+        return f"{100 * run.growth_per_task:.1f}% of shared"
+    # models without shared parameters (one network per task): the absolute size is what grows
+    return "n/a" if run.params_per_task is None else f"{run.params_per_task:,.0f} (no shared)"
 
 
 def _growth(params: dict) -> float | None:
@@ -235,7 +249,7 @@ def _summary_section(runs: list[RunSummary], markdown: bool) -> str:
               + ["BWT", "FM", "params/task", "backbone s", "train s", "eval s"])
     rows = [[run.path.name, run.version, f"{run.strategy}/{run.model}"] + [_fmt(run.mean[k]) for k, _ in COLUMNS]
             + [_fmt(run.bwt.get("image_auroc")), _fmt(run.fm.get("image_auroc")),
-               "n/a" if run.growth_per_task is None else f"{100 * run.growth_per_task:.1f}% of shared"]
+               _params_cell(run)]
             + ["n/a" if run.timing.get(k) is None else f"{run.timing[k]:.1f}" for k in ("backbone_s", "train_s", "eval_s")]
             for run in runs]
     title = "summary (BWT/FM on image AUROC)"

@@ -173,3 +173,11 @@ def test_summary_has_one_row_per_run_with_growth(two_runs):
     assert summary.count("| 1.0 | 1.0 | 1.0 |") == 2  # backbone / train / eval seconds
     one = compare_runs([two_runs[0].path])
     assert "summary (BWT/FM" not in one
+
+
+def test_summary_shows_absolute_growth_without_shared_parameters(tmp_path):
+    metrics = _metrics(**OLD)
+    metrics["params"] = {"shared": 0, "per_task": [1000, 1000, 1000]}
+    runs = [_make_run(tmp_path, v, m) for v, m in (("v1", _metrics(**OLD)), ("v2", metrics))]
+    text = compare_runs([r.path for r in runs], markdown=True)
+    assert "1,000 (no shared)" in text and "10.0% of shared" in text
