@@ -1,0 +1,199 @@
+"""Uninformed Students (Bergmann et al., CVPR 2020) behind moleflow's continual contract.
+
+Shared state: one teacher per patch size, distilled ONCE from a frozen pretrained-style descriptor on random
+patches of task 0's training images (the first `fit_task` call), then frozen for good. Per task: for each
+patch size, M independently initialised students that regress the teacher's output normalised with this
+task's mean/std, plus the calibration statistics of the scores. A task's students and statistics are never
+touched again after its end_task, and the teacher never changes after task 0: zero forgetting.
+
+Score of a pixel at one scale = ||mean student - teacher||^2 (regression error) + mean over students of
+||student - mean student||^2 (predictive uncertainty); the multi-scale score is the mean of the per-scale
+scores, each standardised by its mean/std over the task's training pixels. The evaluator turns the
+(B,H,W) map into an image score by its max.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from moleflow.errors import MoleflowError
+from moleflow.features.weights import WeightsSource
+from moleflow_students.descriptor import PatchDescriptor, descriptor_weights
+from moleflow_students.options import StudentsOptions
+from moleflow_students.patchnet import PatchNet
+from moleflow_students.training import channel_stats, distill_teacher, raw_maps, score_stats, train_students
+
+SCORE_CHUNK = 8  # images per dense pass at scoring time: (M, chunk, d, H, W) student maps stay small
+
+
+class ScaleStudents(nn.Module):
+    """One task's students for one patch size, with the statistics that belong to that task."""
+
+    def __init__(self, patch_size: int, count: int, width: int, dim: int) -> None:
+        super().__init__()
+        self.students = nn.ModuleList(PatchNet(patch_size, width, dim) for _ in range(count))
+        self.register_buffer("teacher_mean", torch.zeros(dim))
+        self.register_buffer("teacher_std", torch.ones(dim))
+        # [score mean, score std, uncertainty mean, uncertainty std] over the task's training pixels
+        self.register_buffer("calibration", torch.tensor([0.0, 1.0, 0.0, 1.0]))
+
+
+class UninformedStudents(nn.Module):
+    input_kind = "images"
+
+    def __init__(self, options: StudentsOptions, *, descriptor_source: WeightsSource | None = None,
+                 init_seed: int = 0) -> None:
+        super().__init__()
+        self.opts = options
+        self.descriptor_source = descriptor_source or WeightsSource("random", f"random:{init_seed}")
+        self.init_seed = init_seed
+        self.teachers = nn.ModuleDict({_key(p): PatchNet(p, options.width, options.descriptor_dim)
+                                       for p in options.patch_sizes})
+        self.teachers.requires_grad_(False)  # trained by distillation only, inside fit_task of task 0
+        self.tasks = nn.ModuleDict()  # str(task id) -> ModuleDict(scale key -> ScaleStudents)
+        # a buffer, not a Python flag: the strategies that checkpoint the whole state_dict (finetune, joint)
+        # must restore "already distilled" too
+        self.register_buffer("distilled", torch.zeros((), dtype=torch.uint8))
+        self.teacher_log: dict[str, float] = {}
+
+    @classmethod
+    def from_config(cls, cfg: Any, *, dim: int, grid: tuple[int, int], img_size: tuple[int, int],
+                    overrides: dict) -> UninformedStudents:
+        from moleflow.config import parse_options
+
+        options = StudentsOptions.parse(parse_options(cfg.flow.model_opt), img_size)
+        # resolved now so that missing weights fail before any image is read or network trained
+        source = descriptor_weights(cfg, options.descriptor_backbone, options.descriptor_weights)
+        return cls(options, descriptor_source=source, init_seed=cfg.train.seed)
+
+    @property
+    def teacher_ready(self) -> bool:
+        return bool(self.distilled)
+
+    @property
+    def _device(self) -> torch.device:
+        return next(self.teachers.parameters()).device
+
+    def _task(self, task_id: int) -> nn.ModuleDict:
+        key = str(task_id)
+        if key not in self.tasks:
+            raise MoleflowError(f"students: task {task_id} was never begun (known tasks: {', '.join(self.tasks)})")
+        return self.tasks[key]
+
+    # --- the continual contract ---------------------------------------------------------------------
+    def begin_task(self, task_id: int, class_name: str = "") -> None:
+        if str(task_id) in self.tasks:  # a strategy that reuses model task 0 keeps training the same students
+            return
+        o = self.opts
+        self.tasks[str(task_id)] = nn.ModuleDict({
+            _key(p): ScaleStudents(p, o.students, o.width, o.descriptor_dim) for p in o.patch_sizes
+        }).to(self._device)
+
+    def trainable_parameters(self, task_id: int) -> list:
+        return list(self._task(task_id).parameters())
+
+    def fit_task(self, task_id: int, inputs: Tensor, params: list, loss_fn: Any, settings: Any, *, label: str,
+                 on_epoch: Any = None) -> Any:
+        """Distil the teacher if this is the first task, then train this task's students on `inputs`
+        (N,3,H,W). `loss_fn` (the run's --loss) is not used: the model's objectives are fixed (see losses.py)."""
+        from moleflow.continual.fit import FitResult
+
+        if inputs.shape[0] == 0:
+            raise MoleflowError(f"{label}: no training images")
+        start = time.perf_counter()
+        if not self.teacher_ready:
+            self._distill(inputs, settings, label)
+        task = self._task(task_id)
+        task.requires_grad_(True)
+        per_scale: list[list[float]] = []
+        for p in self.opts.patch_sizes:
+            scale, teacher = task[_key(p)], self.teachers[_key(p)]
+            mean, std = channel_stats(teacher, inputs, settings.device, settings.batch_size)
+            scale.teacher_mean.copy_(mean)
+            scale.teacher_std.copy_(std)
+            per_scale.append(train_students(scale.students, teacher, mean, std, inputs, self.opts, settings,
+                                            label=label))
+            scale.calibration.copy_(score_stats(scale.students, teacher, mean, std, inputs, settings.device,
+                                                settings.batch_size))
+        epoch_losses = [sum(values) / len(values) for values in zip(*per_scale)]
+        if on_epoch is not None:
+            for epoch, value in enumerate(epoch_losses):
+                on_epoch(epoch, value)
+        steps = len(self.opts.patch_sizes) * settings.num_epochs * -(-inputs.shape[0] // settings.batch_size)
+        return FitResult(epoch_losses, steps, time.perf_counter() - start)
+
+    def _distill(self, images: Tensor, settings: Any, label: str) -> None:
+        o = self.opts
+        descriptor = PatchDescriptor(o.descriptor_backbone, self.descriptor_source, self.init_seed,
+                                     o.descriptor_size).to(settings.device)
+        for p in o.patch_sizes:
+            teacher = self.teachers[_key(p)]
+            teacher.requires_grad_(True)
+            losses = distill_teacher(teacher, descriptor, images, o, settings, label=label)
+            teacher.requires_grad_(False)
+            for when, parts in (("first", losses[0]), ("last", losses[-1])):
+                self.teacher_log.update({f"p{p}_{when}_{name}": value for name, value in parts.items()})
+        self.distilled.fill_(1)  # frozen from here on: later tasks only add students
+
+    def end_task(self, task_id: int) -> None:
+        self._task(task_id).requires_grad_(False)
+        self.teachers.requires_grad_(False)
+
+    # --- scoring ------------------------------------------------------------------------------------
+    def _maps(self, images: Tensor, task_id: int, which: str) -> Tensor:
+        task = self._task(task_id)
+        out = []
+        for chunk in images.split(SCORE_CHUNK):
+            chunk = chunk.to(self._device).float()
+            per_scale = []
+            for p in self.opts.patch_sizes:
+                scale = task[_key(p)]
+                error, uncertainty = raw_maps(scale.students, self.teachers[_key(p)], scale.teacher_mean,
+                                              scale.teacher_std, chunk)
+                c = scale.calibration
+                per_scale.append((error + uncertainty - c[0]) / c[1] if which == "score"
+                                 else (uncertainty - c[2]) / c[3])
+            out.append(torch.stack(per_scale).mean(0))
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def patch_scores(self, images: Tensor, task_id: int) -> Tensor:
+        """(B,3,H,W) -> (B,H,W): calibrated regression error + predictive uncertainty, mean over scales."""
+        return self._maps(images, task_id, "score")
+
+    @torch.no_grad()
+    def uncertainty_maps(self, images: Tensor, task_id: int) -> Tensor:
+        """(B,3,H,W) -> (B,H,W): the predictive-uncertainty part alone, calibrated the same way."""
+        return self._maps(images, task_id, "uncertainty")
+
+    # --- checkpoints --------------------------------------------------------------------------------
+    def task_state(self, task_id: int) -> dict[str, Tensor]:
+        return {k: v.detach().clone().contiguous() for k, v in self._task(task_id).state_dict().items()}
+
+    def shared_state(self) -> dict[str, Tensor]:
+        state = {k: v.detach().clone().contiguous() for k, v in self.teachers.state_dict().items()}
+        return {**state, "distilled": self.distilled.clone()}
+
+    def load_task_state(self, task_id: int, state: dict[str, Tensor]) -> None:
+        self.begin_task(task_id)
+        self._task(task_id).load_state_dict(state)
+
+    def load_shared_state(self, state: dict[str, Tensor]) -> None:
+        state = dict(state)
+        self.distilled.copy_(state.pop("distilled", torch.ones((), dtype=torch.uint8)))
+        self.teachers.load_state_dict(state)
+
+    def param_counts(self) -> dict:
+        def count(module: nn.Module) -> int:  # what a checkpoint stores: parameters + persistent statistics
+            return sum(t.numel() for t in module.state_dict().values())
+
+        per_task = [count(self.tasks[k]) for k in sorted(self.tasks, key=int)]
+        return {"shared": count(self.teachers), "per_task": per_task}  # the flag is not a parameter
+
+
+def _key(patch_size: int) -> str:
+    return f"p{patch_size}"

@@ -1,0 +1,236 @@
+"""Uninformed Students plugin: discovery through the installed distribution, the dense = patch-wise
+equivalence of the patch network, the losses and the score formula, option errors, and tiny end-to-end
+runs through moleflow's trainer (zero forgetting bitwise, checkpoints, NaN guard)."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, distribution
+
+import pytest
+import torch
+
+from moleflow import registry
+from moleflow.config import resolve_config
+from moleflow.errors import MoleflowError
+from moleflow_students.losses import CompactnessLoss, DistillationLoss, regression_and_uncertainty
+from moleflow_students.patchnet import PatchNet, layer_plan, pad_for_patches, receptive_field
+
+# CPU-tiny: 48 px images, patches 9 (+17 for two scales), width 8, d 16, two students
+TINY = ["students=2", "width=8", "descriptor_dim=16", "descriptor_size=32", "teacher_patches=128",
+        "teacher_steps=15", "teacher_batch=16", "teacher_lr=1e-3", "student_lr=1e-3"]
+
+
+def test_components_come_from_the_installed_distribution():
+    try:
+        dist = distribution("moleflow-students")
+    except PackageNotFoundError:
+        pytest.fail("moleflow-students is not installed: run ./run.sh test (it installs everything under plugins/)")
+    declared = {(ep.group, ep.name) for ep in dist.entry_points}
+    assert declared == {("moleflow.models", "students"), ("moleflow.losses", "students_distill"),
+                        ("moleflow.losses", "students_compactness"), ("moleflow.losses", "students_regression")}
+    found = {(c.group, c.name): c for g in ("models", "losses") for c in registry.components(g)}
+    assert found[("models", "students")].distribution == "moleflow-students"
+    assert found[("losses", "students_compactness")].version == dist.version
+    assert registry.get("models", "students").input_kind == "images"
+
+
+@pytest.mark.parametrize("patch_size", [5, 9, 17, 21, 33, 47, 65])
+def test_layer_plan_has_exactly_the_patch_as_receptive_field(patch_size):
+    plan = layer_plan(patch_size)
+    assert receptive_field(plan) == patch_size
+    # the network really sees exactly p x p: the gradient of one output pixel covers a p x p window
+    net = PatchNet(patch_size, width=2, out_dim=2).double()
+    x = torch.randn(1, 3, patch_size + 6, patch_size + 6, dtype=torch.float64, requires_grad=True)
+    net(x)[0, :, 3, 2].sum().backward()
+    rows, cols = x.grad.abs().sum((0, 1)).nonzero(as_tuple=True)
+    assert (rows.min().item(), rows.max().item()) == (3, 3 + patch_size - 1)
+    assert (cols.min().item(), cols.max().item()) == (2, 2 + patch_size - 1)
+
+
+@pytest.mark.parametrize("patch_size", [9, 33, 65])  # 0, 1 and 2 pooling levels
+def test_dense_output_equals_the_strided_network_on_each_centred_patch(patch_size):
+    torch.manual_seed(0)
+    net = PatchNet(patch_size, width=4, out_dim=3).double()
+    images = torch.rand(2, 3, 37, 40, dtype=torch.float64)
+    dense = net.dense(images)
+    assert dense.shape == (2, 3, 37, 40)  # one descriptor per pixel, no sliding window
+    padded, half = pad_for_patches(images, patch_size), patch_size // 2
+    for y, x in [(0, 0), (5, 17), (36, 39), (20, 3)]:
+        # the patch centred on (y, x) of the reflect-padded image, through the pooled (stride-2) reference
+        patch = padded[:, :, y:y + patch_size, x:x + patch_size]
+        assert patch.shape[-1] == 2 * half + 1
+        reference = net.forward_reference(patch)[:, :, 0, 0]
+        torch.testing.assert_close(dense[:, :, y, x], reference, rtol=1e-10, atol=1e-10)
+
+
+def test_compactness_is_zero_for_decorrelated_and_large_for_redundant_descriptors():
+    loss = CompactnessLoss()
+    # columns orthogonal to each other and to the constant vector: zero-mean and exactly uncorrelated
+    q, _ = torch.linalg.qr(torch.cat([torch.ones(64, 1), torch.randn(64, 8)], 1).double())
+    assert loss({"descriptor": q[:, 1:].float()}).item() < 1e-4
+    assert loss({"descriptor": torch.randn(64, 8)}).item() > 1.0  # sample correlations of noise
+    same = torch.randn(64, 1).repeat(1, 8)  # 8 copies of one dimension: every correlation is 1
+    assert loss({"descriptor": same}).item() == pytest.approx(8 * 7, rel=1e-4)
+    dead = torch.cat([torch.randn(64, 3), torch.zeros(64, 1)], 1)  # a constant dimension must not give NaN
+    assert torch.isfinite(loss({"descriptor": dead}))
+    target = torch.randn(4, 5)
+    assert DistillationLoss()({"decoded": target + 2, "target": target}).item() == pytest.approx(4.0)
+
+
+def test_regression_error_and_uncertainty_follow_the_paper_formula():
+    a = torch.tensor([1.0, 0.0]).view(1, 1, 2, 1, 1).expand(1, 1, 2, 2, 3)
+    b = torch.tensor([3.0, 2.0]).view(1, 1, 2, 1, 1).expand(1, 1, 2, 2, 3)
+    teacher = torch.tensor([0.0, 0.0]).view(1, 2, 1, 1).expand(1, 2, 2, 3)
+    error, uncertainty = regression_and_uncertainty(torch.cat([a, b]), teacher)
+    # mean student (2, 1): ||(2,1) - 0||^2 = 5; each student is (1,1) from the mean: squared norm 2
+    assert error.shape == uncertainty.shape == (1, 2, 3)
+    assert torch.allclose(error, torch.full((1, 2, 3), 5.0))
+    assert torch.allclose(uncertainty, torch.full((1, 2, 3), 2.0))
+
+
+# --- through moleflow's config and trainer ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    from moleflow.data.synthetic import generate_benchmark
+
+    out = tmp_path_factory.mktemp("bench") / "synth"
+    generate_benchmark(out, size=64, n_train=8, n_test_good=4, n_test_defect=6, seed=0, progress=False,
+                       extent_range=(0.1, 0.2), contrast_range=(0.7, 1.0))
+    return out
+
+
+def _cfg(bench, runs, *model_opt, extra=()):
+    from moleflow import cli
+    from moleflow.config import explicit_settings
+
+    argv = ["train", "--data_path", str(bench), "--img_size", "48", "--no_pretrained", "--embed_dim", "32",
+            "--model", "students", "--runs_dir", str(runs), "--heatmaps", "0", "--device", "cpu",
+            "--num_epochs", "2", "--batch_size", "4", *extra, "--model_opt", *TINY, *model_opt]
+    return resolve_config(explicit_settings(cli.build_parser().parse_args(argv)))[0]
+
+
+def _model(cfg):
+    from moleflow.continual.trainer import build_model
+
+    return build_model(cfg, 16, (4, 4), {})
+
+
+@pytest.mark.parametrize("option, message", [
+    ("colour=1", "not an option of model 'students'"),
+    ("patch_sizes=16", "must be odd"),
+    ("patch_sizes=[9,9]", "twice"),
+    ("students=1", "at least 2 students"),
+    ("patch_sizes=97", "needs images larger than 48 px"),
+    ("crop=50", "larger than the images"),
+    ("width=-3", "must be > 0"),
+    ("student_lr=fast", "expected a number"),
+])
+def test_bad_options_fail_with_one_actionable_error(bench, tmp_path, option, message):
+    with pytest.raises(MoleflowError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        _model(_cfg(bench, tmp_path, option))
+
+
+def test_pretrained_descriptor_offline_fails_fast_with_the_options(bench, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = _cfg(bench, tmp_path)
+    cfg.backbone.pretrained = True
+    with pytest.raises(MoleflowError, match="--no_pretrained"):
+        _model(cfg)
+
+
+def test_run_backbone_weights_file_is_reused_for_a_resnet18_descriptor(bench, tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    from moleflow_students.descriptor import PatchDescriptor
+
+    torch.manual_seed(3)
+    reference = timm.create_model("resnet18", pretrained=False, num_classes=0)
+    weights = tmp_path / "r18.safetensors"
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(weights))
+    cfg = _cfg(bench, tmp_path, extra=["--backbone_weights", str(weights)])
+    model = _model(cfg)
+    assert model.descriptor_source.kind == "file" and model.descriptor_source.path == weights.resolve()
+    descriptor = PatchDescriptor("resnet18", model.descriptor_source, 0, 32)
+    torch.testing.assert_close(descriptor.net.conv1.weight, reference.conv1.weight)
+
+
+def test_tiny_run_through_the_trainer_two_scales_and_checkpoints(bench, tmp_path):
+    from moleflow.continual.trainer import run_training
+    from moleflow.inference import evaluate_run
+
+    cfg = _cfg(bench, tmp_path, "patch_sizes=[9,17]", "crop=16")
+    run = run_training(cfg, progress=False, log=lambda *_: None)
+    m = run.read_json("metrics.json")
+    assert m["routing"]["accuracy"] == 1.0
+    assert m["continual"]["bwt"]["image_auroc"] == 0.0  # per-task students, teacher frozen after task 0
+    counts = m["params"]
+    teachers = sum(p.numel() for p in (*PatchNet(9, 8, 16).parameters(), *PatchNet(17, 8, 16).parameters()))
+    assert counts["shared"] == teachers
+    # per task: two students per scale (each a teacher-sized net) + 2 x (mean, std) + 2 calibrations
+    assert counts["per_task"] == [2 * teachers + 2 * (16 + 16) + 2 * 4] * 3
+    # scores are rebuilt from config.json + safetensors checkpoints only (shared teacher + per-task students)
+    before = m["final"]["per_class"]
+    assert evaluate_run(run.path, progress=False).read_json("metrics.json")["final"]["per_class"] == before
+
+
+def test_task_zero_scores_are_bitwise_unchanged_by_later_tasks(bench, tmp_path):
+    from moleflow.continual.task_data import prepare_tasks
+    from moleflow.continual.trainer import ContinualRun
+
+    cfg = _cfg(bench, tmp_path, "patch_sizes=9")
+    tasks, ex, _ = prepare_tasks(cfg, torch.device("cpu"), progress=False)
+    assert tasks[0].train_inputs.shape[1:] == (3, 48, 48)  # images, not features
+    state = ContinualRun(cfg, tasks, ex.dim, ex.grid, torch.device("cpu"), progress=False)
+    state.train_task(0, None)
+    model = state.model
+    images = tasks[0].test_inputs
+    scores, uncertainty = model.patch_scores(images, 0), model.uncertainty_maps(images, 0)
+    assert scores.shape == uncertainty.shape == (len(images), 48, 48)
+    assert torch.isfinite(scores).all()
+    teacher = {k: v.clone() for k, v in model.shared_state().items()}
+    log = dict(model.teacher_log)
+    state.train_task(1, None)
+    assert torch.equal(model.patch_scores(images, 0), scores)
+    assert torch.equal(model.uncertainty_maps(images, 0), uncertainty)
+    assert all(torch.equal(teacher[k], v) for k, v in model.shared_state().items())
+    assert model.teacher_log == log  # distilled once, at task 0
+    # task 1 has its own students: its scores of the same images differ from task 0's
+    assert not torch.equal(model.patch_scores(images, 1), scores)
+
+
+def test_non_finite_student_loss_names_task_epoch_and_step(bench, tmp_path):
+    from moleflow.continual.fit import FitSettings
+
+    model = _model(_cfg(bench, tmp_path, "patch_sizes=9"))
+    settings = FitSettings(1, 4, 0.0, 0.0, 1.0, 0, torch.device("cpu"), False)
+    images = torch.rand(4, 3, 48, 48)
+    model.begin_task(0)
+    model.fit_task(0, images, [], None, settings, label="task 0 (leather)")
+    model.end_task(0)
+    model.begin_task(1)
+    images[2, :, 5, 5] = float("nan")
+    with pytest.raises(MoleflowError, match=r"task 1 \(grid\): students \(p=9\) loss became nan at epoch 1, step 1"):
+        model.fit_task(1, images, [], None, settings, label="task 1 (grid)")
+
+
+def test_finetune_baseline_keeps_the_teacher_but_retrains_the_shared_students(bench, tmp_path):
+    from moleflow.continual.task_data import prepare_tasks
+    from moleflow.continual.trainer import ContinualRun
+
+    cfg = _cfg(bench, tmp_path, "patch_sizes=9", extra=["--strategy", "finetune"])
+    tasks, ex, _ = prepare_tasks(cfg, torch.device("cpu"), progress=False)
+    state = ContinualRun(cfg, tasks, ex.dim, ex.grid, torch.device("cpu"), progress=False)
+    state.train_task(0, None)
+    model, images = state.model, tasks[0].test_inputs
+    scores, teacher = model.patch_scores(images, 0), model.shared_state()
+    state.train_task(1, None)
+    assert list(model.tasks) == ["0"]  # one student set for every task: the forgetting lower bound
+    assert not torch.equal(model.patch_scores(images, 0), scores)
+    assert all(torch.equal(teacher[k], v) for k, v in model.shared_state().items())  # distilled once
+    # the whole-state_dict checkpoint of this strategy restores "already distilled"
+    fresh = _model(cfg)
+    fresh.begin_task(0)  # as ContinualRun.restore does before loading
+    fresh.load_state_dict(model.state_dict())
+    assert fresh.teacher_ready
