@@ -36,3 +36,16 @@ def tiny_config(data: Path, runs: Path, **overrides) -> Config:
             cfg.set(k, v)
     cfg.run.version = version
     return cfg
+
+
+def train_steps(model, task: int, feats, *, steps: int, weight_decay: float = 0.0, params: list | None = None) -> None:
+    """A few AdamW steps on the per-dimension NLL of `model` (a MoLEFlow) for `task`."""
+    import torch
+
+    opt = torch.optim.AdamW(params if params is not None else model.trainable_parameters(task), lr=1e-2,
+                            weight_decay=weight_decay)
+    for _ in range(steps):
+        loss = model(feats, task)["patch_score"].mean() / feats.shape[-1]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
+from helpers import train_steps
 from moleflow.config import resolve_config
 from moleflow.continual.trainer import model_kwargs
 from moleflow.errors import MoleflowError
@@ -40,15 +43,7 @@ def _perturb(params, scale: float = 0.05) -> None:
             p.add_(scale * torch.randn_like(p))
 
 
-def _train(model: MoLEFlow, task: int, feats: torch.Tensor, *, steps: int = 3, weight_decay: float = 0.0,
-           params: list | None = None) -> None:
-    opt = torch.optim.AdamW(params if params is not None else model.trainable_parameters(task), lr=1e-2,
-                            weight_decay=weight_decay)
-    for _ in range(steps):
-        loss = model(feats, task)["patch_score"].mean() / DIM
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+_train = partial(train_steps, steps=3)
 
 
 def _spatial_layer(seed: int = 0) -> SpatialLoRALinear:

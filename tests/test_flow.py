@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from helpers import train_steps
 from moleflow.errors import MoleflowError
 from moleflow.features.positional import sinusoidal_2d
 from moleflow.flow.mole_nf import MoLEFlow
@@ -34,15 +37,7 @@ def _perturb(model: MoLEFlow, scale: float = 0.1) -> None:
                 p.add_(scale * torch.randn_like(p))
 
 
-def _train(model: MoLEFlow, task: int, feats: torch.Tensor, *, steps: int = 4, weight_decay: float = 0.0,
-           params: list | None = None) -> None:
-    opt = torch.optim.AdamW(params if params is not None else model.trainable_parameters(task), lr=1e-2,
-                            weight_decay=weight_decay)
-    for _ in range(steps):
-        loss = model(feats, task)["patch_score"].mean() / DIM
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+_train = partial(train_steps, steps=4)
 
 
 def _names(model: MoLEFlow) -> dict[int, str]:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from helpers import train_steps
 from moleflow.config import resolve_config
 from moleflow.continual.trainer import model_kwargs
 from moleflow.errors import MoleflowError
@@ -30,15 +33,7 @@ def _feats(b: int = 3, shift: float = 0.0) -> torch.Tensor:
     return torch.randn(b, *GRID, DIM) + shift
 
 
-def _train(model: MoLEFlow, task: int, feats: torch.Tensor, *, steps: int = 4, weight_decay: float = 0.0,
-           params: list | None = None) -> None:
-    opt = torch.optim.AdamW(params if params is not None else model.trainable_parameters(task), lr=1e-2,
-                            weight_decay=weight_decay)
-    for _ in range(steps):
-        loss = model(feats, task)["patch_score"].mean() / DIM
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+_train = partial(train_steps, steps=4)
 
 
 def _attention_snapshot(model: MoLEFlow) -> dict[str, torch.Tensor]:
