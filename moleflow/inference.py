@@ -16,6 +16,7 @@ from moleflow.continual.trainer import ContinualRun
 from moleflow.data.dataset import parse_img_size
 from moleflow.data.image_io import load_image
 from moleflow.errors import MoleflowError
+from moleflow.evaluation.evaluator import model_score_maps
 from moleflow.evaluation.maps import anomaly_maps, image_scores
 from moleflow.evaluation.visualize import overlay_png
 from moleflow.runs import RunFolder, TBLogger, atomic_write_bytes, atomic_write_text
@@ -78,16 +79,22 @@ def predict_images(run_dir: str | Path, images: list[str], out_dir: str | Path, 
         if task is None:
             raise MoleflowError("this run uses --router oracle, which needs the true task; predict needs a real router")
         model_input = image.unsqueeze(0).to(device) if getattr(state.model, "input_kind", "features") == "images" else patch
-        scores = state.model.patch_scores(model_input, state.strategy.model_task(task)).float().cpu()
-        amap = anomaly_maps(scores, size, cfg.eval.blur_sigma)[0].numpy()
+        named = model_score_maps(state.model, model_input, state.strategy.model_task(task))
+        scores = named["score"].float().cpu()
         score = float(image_scores(scores, cfg.eval.score_aggregation, cfg.eval.topk)[0])
         rgb = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        png = overlay_png(rgb, amap, None, score, vmin=float(amap.min()), vmax=float(amap.max()),
-                          title=f"task={task} ({cfg.data.task_classes[task]})")
-        target = out / "heatmaps" / f"{len(rows):04d}_{Path(path).stem}.png"
-        atomic_write_bytes(target, png)
-        rows.append({"filename": str(path), "routed_task": task, "routed_class": cfg.data.task_classes[task],
-                     "score": score, "anomalous": _decide(score, thresholds.get(cfg.data.task_classes[task])),
-                     "heatmap": str(target)})
+        row = {"filename": str(path), "routed_task": task, "routed_class": cfg.data.task_classes[task],
+               "score": score, "anomalous": _decide(score, thresholds.get(cfg.data.task_classes[task]))}
+        for name, patch in named.items():  # the anomaly map, then any extra map the model returns
+            amap = anomaly_maps(patch.float().cpu(), size, cfg.eval.blur_sigma)[0].numpy()
+            suffix = "" if name == "score" else f" [{name}]"
+            png = overlay_png(rgb, amap, None, score, vmin=float(amap.min()), vmax=float(amap.max()),
+                              title=f"task={task} ({cfg.data.task_classes[task]}){suffix}")
+            folder = out / "heatmaps" if name == "score" else out / "heatmaps" / name
+            target = folder / f"{len(rows):04d}_{Path(path).stem}.png"
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(target, png)
+            row["heatmap" if name == "score" else f"heatmap_{name}"] = str(target)
+        rows.append(row)
     atomic_write_text(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     return rows

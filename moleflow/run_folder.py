@@ -262,9 +262,12 @@ class RunFolder:
         folder.mkdir(parents=True, exist_ok=True)
         return folder / file_name
 
-    def save_heatmap(self, class_name: str, image_path: str, png: bytes) -> str:
-        """Write an overlay PNG; returns its path relative to the run folder (for per_image.jsonl)."""
+    def save_heatmap(self, class_name: str, image_path: str, png: bytes, kind: str = "") -> str:
+        """Write an overlay PNG; returns its path relative to the run folder (for per_image.jsonl).
+        A `kind` (an extra map's name) goes to heatmaps/<class>/<kind>/ under the same file name."""
         path = self.heatmap_path(class_name, image_path)
+        if kind:
+            path = path.parent / _safe_component(kind, "") / path.name
         atomic_write_bytes(path, png, fsync=False)
         return path.relative_to(self.path).as_posix()
 

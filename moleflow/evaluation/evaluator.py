@@ -4,20 +4,47 @@ Scores come from the expert the router predicts (never from the true task id, un
 `oracle`); oracle-routed scores are reported beside them. With a strategy whose experts are frozen
 after their task, the scores of test set j under expert k are computed once per run and reused by
 every later evaluation (routing changes as tasks arrive, expert outputs do not).
+
+A model may return named maps beside its anomaly score in the same pass (optional contract hook
+`score_maps(inputs, task_id) -> {"score": (B,h,w), name: (B,h,w), ...}`, e.g. the Students' predictive
+uncertainty). They are routed like the score, reported as `pixel_auroc_<name>`, and saved by the report.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from moleflow.errors import MoleflowError
 from moleflow.evaluation import metrics as M
 from moleflow.evaluation.maps import anomaly_maps, image_scores
 
 PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "aupro")
+#: keys of maps/<class>.npz written by the report; an extra map may not reuse them
+RESERVED_MAP_NAMES = frozenset({"score", "maps", "masks", "labels", "scores", "paths"})
+
+
+def model_score_maps(model: Any, inputs: torch.Tensor, model_task: int) -> dict[str, torch.Tensor]:
+    """{"score": patch scores, **extra maps} of one batch, from `score_maps` when the model has it."""
+    hook = getattr(model, "score_maps", None)
+    if hook is None:
+        return {"score": model.patch_scores(inputs, model_task)}
+    out = dict(hook(inputs, model_task))
+    score = out.get("score")
+    if score is None:
+        raise MoleflowError(f"model {type(model).__name__}: score_maps() must return the anomaly score under "
+                            f"'score' (it returned: {', '.join(sorted(out)) or 'nothing'})")
+    for name, value in out.items():
+        if name != "score" and (name in RESERVED_MAP_NAMES or not name.isidentifier()):
+            raise MoleflowError(f"model {type(model).__name__}: score_maps() name {name!r} is not allowed "
+                                f"(use an identifier other than {', '.join(sorted(RESERVED_MAP_NAMES))})")
+        if tuple(value.shape) != tuple(score.shape):
+            raise MoleflowError(f"model {type(model).__name__}: score_maps() map {name!r} has shape "
+                                f"{tuple(value.shape)}, the score {tuple(score.shape)}; they must match")
+    return out
 
 
 @dataclass
@@ -30,6 +57,8 @@ class ScoredSet:
     image: torch.Tensor  # (N,)
     image_oracle: torch.Tensor
     maps: torch.Tensor | None = None  # (N,H,W) routed anomaly maps, kept for the final report
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (N,h,w) routed extra maps
+    extra_maps: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (N,H,W), for the report
 
 
 class Evaluator:
@@ -42,19 +71,19 @@ class Evaluator:
         self.img_size = img_size
         self.device = device
         self.batch_size = batch_size
-        self._cache: dict[tuple[int, int], torch.Tensor] = {}
+        self._cache: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
 
     @torch.no_grad()
-    def expert_scores(self, task_id: int, feats: torch.Tensor, expert: int) -> torch.Tensor:
+    def expert_scores(self, task_id: int, feats: torch.Tensor, expert: int) -> dict[str, torch.Tensor]:
+        """{"score": (N,h,w), **extras} of test set `task_id` under `expert`."""
         key = (task_id, expert)
         if self.strategy.frozen_after_task and key in self._cache:
             return self._cache[key]
         model_task = self.strategy.model_task(expert)
         self.model.eval()
-        out = torch.cat([
-            self.model.patch_scores(chunk.to(self.device), model_task).float().cpu()
-            for chunk in feats.split(self.batch_size)
-        ])
+        chunks = [model_score_maps(self.model, chunk.to(self.device), model_task)
+                  for chunk in feats.split(self.batch_size)]
+        out = {name: torch.cat([c[name].float().cpu() for c in chunks]) for name in chunks[0]}
         if self.strategy.frozen_after_task:
             self._cache[key] = out
         return out
@@ -66,15 +95,19 @@ class Evaluator:
         true = torch.full((n,), task_id, dtype=torch.long)
         pred = self.router.predict(fs.pooled, true_tasks=true).long().cpu()
         oracle = self.expert_scores(task_id, inputs, task_id)
-        routed = oracle.clone()
+        routed = {name: value.clone() for name, value in oracle.items()}
         for expert in pred.unique().tolist():
             if expert == task_id:
                 continue
             rows = (pred == expert).nonzero().flatten()
-            routed[rows] = self.expert_scores(task_id, inputs, expert)[rows]
+            other = self.expert_scores(task_id, inputs, expert)
+            for name in routed:
+                routed[name][rows] = other[name][rows]
         method, k = self.cfg.score_aggregation, self.cfg.topk
-        return ScoredSet(task_id, class_name, pred, routed, oracle,
-                         image_scores(routed, method, k), image_scores(oracle, method, k))
+        extras = {name: value for name, value in routed.items() if name != "score"}
+        return ScoredSet(task_id, class_name, pred, routed["score"], oracle["score"],
+                         image_scores(routed["score"], method, k), image_scores(oracle["score"], method, k),
+                         extras=extras)
 
     def metrics(self, scored: ScoredSet, fs: Any, keep_maps: bool = False) -> dict[str, float]:
         labels = fs.labels.numpy()
@@ -102,6 +135,11 @@ class Evaluator:
                 f"f1{suffix}": f1["f1"],
                 f"f1_threshold{suffix}": f1["threshold"],
             })
+        for name, patch in scored.extras.items():
+            extra = anomaly_maps(patch, self.img_size, self.cfg.blur_sigma)
+            if keep_maps:
+                scored.extra_maps[name] = extra
+            out[f"pixel_auroc_{name}"] = M.pixel_auroc(masks, extra.numpy())
         if routed_ok:  # identical scores: the oracle numbers are the routed numbers
             for name in ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro", "f1"):
                 out[f"{name}_oracle"] = out[name]

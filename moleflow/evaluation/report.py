@@ -74,25 +74,32 @@ def write_final_report(run: Any, state: Any, scored: dict[str, Any], timing: dic
         thr = per_class[c]["f1_threshold"]
         maps = s.maps.numpy()
         vmin, vmax = float(np.percentile(maps, 1)), float(np.percentile(maps, 99.5))
+        extras = {name: m.numpy() for name, m in s.extra_maps.items()}  # e.g. the Students' uncertainty
+        extra_range = {name: (float(np.percentile(m, 1)), float(np.percentile(m, 99.5))) for name, m in extras.items()}
         if cfg.eval.save_maps:
             buf = io.BytesIO()
             np.savez_compressed(buf, maps=maps.astype(np.float32), masks=fs.masks[:, 0].numpy(),
-                                labels=fs.labels.numpy(), scores=s.image.numpy(), paths=np.array(fs.paths))
+                                labels=fs.labels.numpy(), scores=s.image.numpy(), paths=np.array(fs.paths),
+                                **{name: m.astype(np.float32) for name, m in extras.items()})
             run.write_bytes(f"maps/{c}.npz", buf.getvalue())
         for i, path in enumerate(fs.paths):
             score, label = float(s.image[i]), int(fs.labels[i])
-            heat = None
+            heat, extra_heat = None, {}
             if n_maps < 0 or i < n_maps:
-                png = overlay_png(_uint8_image(task.test_dataset[i]["image"]), maps[i],
-                                  fs.masks[i, 0].numpy().astype(bool), score, vmin=vmin, vmax=vmax,
-                                  title=f"{c} gt={label} task={int(s.pred_task[i])}")
+                rgb, mask = _uint8_image(task.test_dataset[i]["image"]), fs.masks[i, 0].numpy().astype(bool)
+                title = f"{c} gt={label} task={int(s.pred_task[i])}"
+                png = overlay_png(rgb, maps[i], mask, score, vmin=vmin, vmax=vmax, title=title)
                 heat = run.save_heatmap(c, path, png)
+                for name, m in extras.items():
+                    extra_png = overlay_png(rgb, m[i], mask, score, vmin=extra_range[name][0],
+                                            vmax=extra_range[name][1], title=f"{title} [{name}]")
+                    extra_heat[f"heatmap_{name}"] = run.save_heatmap(c, path, extra_png, kind=name)
                 if len([x for x in tb_images if x[0] == c]) < TB_IMAGES_PER_CLASS and label == 1:
                     tb_images.append((c, png))
             prediction = int(score >= thr) if not math.isnan(thr) else None
             per_image.append({"filename": path, "class": c, "task": task.task_id, "routed_task": int(s.pred_task[i]),
                               "ground_truth": label, "prediction": prediction, "score": score,
-                              "score_oracle": float(s.image_oracle[i]), "heatmap": heat,
+                              "score_oracle": float(s.image_oracle[i]), "heatmap": heat, **extra_heat,
                               "correct": None if prediction is None else prediction == label})
         csv_rows.append({"class": c, "task": task.task_id, **{k: per_class[c].get(k) for k in SUMMARY_KEYS}})
     csv_rows.append({"class": "mean", "task": "", **mean})

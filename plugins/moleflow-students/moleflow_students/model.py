@@ -144,31 +144,39 @@ class UninformedStudents(nn.Module):
         self.teachers.requires_grad_(False)
 
     # --- scoring ------------------------------------------------------------------------------------
-    def _maps(self, images: Tensor, task_id: int, which: str) -> Tensor:
+    def _maps(self, images: Tensor, task_id: int) -> dict[str, Tensor]:
+        """Both calibrated maps of one pass: score (error + uncertainty) and uncertainty alone."""
         task = self._task(task_id)
-        out = []
+        score, uncert = [], []
         for chunk in images.split(SCORE_CHUNK):
             chunk = chunk.to(self._device).float()
-            per_scale = []
+            per_score, per_uncert = [], []
             for p in self.opts.patch_sizes:
                 scale = task[_key(p)]
                 error, uncertainty = raw_maps(scale.students, self.teachers[_key(p)], scale.teacher_mean,
                                               scale.teacher_std, chunk)
                 c = scale.calibration
-                per_scale.append((error + uncertainty - c[0]) / c[1] if which == "score"
-                                 else (uncertainty - c[2]) / c[3])
-            out.append(torch.stack(per_scale).mean(0))
-        return torch.cat(out)
+                per_score.append((error + uncertainty - c[0]) / c[1])
+                per_uncert.append((uncertainty - c[2]) / c[3])
+            score.append(torch.stack(per_score).mean(0))
+            uncert.append(torch.stack(per_uncert).mean(0))
+        return {"score": torch.cat(score), "uncertainty": torch.cat(uncert)}
 
     @torch.no_grad()
     def patch_scores(self, images: Tensor, task_id: int) -> Tensor:
         """(B,3,H,W) -> (B,H,W): calibrated regression error + predictive uncertainty, mean over scales."""
-        return self._maps(images, task_id, "score")
+        return self._maps(images, task_id)["score"]
 
     @torch.no_grad()
     def uncertainty_maps(self, images: Tensor, task_id: int) -> Tensor:
         """(B,3,H,W) -> (B,H,W): the predictive-uncertainty part alone, calibrated the same way."""
-        return self._maps(images, task_id, "uncertainty")
+        return self._maps(images, task_id)["uncertainty"]
+
+    @torch.no_grad()
+    def score_maps(self, images: Tensor, task_id: int) -> dict[str, Tensor]:
+        """Contract hook: the score and the uncertainty map from one pass; the core routes both and writes
+        the uncertainty to maps/<class>.npz (--save_maps) and heatmaps/<class>/uncertainty/."""
+        return self._maps(images, task_id)
 
     # --- checkpoints --------------------------------------------------------------------------------
     def task_state(self, task_id: int) -> dict[str, Tensor]:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, distribution
 
+import numpy as np
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 from moleflow import registry
 from moleflow.config import resolve_config
@@ -160,9 +162,19 @@ def test_tiny_run_through_the_trainer_two_scales_and_checkpoints(bench, tmp_path
     from moleflow.continual.trainer import run_training
     from moleflow.inference import evaluate_run
 
-    cfg = _cfg(bench, tmp_path, "patch_sizes=[9,17]", "crop=16")
+    cfg = _cfg(bench, tmp_path, "patch_sizes=[9,17]", "crop=16", extra=["--save_maps", "--heatmaps", "1"])
     run = run_training(cfg, progress=False, log=lambda *_: None)
     m = run.read_json("metrics.json")
+    # the predictive-uncertainty map is saved beside the anomaly map, and scored against the masks
+    saved = np.load(run.path / "maps" / "grid.npz")
+    assert saved["uncertainty"].shape == saved["maps"].shape == (10, 48, 48)
+    assert not np.allclose(saved["uncertainty"], saved["maps"])
+    masks = saved["masks"].astype(bool)
+    assert m["final"]["per_class"]["grid"]["pixel_auroc_uncertainty"] == pytest.approx(
+        roc_auc_score(masks.ravel(), saved["uncertainty"].ravel()))
+    assert len(list((run.path / "heatmaps" / "grid" / "uncertainty").glob("*.png"))) == 1  # --heatmaps 1
+    first = run.read_per_image()[0]
+    assert first["heatmap_uncertainty"].startswith(f"heatmaps/{first['class']}/uncertainty/")
     assert m["routing"]["accuracy"] == 1.0
     assert m["continual"]["bwt"]["image_auroc"] == 0.0  # per-task students, teacher frozen after task 0
     counts = m["params"]
@@ -188,6 +200,9 @@ def test_task_zero_scores_are_bitwise_unchanged_by_later_tasks(bench, tmp_path):
     images = tasks[0].test_inputs
     scores, uncertainty = model.patch_scores(images, 0), model.uncertainty_maps(images, 0)
     assert scores.shape == uncertainty.shape == (len(images), 48, 48)
+    both = model.score_maps(images, 0)  # the core's one-pass hook returns exactly these two maps
+    assert set(both) == {"score", "uncertainty"}
+    assert torch.equal(both["score"], scores) and torch.equal(both["uncertainty"], uncertainty)
     assert torch.isfinite(scores).all()
     teacher = {k: v.clone() for k, v in model.shared_state().items()}
     log = dict(model.teacher_log)
