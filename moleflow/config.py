@@ -50,7 +50,7 @@ class BackboneConfig:
 class FlowConfig:
     model: str = _opt("moleflow", "model: a name registered in moleflow.models")
     model_opt: list = _opt([], "options of a plugin model, KEY=VALUE (repeatable; values read as JSON when "
-                               "they parse, else as text)", nargs="+", action="extend")
+                               "they parse, else as text)", nargs="+", action="extend", key_value=True)
     num_coupling_layers: int = _opt(8, "coupling blocks in the shared flow")
     coupling_type: str = _opt("allinone", "coupling block type", choices=["allinone", "glow"])
     clamp: float = _opt(2.0, "soft clamp of the coupling scales")
@@ -93,6 +93,10 @@ class TrainConfig:
     loss: list = _opt(["nll=1.0"], "loss terms NAME=WEIGHT (registered in moleflow.losses); repeatable; replaces "
                       "the default. Under AdamW only the ratio of weights matters",
                       nargs="+", action="extend")
+    loss_opt: list = _opt([], "options of a --loss term, NAME.KEY=VALUE (repeatable; values read as JSON when "
+                              "they parse), e.g. bce.pos_weight=5 or deep_svdd_soft_boundary.nu=0.05. "
+                              "In a --config file also a table: loss_opt = {bce = {pos_weight = 5}}",
+                      nargs="+", action="extend", key_value=True)
     center_loss_weight: float = _opt(0.0, "v5: weight λ of the center loss on z; 0 = off")
     focal_gamma: float = _opt(0.0, "v7: focal NLL exponent γ; 0 = plain NLL")
     seed: int = _opt(0, "seed of everything random in the run")
@@ -175,12 +179,25 @@ def _coerce(name: str, value: Any) -> Any:
                 return value.lower() in ("1", "true", "yes")
             return bool(value)
         if isinstance(default, list):
+            if isinstance(value, dict) and f.metadata.get("key_value"):
+                return flatten_options(value)
             items = value if isinstance(value, (list, tuple)) else [value]
             kind = f.metadata.get("type", str)
             return [kind(v) for v in items]
         return type(default)(value)
     except (TypeError, ValueError):
         raise MoleflowError(f"setting '{name}': cannot use {value!r} (expected {type(default).__name__})") from None
+
+
+def flatten_options(table: dict, prefix: str = "") -> list[str]:
+    """{"bce": {"pos_weight": 5}} -> ["bce.pos_weight=5"]: a config file's table as KEY=VALUE items."""
+    items: list[str] = []
+    for key, value in table.items():
+        if isinstance(value, dict):
+            items.extend(flatten_options(value, f"{prefix}{key}."))
+        else:
+            items.append(f"{prefix}{key}={json.dumps(value)}")
+    return items
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, sections: tuple[str, ...] = tuple(SECTIONS)) -> None:

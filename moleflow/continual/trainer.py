@@ -74,12 +74,15 @@ class ContinualRun:
         self.router = registry.create("routers", cfg.train.router)
         self.classes = list(cfg.data.task_classes)
         self.strategy = strategy_cls(self.model, len(self.classes))
-        terms, options = loss_terms(cfg)
-        self.loss = CompositeLoss(terms, model_name=cfg.flow.model, options=options)
+        self.loss = self.new_loss()  # replaced by a fresh one at every task (see train_task)
         size = parse_img_size(cfg.data.img_size)
         self.evaluator = Evaluator(self.model, self.strategy, self.router, cfg.eval, size, device)
         self.results: dict[int, dict[str, dict[str, float]]] = {}  # after task i -> class -> metrics
         self.fit_log: list[dict] = []
+
+    def new_loss(self) -> CompositeLoss:
+        terms, options = loss_terms(self.cfg)
+        return CompositeLoss(terms, model_name=self.cfg.flow.model, options=options)
 
     def _task_seed(self, task_id: int) -> int:
         # per-task seeds make a resumed run draw exactly what an uninterrupted one draws
@@ -102,11 +105,16 @@ class ContinualRun:
             # a model with its own training procedure (teacher/students, memory banks, ...) provides
             # fit_task; everything else goes through the generic optimisation loop
             fit_fn = getattr(self.model, "fit_task", None) or partial(fit_task, self.model)
-            fit = fit_fn(self.strategy.model_task(t), inputs, self.strategy.trainable(t), self.loss,
+            # a fresh loss per task: its own parameters (e.g. the SVDD radius) start from their initial
+            # values at every task, so a resumed run trains exactly what an uninterrupted one does
+            self.loss = self.new_loss().to(self.device)
+            params = self.strategy.trainable(t) + self.loss.parameters()
+            fit = fit_fn(self.strategy.model_task(t), inputs, params, self.loss,
                          settings, label=f"task {t} ({task.class_name})", on_epoch=log)
             self.fit_log.append({"task": t, "class": task.class_name, "epochs": len(fit.epoch_losses),
                                  "final_loss": fit.epoch_losses[-1] if fit.epoch_losses else None,
-                                 "seconds": fit.seconds, "steps": fit.steps})
+                                 "seconds": fit.seconds, "steps": fit.steps,
+                                 **({"loss_state": self.loss.state()} if self.loss.state() else {})})
         self.strategy.end_task(t)
         self.router.add_task(t, task.train.pooled)
 

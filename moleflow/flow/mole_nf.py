@@ -292,13 +292,15 @@ class MoLEFlow(nn.Module):
         return out, log_jac_det
 
     def forward(self, feats: Tensor, task_id: int) -> dict[str, Tensor]:
-        """feats (B,h,w,D) -> z (B,h,w,D), log_jac_det (B,h,w), patch_score (B,h,w)."""
+        """feats (B,h,w,D) -> z (B,h,w,D), log_jac_det (B,h,w), patch_score (B,h,w); `embedding` is z again
+        (the flow's output is its embedding: losses on embeddings, e.g. deep_svdd_soft_boundary, read it)."""
         x = self.adapt(feats, task_id)
         b, h, w, d = x.shape
         z, log_jac_det = self._run_flow(x, task_id, rev=False, context=self.flow_context(x))
         z = z.reshape(b, h, w, d)
         log_jac_det = log_jac_det.reshape(b, h, w)
-        return {"z": z, "log_jac_det": log_jac_det, "patch_score": 0.5 * z.pow(2).sum(-1) - log_jac_det}
+        return {"z": z, "embedding": z, "log_jac_det": log_jac_det,
+                "patch_score": 0.5 * z.pow(2).sum(-1) - log_jac_det}
 
     @torch.no_grad()
     def patch_scores(self, feats: Tensor, task_id: int) -> Tensor:

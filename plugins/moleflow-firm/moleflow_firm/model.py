@@ -181,9 +181,9 @@ def robust_std(rows: torch.Tensor, floor: float = 0.1) -> torch.Tensor:
 def uses_run_loss(loss_terms: list[str], raw_options: dict) -> bool:
     """Whether training goes through the run's --loss (it names `firm`) or the model's own FIRM objective.
 
-    With --loss firm=W the run's CompositeLoss builds FIRMLoss with its defaults (moleflow has no flag
-    for options of a loss), so --model_opt tau/mode could not reach it: refuse the mix instead of
-    ignoring them. Any other --loss than the default (a flow loss) cannot train this model."""
+    With --loss firm=W the run's CompositeLoss builds FIRMLoss from `--loss_opt firm.tau=...`, so
+    --model_opt tau/mode could not reach it: refuse the mix instead of ignoring them. Any other --loss
+    than the default (a flow loss) cannot train this model."""
     from moleflow.config import TrainConfig
     from moleflow.losses.compose import parse_loss_terms
 
@@ -192,7 +192,8 @@ def uses_run_loss(loss_terms: list[str], raw_options: dict) -> bool:
         clash = sorted({"tau", "mode"} & set(raw_options))
         if clash:
             raise MoleflowError(f"--model_opt {', '.join(clash)} configures the model's own FIRM objective, but --loss "
-                                "names firm, whose loss uses its defaults (tau=0.1, mode=concat); drop one of the two")
+                                f"names firm, which takes its options from --loss_opt; use --loss_opt firm.{clash[0]}="
+                                f"{raw_options[clash[0]]!r} instead")
         return True
     if list(loss_terms) != list(TrainConfig().loss):
         raise MoleflowError(f"--loss {' '.join(loss_terms)}: model 'firm' trains on the FIRM loss; use --loss firm=1 "

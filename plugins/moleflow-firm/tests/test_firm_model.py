@@ -164,17 +164,30 @@ def test_run_loss_is_used_when_it_names_firm(bench, tmp_path, prepared):
     state = _state(_cfg(bench, tmp_path, "--loss", "firm=1", "--model_opt", "synth_per_image=1"), prepared)
     assert state.model.use_run_loss
     calls = []
-    original = state.loss.__call__
-    state.loss = lambda out, batch=None: calls.append(sorted(out)) or original(out, batch)
+    new_loss = state.new_loss
+
+    def spying_loss():
+        loss = new_loss()
+        original = loss.__call__  # bound before the class swap below (__call__ is looked up on the type)
+        spy = type("Spy", (type(loss),), {"__call__": lambda self, out, batch=None: calls.append(sorted(out))
+                                          or original(out, batch)})
+        loss.__class__ = spy
+        return loss
+
+    state.new_loss = spying_loss
     state.train_task(0, None)
     assert calls and calls[0] == ["labels", "z1", "z2"]
+    # the run's firm term takes its options from --loss_opt
+    tuned = _state(_cfg(bench, tmp_path, "--loss", "firm=1", "--loss_opt", "firm.tau=0.3", "firm.mode=pairwise"),
+                   prepared).new_loss().terms[0].fn
+    assert (tuned.tau, tuned.mode) == (0.3, "pairwise")
 
 
 @pytest.mark.parametrize("extra, match", [
     (["--model_opt", "knn=0"], "knn=0"),
     (["--model_opt", "colour=red"], "unknown option"),
     (["--model_opt", "anomalies=blur"], "anomalies"),
-    (["--loss", "firm=1", "--model_opt", "tau=0.2"], "drop one"),
+    (["--loss", "firm=1", "--model_opt", "tau=0.2"], "use --loss_opt firm.tau=0.2 instead"),
     (["--loss", "latent_l1=1"], "use --loss firm=1"),
 ])
 def test_bad_options_fail_before_training(bench, tmp_path, extra, match):
