@@ -45,6 +45,8 @@ class RunSummary:
     growth_per_task: float | None = None  # mean parameters added per task, as a fraction of the shared ones
     params_per_task: float | None = None  # mean parameters added per task (absolute)
     timing: dict[str, float | None] = field(default_factory=dict)  # seconds: backbone_s, train_s, eval_s
+    #: pixel AUROC of a model's extra maps (score_maps hook, e.g. the Students' uncertainty): class -> name -> value
+    extra_pixel_auroc: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -94,6 +96,10 @@ def load_summary(path: str | Path) -> RunSummary:
             value = sum(values) / len(values) if values and None not in values else None
         mean[key] = value
     continual = metrics.get("continual") or {}
+    extra_names = sorted({k.removeprefix("pixel_auroc_") for c in classes for k in (raw_per_class.get(c) or {})
+                          if k.startswith("pixel_auroc_") and k != "pixel_auroc_oracle"})
+    extras = {c: {n: _number((raw_per_class.get(c) or {}).get(f"pixel_auroc_{n}")) for n in extra_names}
+              for c in classes}
     return RunSummary(
         path=run.path,
         version=_config_value(config, "version"),
@@ -108,6 +114,7 @@ def load_summary(path: str | Path) -> RunSummary:
         growth_per_task=_growth(metrics.get("params") or {}),
         params_per_task=_mean_per_task(metrics.get("params") or {}),
         timing={k: _number((metrics.get("timing") or {}).get(k)) for k in ("backbone_s", "train_s", "eval_s")},
+        extra_pixel_auroc=extras if extra_names else {},
     )
 
 
@@ -218,9 +225,14 @@ def render_table(header: list[str], rows: list[list[str]], markdown: bool) -> st
 def _run_section(index: int, run: RunSummary, markdown: bool) -> str:
     facts = f"version {run.version} | strategy/model {run.strategy}/{run.model} | experiment {run.experiment}"
     head = f"**run {index}** `{run.path}`  \n{facts}" if markdown else f"run {index}: {run.path}\n  {facts}"
-    rows = [[c] + [_fmt(run.per_class[c][k]) for k, _ in COLUMNS] for c in run.classes]
-    rows.append(["mean"] + [_fmt(run.mean[k]) for k, _ in COLUMNS])
-    table = render_table(["class"] + [title for _, title in COLUMNS], rows, markdown)
+    names = sorted({n for values in run.extra_pixel_auroc.values() for n in values})
+    rows = [[c] + [_fmt(run.per_class[c][k]) for k, _ in COLUMNS]
+            + [_fmt(run.extra_pixel_auroc[c][n]) for n in names] for c in run.classes]
+    means = [[v for v in (run.extra_pixel_auroc[c][n] for c in run.classes)] for n in names]
+    rows.append(["mean"] + [_fmt(run.mean[k]) for k, _ in COLUMNS]
+                + [_fmt(sum(v) / len(v)) if v and None not in v else _fmt(None) for v in means])
+    header = ["class"] + [title for _, title in COLUMNS] + [f"pixel AUROC ({n} map)" for n in names]
+    table = render_table(header, rows, markdown)
     continual = [f"BWT ({title}) {_fmt(run.bwt[key])}, FM ({title}) {_fmt(run.fm[key])}"
                  for key, title in CONTINUAL_METRICS if key == "image_auroc" or run.bwt[key] is not None]
     tail = ("  \n" if markdown else "\n").join(continual)

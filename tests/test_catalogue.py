@@ -149,6 +149,23 @@ def test_svdd_update_radius_is_the_minimiser_over_r():
             assert best <= value + 1e-5, (n, nu, r, trial)
 
 
+def test_svdd_line_search_sets_the_radius_from_each_training_batch():
+    torch.manual_seed(2)
+    fn = loss("deep_svdd_soft_boundary", nu=0.2, radius_update="line_search")
+    assert list(p for p in fn.parameters() if p.requires_grad) == []  # kept out of the optimiser
+    for scale in (1.0, 3.0):
+        out = {"embedding": scale * torch.randn(50, 4, dtype=torch.float64)}
+        value = fn(out)
+        reference = loss("deep_svdd_soft_boundary", nu=0.2)
+        expected_r = reference.update_radius(out)
+        assert fn.radius.item() == pytest.approx(expected_r) and value.item() == pytest.approx(reference(out).item())
+    with torch.no_grad():  # evaluation: the radius is left alone
+        fn({"embedding": torch.zeros(5, 4, dtype=torch.float64)})
+    assert fn.radius.item() == pytest.approx(expected_r)
+    with pytest.raises(MoleflowError, match="radius_update='often'; choose one of gradient, line_search"):
+        loss("deep_svdd_soft_boundary", radius_update="often")
+
+
 def test_svdd_rejects_bad_nu():
     for nu in (0.0, -0.1, 1.5):
         with pytest.raises(MoleflowError, match="nu"):

@@ -307,3 +307,11 @@ def test_plugins_lists_the_builtins():
     rows = [line.split() for line in result.out.splitlines()[1:]]
     for group, name in [("models", "moleflow"), ("losses", "nll"), ("routers", "mahalanobis"), ("versions", "v3")]:
         assert any(r[:2] == [group, name] and r[-1] == "ok" for r in rows), (group, name)
+
+
+def test_model_opt_on_the_built_in_flow_is_an_error_not_ignored(tmp_path, capsys):
+    from moleflow.cli import main
+
+    code = main(["train", "--data_path", str(tmp_path / "missing"), "--runs_dir", str(tmp_path / "runs"),
+                 "--model_opt", "rank=3"])
+    assert code == 2 and "model 'moleflow' takes no --model_opt options" in capsys.readouterr().err

@@ -181,3 +181,17 @@ def test_summary_shows_absolute_growth_without_shared_parameters(tmp_path):
     runs = [_make_run(tmp_path, v, m) for v, m in (("v1", _metrics(**OLD)), ("v2", metrics))]
     text = compare_runs([r.path for r in runs], markdown=True)
     assert "1,000 (no shared)" in text and "10.0% of shared" in text
+
+
+def test_extra_map_pixel_auroc_gets_its_own_column(tmp_path):
+    metrics = _metrics(**OLD)
+    for i, c in enumerate(CLASSES):
+        metrics["final"]["per_class"][c]["pixel_auroc_uncertainty"] = [0.6, 0.7, 0.8][i]
+        metrics["final"]["per_class"][c]["pixel_auroc_oracle"] = 0.5  # not an extra map
+    text = compare_runs([_make_run(tmp_path, "v1", metrics).path, _make_run(tmp_path, "v2", _metrics(**NEW)).path])
+    run1 = text[text.index("run 1: "):text.index("run 2: ")]
+    assert "pixel AUROC (uncertainty map)" in run1 and "oracle map" not in run1
+    assert _row(run1, "leather").split() == ["leather", "1.0000", "0.9000", "0.8500", "0.8000", "0.6000"]
+    assert _row(run1, "mean").split()[-1] == "0.7000"
+    run2 = text[text.index("run 2: "):]
+    assert "uncertainty" not in run2.split("change:")[0]  # a run without extras keeps the plain table

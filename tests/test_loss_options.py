@@ -93,3 +93,20 @@ def test_svdd_radius_is_trained_and_fresh_at_every_task(tiny_bench, tiny_tasks, 
     assert radius1 > 1.0 and radius1 != radius0
     # without the loss parameter in the optimiser the radius would stay at its initial value
     assert state.new_loss().terms[1].fn.radius.item() == 1.0
+
+
+
+def test_the_readme_toml_example_configures_the_svdd_term(tmp_path):
+    import re
+    import sys
+    from pathlib import Path
+
+    if sys.version_info < (3, 11):
+        pytest.skip("TOML configs need Python >= 3.11")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    snippet = re.search(r"```toml\n(\[train\]\nloss = .*?)```", readme, re.S).group(1)
+    config = tmp_path / "losses.toml"
+    config.write_text(snippet)
+    composite = _composite(_from_flags(config_file=str(config)))
+    assert [(t.name, t.weight) for t in composite.terms] == [("nll", 1.0), (SVDD, 0.01)]
+    assert composite.terms[1].fn.nu == 0.05

@@ -160,8 +160,15 @@ class ContinualRun:
 
 
 def check_components(cfg: Config) -> None:
-    """Fail on unknown component names in seconds, before any image is read or feature computed."""
-    registry.get("models", cfg.flow.model)
+    """Fail on unknown component names and bad options in seconds, before any image is read or feature
+    computed. A model class may check its own options (--model_opt) in an optional `validate_config`."""
+    factory = registry.get("models", cfg.flow.model)
+    validate = getattr(factory, "validate_config", None)
+    if validate is not None:
+        validate(cfg, img_size=parse_img_size(cfg.data.img_size))
+    elif cfg.flow.model_opt and getattr(factory, "from_config", None) is None:
+        raise MoleflowError(f"--model_opt {' '.join(cfg.flow.model_opt)}: model '{cfg.flow.model}' takes no "
+                            "--model_opt options; its settings are flags (see `moleflow train --help`)")
     registry.get("routers", cfg.train.router)
     terms, options = loss_terms(cfg)
     CompositeLoss(terms, model_name=cfg.flow.model, options=options)

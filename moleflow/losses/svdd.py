@@ -18,6 +18,11 @@ The radius R is an ``nn.Parameter`` of this loss object (initial value `radius`)
 * line search (Ruff's choice, every few epochs after a warm-up): ``update_radius(outputs)`` sets R to
   the (1 - nu)-quantile of the distances ||z - c||, the exact minimiser of the loss over R for fixed z
   (then keep R out of the optimiser, or it moves again).
+
+The trainer optimises every loss parameter with the model's (AdamW at the run's --lr), so with
+``radius_update="gradient"`` (default) R moves by about lr per step: fine at lr 1e-2, slow at the flow's
+2e-4. ``radius_update="line_search"`` instead sets R from each training batch (update_radius on the
+batch, before the loss) and takes R out of the optimiser: `--loss_opt deep_svdd_soft_boundary.radius_update=line_search`.
 """
 
 from __future__ import annotations
@@ -29,21 +34,28 @@ from torch import nn
 
 from moleflow.errors import MoleflowError
 
+RADIUS_UPDATES = ("gradient", "line_search")
+
 
 class SoftBoundaryDeepSVDDLoss(nn.Module):
     """R^2 + mean(relu(||z - c||^2 - R^2)) / nu with a learnable radius R; reads `embedding` (+ optional `center`)."""
 
     reads = ("embedding",)
 
-    def __init__(self, nu: float = 0.1, radius: float = 1.0) -> None:
+    def __init__(self, nu: float = 0.1, radius: float = 1.0, radius_update: str = "gradient") -> None:
         super().__init__()
+        if radius_update not in RADIUS_UPDATES:
+            raise MoleflowError(f"loss 'deep_svdd_soft_boundary': radius_update={radius_update!r}; choose one of "
+                                f"{', '.join(RADIUS_UPDATES)}")
         if not (isinstance(nu, (int, float)) and 0.0 < nu <= 1.0):
             raise MoleflowError(f"loss 'deep_svdd_soft_boundary': nu={nu!r} must be in (0, 1] "
                                 "(the allowed fraction of outliers, e.g. 0.1)")
         if not (math.isfinite(radius) and radius >= 0):
             raise MoleflowError(f"loss 'deep_svdd_soft_boundary': radius={radius!r} must be a finite number >= 0")
         self.nu = float(nu)
-        self.radius = nn.Parameter(torch.tensor(float(radius)))
+        self.radius_update = radius_update
+        # a line-searched radius is set, not learnt: requires_grad False keeps it out of the optimiser
+        self.radius = nn.Parameter(torch.tensor(float(radius)), requires_grad=radius_update == "gradient")
 
     def squared_distances(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """||z - c||^2 per embedding vector (all leading dims kept)."""
@@ -58,6 +70,8 @@ class SoftBoundaryDeepSVDDLoss(nn.Module):
         return (z - center).pow(2).sum(-1)
 
     def forward(self, outputs: dict[str, torch.Tensor], batch: dict | None = None) -> torch.Tensor:
+        if self.radius_update == "line_search" and torch.is_grad_enabled():
+            self.update_radius(outputs)  # training step: R = the minimiser for this batch
         dist = self.squared_distances(outputs)
         r2 = self.radius.to(dist.dtype).pow(2)
         return r2 + torch.relu(dist - r2).mean() / self.nu

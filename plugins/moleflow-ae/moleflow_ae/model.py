@@ -54,6 +54,13 @@ class ReconstructionAE(nn.Module):
 
         return cls(fallback_loss=list(cfg.train.loss) == DEFAULT_LOSS, **parse_options(cfg.flow.model_opt))
 
+    @classmethod
+    def validate_config(cls, cfg, *, img_size):
+        """Contract hook: bad --model_opt values fail before any image is read."""
+        from moleflow.config import parse_options
+
+        AEOptions.from_dict(parse_options(cfg.flow.model_opt))
+
     # --- helpers -----------------------------------------------------------------------------------
     def to_model_channels(self, images: torch.Tensor) -> torch.Tensor:
         """(N,3,H,W) -> (N,channels,H,W); grey = the mean of the channels."""

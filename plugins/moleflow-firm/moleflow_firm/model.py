@@ -91,6 +91,15 @@ class FIRMPatchModel(nn.Module):
         device = resolve_device(cfg.train.device)
         return cls(build_extractor(cfg, device), options, use_run_loss=use_run_loss, device=device)
 
+    @classmethod
+    def validate_config(cls, cfg, *, img_size):
+        """Contract hook: bad --model_opt values or --loss mixes fail before any image is read."""
+        from moleflow.config import parse_options
+
+        raw = parse_options(cfg.flow.model_opt)
+        FIRMOptions.parse(raw)
+        uses_run_loss(cfg.train.loss, raw)
+
     def _head(self, task_id: int) -> TaskHead:
         key = str(task_id)
         if key not in self.heads:

@@ -70,6 +70,14 @@ class UninformedStudents(nn.Module):
         source = descriptor_weights(cfg, options.descriptor_backbone, options.descriptor_weights)
         return cls(options, descriptor_source=source, init_seed=cfg.train.seed)
 
+    @classmethod
+    def validate_config(cls, cfg: Any, *, img_size: tuple[int, int]) -> None:
+        """Contract hook: bad --model_opt values and missing descriptor weights fail before any image is read."""
+        from moleflow.config import parse_options
+
+        options = StudentsOptions.parse(parse_options(cfg.flow.model_opt), img_size)
+        descriptor_weights(cfg, options.descriptor_backbone, options.descriptor_weights)
+
     @property
     def teacher_ready(self) -> bool:
         return bool(self.distilled)
