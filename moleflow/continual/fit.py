@@ -1,4 +1,5 @@
-"""The optimisation loop of one task: AdamW, cosine schedule, gradient clipping, NaN guard.
+"""The optimisation loop of one task: AdamW, cosine schedule, gradient clipping, NaN guard (`optimise`,
+shared with plugins that bring their own batches), and `fit_task`, the flow's use of it.
 
 Training touches only cached backbone features: every epoch is flow work, nothing else.
 """
@@ -6,6 +7,8 @@ Training touches only cached backbone features: every epoch is flow work, nothin
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -34,6 +37,62 @@ class FitResult:
     seconds: float = 0.0
 
 
+def optimise(
+    module: torch.nn.Module,
+    params: list[torch.nn.Parameter],
+    settings: FitSettings,
+    *,
+    epoch_batches: Callable[[torch.Generator], Iterable[Any]],
+    step_loss: Callable[[Any, torch.Generator], tuple[torch.Tensor, int]],
+    steps_per_epoch: int,
+    label: str,
+    hint: str = "try a lower --lr or --grad_clip 1",
+    make_optimizer: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer] | None = None,
+    cosine: bool = True,
+    on_epoch: Callable[[int, float], Any] | None = None,
+) -> FitResult:
+    """The loop every trainer shares (the core flow, and plugins with their own batches): per epoch, for
+    each batch of `epoch_batches(generator)`, `step_loss(batch, generator) -> (loss, size)`, a NaN guard
+    naming task/epoch/step, backward, gradient clipping, an optimiser step (AdamW unless
+    `make_optimizer`) and a per-step cosine schedule over all epochs (unless `cosine=False`).
+    One generator seeded with `settings.seed` drives every random draw, in call order."""
+    result = FitResult()
+    if not params:
+        return result
+    generator = torch.Generator().manual_seed(settings.seed)
+    optimizer = (make_optimizer or (lambda ps: torch.optim.AdamW(ps, lr=settings.lr,
+                                                                 weight_decay=settings.weight_decay)))(params)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(1, settings.num_epochs * steps_per_epoch)) if cosine else None
+    start = time.perf_counter()
+    module.train()
+    bar = tqdm(range(settings.num_epochs), desc=f"train {label}", disable=not settings.progress, leave=False)
+    for epoch in bar:
+        total, count = 0.0, 0
+        for step, batch in enumerate(epoch_batches(generator)):
+            loss, size = step_loss(batch, generator)
+            if not torch.isfinite(loss):
+                raise MoleflowError(f"{label}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                                    f"training stopped ({hint})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if settings.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            total += loss.item() * size
+            count += size
+            result.steps += 1
+        result.epoch_losses.append(total / count)
+        bar.set_postfix(loss=f"{result.epoch_losses[-1]:.4f}")
+        if on_epoch is not None:
+            on_epoch(epoch, result.epoch_losses[-1])
+    module.eval()
+    result.seconds = time.perf_counter() - start
+    return result
+
+
 def fit_task(
     model: torch.nn.Module,
     model_task: int,
@@ -46,46 +105,14 @@ def fit_task(
     on_epoch: Callable[[int, float], Any] | None = None,
 ) -> FitResult:
     """Train `params` on `feats` (N,h,w,D) for the given model task. `label` names the task in errors."""
-    import time
-
-    result = FitResult()
-    if not params:
-        return result
     n = feats.shape[0]
-    if n == 0:
+    if params and n == 0:
         raise MoleflowError(f"{label}: no training images")
-    generator = torch.Generator().manual_seed(settings.seed)
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    steps_per_epoch = math.ceil(n / settings.batch_size)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, settings.num_epochs * steps_per_epoch))
-    start = time.perf_counter()
-    model.train()
-    bar = tqdm(range(settings.num_epochs), desc=f"train {label}", disable=not settings.progress, leave=False)
-    for epoch in bar:
-        total, count = 0.0, 0
-        for step, idx in enumerate(torch.randperm(n, generator=generator).split(settings.batch_size)):
-            batch = feats[idx].to(settings.device, non_blocking=True)
-            outputs = model(batch, model_task)
-            loss, _ = loss_fn(outputs)
-            if not torch.isfinite(loss):
-                raise MoleflowError(
-                    f"{label}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                    "training stopped (try a lower --lr, a smaller --clamp or --grad_clip 1)"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if settings.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            total += loss.item() * len(idx)
-            count += len(idx)
-            result.steps += 1
-        epoch_loss = total / count
-        result.epoch_losses.append(epoch_loss)
-        bar.set_postfix(loss=f"{epoch_loss:.4f}")
-        if on_epoch is not None:
-            on_epoch(epoch, epoch_loss)
-    model.eval()
-    result.seconds = time.perf_counter() - start
-    return result
+
+    def step_loss(idx: torch.Tensor, _generator: torch.Generator) -> tuple[torch.Tensor, int]:
+        loss, _ = loss_fn(model(feats[idx].to(settings.device, non_blocking=True), model_task))
+        return loss, len(idx)
+
+    return optimise(model, params, settings, epoch_batches=lambda g: torch.randperm(n, generator=g).split(settings.batch_size),
+                    step_loss=step_loss, steps_per_epoch=math.ceil(n / settings.batch_size), label=label,
+                    hint="try a lower --lr, a smaller --clamp or --grad_clip 1", on_epoch=on_epoch)

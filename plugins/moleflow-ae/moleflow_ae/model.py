@@ -12,7 +12,6 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from moleflow.errors import MoleflowError
 
@@ -110,45 +109,31 @@ class ReconstructionAE(nn.Module):
             p.requires_grad_(False)
 
     def fit_task(self, task_id, inputs, params, loss_fn, settings, *, label, on_epoch=None):
-        from moleflow.continual.fit import FitResult
+        from moleflow.continual.fit import FitResult, optimise
 
-        result = FitResult()
         if not params:
-            return result
+            return FitResult()
         if inputs.shape[0] == 0:
             raise MoleflowError(f"{label}: no training images")
         task = self._task(task_id)
         loss = self._resolve_loss(loss_fn)
         images = self.to_model_channels(inputs).cpu()
         corruption = TrainingCorruption(self.opts, settings.seed)
-        order = torch.Generator().manual_seed(settings.seed)
         for p in params:
             p.requires_grad_(True)
-        optimizer = torch.optim.Adam(params, lr=settings.lr)
+
+        def step_loss(idx: torch.Tensor, _generator: torch.Generator) -> tuple[torch.Tensor, int]:
+            corrupted, clean, masks = (t.to(settings.device) for t in corruption(images[idx]))
+            outputs = {"reconstruction": task.net(corrupted), "target": clean}
+            value, _ = loss(outputs, {"input": corrupted, "target": clean, "anomaly_mask": masks})
+            return value, len(idx)
+
         start = time.perf_counter()
-        task.train()
-        bar = tqdm(range(settings.num_epochs), desc=f"train {label}", disable=not settings.progress, leave=False)
-        for epoch in bar:
-            total = 0.0
-            for step, idx in enumerate(torch.randperm(len(images), generator=order).split(settings.batch_size)):
-                corrupted, clean, masks = (t.to(settings.device) for t in corruption(images[idx]))
-                outputs = {"reconstruction": task.net(corrupted), "target": clean}
-                value, _ = loss(outputs, {"input": corrupted, "target": clean, "anomaly_mask": masks})
-                if not torch.isfinite(value):
-                    raise MoleflowError(f"{label}: loss became {value.item()} at epoch {epoch + 1}, step {step + 1}; "
-                                        "training stopped (try a lower --lr or --grad_clip 1)")
-                optimizer.zero_grad(set_to_none=True)
-                value.backward()
-                if settings.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
-                optimizer.step()
-                total += value.item() * len(idx)
-                result.steps += 1
-            result.epoch_losses.append(total / len(images))
-            bar.set_postfix(loss=f"{result.epoch_losses[-1]:.4f}")
-            if on_epoch is not None:
-                on_epoch(epoch, result.epoch_losses[-1])
-        task.eval()
+        # plain Adam at a constant rate, as in the reference AE training (no weight decay, no schedule)
+        result = optimise(task, params, settings, step_loss=step_loss, steps_per_epoch=1, label=label,
+                          epoch_batches=lambda g: torch.randperm(len(images), generator=g).split(settings.batch_size),
+                          make_optimizer=lambda ps: torch.optim.Adam(ps, lr=settings.lr), cosine=False,
+                          on_epoch=on_epoch)
         task.score_means.copy_(training_means(task.net, images, settings.device, settings.batch_size))
         result.seconds = time.perf_counter() - start
         return result
