@@ -227,13 +227,19 @@ def test_every_setting_has_a_flag_test():
 
 
 def test_standardize_features_fits_input_statistics_only_when_on(small_bench, flags_tasks):
-    stds = {}
-    for flags in ([], ["--no_standardize_features"]):
-        state = _state(config_from_flags(small_bench, *flags), flags_tasks)
-        state.train_task(0, None)
-        stds[bool(flags)] = state.model.input_std
-    assert torch.equal(stds[True], torch.ones_like(stds[True]))
-    assert not torch.allclose(stds[False], torch.ones_like(stds[False]), atol=1e-3)
+    off = _state(config_from_flags(small_bench, "--no_standardize_features"), flags_tasks)
+    off.train_task(0, None)
+    assert len(off.model.input_stats) == 0
+    on = _state(config_from_flags(small_bench), flags_tasks)
+    on.train_task(0, None)
+    on.train_task(1, None)
+    stats = on.model.input_stats
+    for t in (0, 1):  # each task's statistics come from its own training features
+        flat = on.tasks[t].train_inputs.reshape(-1, on.model.dim).double()
+        torch.testing.assert_close(stats[str(t)].mean, flat.mean(0).float())
+        assert bool(stats[str(t)].fitted)
+    assert not torch.allclose(stats["0"].std, stats["1"].std)
+    assert {"input_stats.1.mean", "input_stats.1.std"} <= set(on.model.task_state(1))  # saved with the task
 
 
 def test_finetune_changes_task0_scores_after_later_tasks(small_bench, flags_tasks):

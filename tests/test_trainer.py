@@ -168,3 +168,21 @@ def test_nan_loss_stops_with_a_clear_error(tiny_bench, tiny_tasks, tmp_path):
     state = ContinualRun(cfg, bad_tasks, extractor.dim, extractor.grid, torch.device("cpu"), progress=False)
     with pytest.raises(MoleflowError, match=r"task 0 \(leather\): loss became nan at epoch 1, step \d+"):
         state.train_task(0, None)
+
+
+def test_later_tasks_train_to_losses_like_task_zero(tiny_bench, tiny_tasks, tmp_path):
+    """Each task standardises with its own statistics. With task 0's statistics for every task, channels
+    dead on leather but active on grid blew the later tasks' inputs up (training losses of ~50 here,
+    1e12 on the 128 px benchmark), and their experts learnt nothing."""
+    from moleflow.continual.trainer import ContinualRun
+
+    tasks, extractor = tiny_tasks
+    cfg = tiny_config(tiny_bench, tmp_path, num_epochs=3)
+    state = ContinualRun(cfg, tasks, extractor.dim, extractor.grid, torch.device("cpu"), progress=False)
+    for t in range(3):
+        state.train_task(t, None)
+    losses = [entry["final_loss"] for entry in state.fit_log]
+    assert all(abs(loss) < 3.0 for loss in losses), losses  # NLL per dimension of standardised inputs
+    for t in (1, 2):  # every task's inputs reach its flow on the standardised scale
+        x = state.model.input_stats[str(t)](tasks[t].train_inputs).reshape(-1, extractor.dim)
+        assert x.std(0).max() < 1.01 and x.mean(0).abs().max() < 1e-3

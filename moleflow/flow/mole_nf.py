@@ -39,6 +39,7 @@ from moleflow.flow.cpcf import make_context
 from moleflow.flow.lora import LoRALinear, lora_scale
 from moleflow.flow.patch_attention import PatchSelfAttention
 from moleflow.flow.spatial_lora import CornerGroups, SpatialLoRALinear, bilinear_corners
+from moleflow.flow.standardize import ChannelStats
 
 
 class MoLEFlow(nn.Module):
@@ -138,13 +139,11 @@ class MoLEFlow(nn.Module):
         self.adapters = nn.ModuleDict()
         self.task_names: list[str] = []
         self._ended: set[int] = set()
-        # Per-channel standardisation, fitted once on the first training round's features and frozen with
-        # the base: backbone features are often tiny (random-init ResNet: std ~0.05), and the clamped
-        # couplings then need many steps just to learn the scale. Saved with the shared state.
+        # Per-channel standardisation with statistics per task (standardize.py): backbone features are
+        # often tiny (random-init ResNet: std ~0.05), so the clamped couplings would spend their steps on
+        # the scale, and one task's statistics do not fit the next task's features. Saved with the task.
         self.standardize = standardize
-        self.register_buffer("input_mean", torch.zeros(dim))
-        self.register_buffer("input_std", torch.ones(dim))
-        self.register_buffer("input_stats_ready", torch.zeros((), dtype=torch.bool))
+        self.input_stats = nn.ModuleDict()
         # Deterministic from (grid, dim), so non-persistent: never saved, never loaded.
         self.register_buffer("pos_embed", sinusoidal_2d(h, w, dim) if use_pos_embed else None, persistent=False)
 
@@ -172,9 +171,11 @@ class MoLEFlow(nn.Module):
         if self.experts and (task_id > 0 or self.task0_lora):
             for layer in self._lora_layers:
                 layer.add_expert(task_id)
+        ref = self._lora_layers[0].base.weight  # follows .to(device/dtype) of the model
         if self.adapter_kind != "none" and (task_id > 0 or self.adapter_first_task):
-            ref = self._lora_layers[0].base.weight  # follows .to(device/dtype) of the model
             self.adapters[str(task_id)] = make_adapter(self.adapter_kind, self.dim).to(ref.device, ref.dtype)
+        if self.standardize:
+            self.input_stats[str(task_id)] = ChannelStats(self.dim).to(ref.device, ref.dtype)
         self.task_names.append(class_name or f"task{task_id}")
 
     def _expert_parameters(self, task_id: int) -> list[nn.Parameter]:
@@ -251,15 +252,14 @@ class MoLEFlow(nn.Module):
 
     @torch.no_grad()
     def observe_training_features(self, task_id: int, feats: Tensor) -> None:
-        """Fit the input standardisation on the first training round's features (N,h,w,D); a no-op after."""
-        if not self.standardize or bool(self.input_stats_ready):
+        """Fit task `task_id`'s input standardisation on its training round's features (N,h,w,D). A task
+        that is still open is refitted (the single-flow baselines train task 0's slot on every round)."""
+        if not self.standardize:
             return
-        if 0 in self._ended:
-            raise MoleflowError("input statistics must be fitted before task 0 ends (the base is frozen)")
-        flat = feats.reshape(-1, feats.shape[-1]).double()
-        self.input_mean.copy_(flat.mean(0).float())
-        self.input_std.copy_(flat.std(0).clamp_min(1e-6).float())
-        self.input_stats_ready.fill_(True)
+        self._check_task(task_id)
+        if task_id in self._ended:
+            raise MoleflowError(f"input statistics of task {task_id} must be fitted before the task ends (it is frozen)")
+        self.input_stats[str(task_id)].fit(feats)
 
     def adapt(self, feats: Tensor, task_id: int) -> Tensor:
         """(B,h,w,D) features -> the flow's input x' (standardise, positional embedding, patch attention if
@@ -267,7 +267,7 @@ class MoLEFlow(nn.Module):
         self._check_feats(feats)
         self._check_task(task_id)
         if self.standardize:
-            feats = (feats - self.input_mean) / self.input_std
+            feats = self.input_stats[str(task_id)](feats)
         x = feats + self.pos_embed if self.pos_embed is not None else feats
         if self.patch_attention is not None:
             x = self.patch_attention(x)
@@ -329,6 +329,8 @@ class MoLEFlow(nn.Module):
                 keys += [f"{name}.lora_A.{task_id}", f"{name}.lora_B.{task_id}"]
         if str(task_id) in self.adapters:
             keys += [f"adapters.{task_id}.{k}" for k in self.adapters[str(task_id)].state_dict()]
+        if str(task_id) in self.input_stats:
+            keys += [f"input_stats.{task_id}.{k}" for k in self.input_stats[str(task_id)].state_dict()]
         return keys
 
     def task_state(self, task_id: int) -> dict[str, Tensor]:
@@ -369,7 +371,8 @@ class MoLEFlow(nn.Module):
         self._load_exact(state, set(self._shared_keys()), "shared flow state")
 
     def param_counts(self) -> dict:
-        """{"shared": learnable base parameters, "per_task": [parameters each task adds]}."""
+        """{"shared": learnable base parameters, "per_task": [learnable parameters each task adds]}. Each
+        task also stores 2 x D input statistics (buffers, not counted)."""
         def count(params: list[nn.Parameter]) -> int:
             return sum(p.numel() for p in params)
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moleflow.errors import MoleflowError
+from moleflow.flow.standardize import robust_std
 
 from moleflow_firm.loss import FIRMLoss
 from moleflow_firm.options import FIRMOptions
@@ -177,14 +178,6 @@ class FIRMPatchModel(nn.Module):
         """Everything a task stores (head weights + standardisation + memory + Mahalanobis statistics)."""
         tasks = sorted(int(k) for k in self.heads)
         return {"shared": 0, "per_task": [sum(v.numel() for v in self.task_state(t).values()) for t in tasks]}
-
-
-def robust_std(rows: torch.Tensor, floor: float = 0.1) -> torch.Tensor:
-    """Per-channel std, floored at `floor` x the median channel std: channels that are (nearly) constant
-    on normal patches, e.g. dead ReLUs of a random backbone, would otherwise blow any deviation on a
-    defect or test patch up a million-fold and swamp the head (and slow the CPU down on huge values)."""
-    std = rows.std(0)
-    return std.clamp_min(max(floor * float(std.median()), 1e-6))
 
 
 def uses_run_loss(loss_terms: list[str], raw_options: dict) -> bool:
