@@ -63,8 +63,8 @@ class FlowConfig:
     adapter_first_task: bool = _opt(True, "task 0 gets an input adapter too")
     task0_mix: float = _opt(0.1, "task-0 adapter output = (1-mix)*x + mix*adapter(x); 0 = plain adapter")
     use_pos_embed: bool = _opt(True, "add a fixed 2-D sinusoidal positional embedding before the adapter")
-    standardize_features: bool = _opt(True, "standardise features per channel with statistics of the first "
-                                            "training round (frozen with the base flow)")
+    standardize_features: bool = _opt(True, "standardise features per channel with statistics of each task's "
+                                            "own training features (frozen and saved with the task)")
     use_patch_attention: bool = _opt(False, "v6: gated single-head patch self-attention before the flow, "
                                             "trained at task 0, frozen after")
     use_cpcf: bool = _opt(False, "v4: condition every coupling subnet on a k x k neighbourhood context of the "
