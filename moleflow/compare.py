@@ -47,6 +47,8 @@ class RunSummary:
     timing: dict[str, float | None] = field(default_factory=dict)  # seconds: backbone_s, train_s, eval_s
     #: pixel AUROC of a model's extra maps (score_maps hook, e.g. the Students' uncertainty): class -> name -> value
     extra_pixel_auroc: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    #: (class, last epoch's mean training loss) per training round: a diverged task stands out here
+    final_losses: list[tuple[str, float | None]] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -115,6 +117,8 @@ def load_summary(path: str | Path) -> RunSummary:
         params_per_task=_mean_per_task(metrics.get("params") or {}),
         timing={k: _number((metrics.get("timing") or {}).get(k)) for k in ("backbone_s", "train_s", "eval_s")},
         extra_pixel_auroc=extras if extra_names else {},
+        final_losses=[(str(f.get("class", f.get("task", "?"))), _number(f.get("final_loss")))
+                      for f in metrics.get("fit") or [] if isinstance(f, dict)],
     )
 
 
@@ -235,6 +239,9 @@ def _run_section(index: int, run: RunSummary, markdown: bool) -> str:
     table = render_table(header, rows, markdown)
     continual = [f"BWT ({title}) {_fmt(run.bwt[key])}, FM ({title}) {_fmt(run.fm[key])}"
                  for key, title in CONTINUAL_METRICS if key == "image_auroc" or run.bwt[key] is not None]
+    if run.final_losses:
+        continual.append("final training loss per task: "
+                         + ", ".join(f"{c} {'n/a' if v is None else f'{v:.4g}'}" for c, v in run.final_losses))
     tail = ("  \n" if markdown else "\n").join(continual)
     return f"{head}\n\n{table}\n\n{tail}"
 

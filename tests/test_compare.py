@@ -195,3 +195,13 @@ def test_extra_map_pixel_auroc_gets_its_own_column(tmp_path):
     assert _row(run1, "mean").split()[-1] == "0.7000"
     run2 = text[text.index("run 2: "):]
     assert "uncertainty" not in run2.split("change:")[0]  # a run without extras keeps the plain table
+
+
+def test_final_training_loss_per_task_is_listed_so_a_diverged_task_shows(tmp_path):
+    metrics = _metrics(**OLD)
+    metrics["fit"] = [{"task": 0, "class": "leather", "final_loss": -0.0646},
+                      {"task": 1, "class": "grid", "final_loss": 1.102e13},
+                      {"task": 2, "class": "transistor", "final_loss": None}]
+    text = compare_runs([_make_run(tmp_path, "v1", metrics).path])
+    assert "final training loss per task: leather -0.0646, grid 1.102e+13, transistor n/a" in text
+    assert "final training loss" not in compare_runs([_make_run(tmp_path, "v2", _metrics(**NEW)).path])
