@@ -90,7 +90,7 @@ sweep() {
   export HF_HUB_OFFLINE=1
   local experiment=${EXPERIMENT:-sweep}
   local wanted=("$@")
-  [ ${#wanted[@]} -gt 0 ] || wanted=(v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint)
+  [ ${#wanted[@]} -gt 0 ] || wanted=(v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint knn)
   local base=(--task_classes $CLASSES --experiment_name "$experiment" "${COMMON[@]}")
   local baselines=(--task_classes $CLASSES --experiment_name "$experiment-baselines" "${COMMON[@]}")
   for item in "${wanted[@]}"; do
@@ -115,7 +115,9 @@ sweep() {
         moleflow train --version v3 --strategy finetune "${baselines[@]}" ;;
       joint)     # upper bound: one plain flow on all tasks' data at once
         moleflow train --version v3 --strategy joint "${baselines[@]}" ;;
-      *) log "error: unknown sweep item '$item' (known: v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint)"; exit 2 ;;
+      knn)       # reference: per-task memory of training patches, 1-NN distance (what the features allow)
+        moleflow train --version v3 --model knn "${baselines[@]}" ;;
+      *) log "error: unknown sweep item '$item' (known: v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint knn)"; exit 2 ;;
     esac
   done
   for folder in "runs/$experiment" "runs/$experiment-baselines"; do
@@ -145,7 +147,7 @@ case "${1:-}" in
   test) shift; run_tests "$@" ;;
   sweep) shift; sweep "$@" ;;
   *)
-    echo "usage: ./run.sh demo | test | sweep [v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint] | setup" >&2
+    echo "usage: ./run.sh demo | test | sweep [v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint knn] | setup" >&2
     echo "  demo   set up .venv if missing, generate the embedded benchmark if missing, train v3 on it" >&2
     echo "  test   set up .venv if missing, run the test suite" >&2
     echo "  sweep  one run per version/baseline on DATA_PATH (default: the embedded benchmark), then compare" >&2
