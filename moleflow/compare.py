@@ -239,7 +239,7 @@ def _run_section(index: int, run: RunSummary, markdown: bool) -> str:
     table = render_table(header, rows, markdown)
     continual = [f"BWT ({title}) {_fmt(run.bwt[key])}, FM ({title}) {_fmt(run.fm[key])}"
                  for key, title in CONTINUAL_METRICS if key == "image_auroc" or run.bwt[key] is not None]
-    if run.final_losses:
+    if any(v is not None for _, v in run.final_losses):  # models without epochs (knn) have none
         continual.append("final training loss per task: "
                          + ", ".join(f"{c} {'n/a' if v is None else f'{v:.4g}'}" for c, v in run.final_losses))
     tail = ("  \n" if markdown else "\n").join(continual)

@@ -205,3 +205,5 @@ def test_final_training_loss_per_task_is_listed_so_a_diverged_task_shows(tmp_pat
     text = compare_runs([_make_run(tmp_path, "v1", metrics).path])
     assert "final training loss per task: leather -0.0646, grid 1.102e+13, transistor n/a" in text
     assert "final training loss" not in compare_runs([_make_run(tmp_path, "v2", _metrics(**NEW)).path])
+    no_epochs = {**_metrics(**NEW), "fit": [{"task": 0, "class": "leather", "final_loss": None}]}
+    assert "final training loss" not in compare_runs([_make_run(tmp_path, "v3", no_epochs).path])
