@@ -23,16 +23,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     from moleflow.continual.trainer import run_training
     from moleflow.compare import compare_runs
 
+    from moleflow.model_flags import apply_model_flags, given_model_flags
+
     explicit = explicit_settings(args)
     if args.resume:
-        if explicit:
+        given = sorted(explicit) + [flag for _, _, flag, _ in given_model_flags(args)]
+        if given:
             raise MoleflowError(f"--resume takes every setting from the run folder; drop: "
-                                f"{' '.join('--' + k for k in sorted(explicit))}")
+                                f"{' '.join('--' + k for k in given)}")
         from moleflow.runs import RunFolder
 
         cfg = Config.from_dict(RunFolder.open(args.resume).read_json("config.json"))
     else:
         cfg, _ = resolve_config(explicit, args.config)
+        apply_model_flags(cfg, args)
     run = run_training(cfg, progress=not args.quiet, resume=args.resume)
     print(compare_runs([run.path]))
     print(f"tensorboard --logdir {run.path.parent.parent}")
@@ -104,9 +108,12 @@ def cmd_versions(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(model_flags: bool = True) -> argparse.ArgumentParser:
+    """The whole CLI. `model_flags` adds the flags installed models declare to `train` (model_flags.py);
+    it imports every model plugin (torch, ~3 s), so `main` asks for it only when the command is train."""
     from moleflow import __version__
     from moleflow.config import DataConfig, add_config_arguments
+    from moleflow.model_flags import add_model_flags
     from moleflow.data.synthetic import CONTRAST_RANGE, EXTENT_RANGE
 
     parser = argparse.ArgumentParser(
@@ -128,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run after its last completed task")
     _progress_flag(p)
     add_config_arguments(p)
+    if model_flags:
+        add_model_flags(p)
 
     p = add("eval", cmd_eval, "re-evaluate a finished run from its checkpoints (rewrites its reports)")
     p.add_argument("--run", required=True, metavar="RUN_DIR")
@@ -166,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(model_flags=bool(argv) and argv[0] == "train")
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -17,7 +17,7 @@ from moleflow.errors import MoleflowError
 
 from moleflow_ae.corruption import TrainingCorruption
 from moleflow_ae.networks import ReconstructionNet, build_network, count_parameters
-from moleflow_ae.options import AEOptions
+from moleflow_ae.options import ARCHS, SCORES, AEOptions
 from moleflow_ae.scoring import combine, score_maps, training_means
 
 OUTPUT_KEYS = ("reconstruction", "target")
@@ -37,6 +37,16 @@ class TaskAE(nn.Module):
 
 class ReconstructionAE(nn.Module):
     input_kind = "images"
+    # `moleflow train --ae_score both` etc.: spellings of --model_opt score=both (see moleflow/model_flags.py)
+    cli_flags = {
+        "ae_score": {"option": "score", "choices": list(SCORES), "help": "anomaly map: reconstruction error, "
+                     "encoder-feature distance, or both"},
+        "ae_arch": {"option": "arch", "choices": list(ARCHS), "help": "bottleneck AE or the U-Net with skips"},
+        "ae_synthetic": {"option": "synthetic", "choices": ["true", "false"],
+                         "help": "train on synthetic defects (input corrupted, target clean)"},
+        "ae_rotate": {"option": "rotate", "metavar": "DEG", "help": "augmentation: rotation in +-DEG degrees"},
+        "ae_scale": {"option": "scale", "metavar": "S", "help": "augmentation: zoom in [1-S, 1+S]"},
+    }
 
     def __init__(self, *, fallback_loss: bool = False, **options: Any) -> None:
         super().__init__()

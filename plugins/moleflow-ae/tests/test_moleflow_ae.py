@@ -331,3 +331,37 @@ def test_bad_model_opt_fails_before_any_image_is_read(tmp_path):
     from moleflow.testing import model_opt_error
 
     assert "colour" in model_opt_error("ae", "colour=1", tmp_path)
+
+
+def _cli_cfg(tmp_path, *argv):
+    """What `moleflow train ARGV` would run with, model flags applied (as cmd_train does)."""
+    from moleflow.cli import build_parser
+    from moleflow.config import explicit_settings, resolve_config
+    from moleflow.model_flags import apply_model_flags
+
+    args = build_parser().parse_args(["train", "--data_path", str(tmp_path), *argv])
+    cfg, _ = resolve_config(explicit_settings(args), args.config)
+    apply_model_flags(cfg, args)
+    return cfg
+
+
+def test_ae_flags_are_spellings_of_model_opt(tmp_path):
+    cfg = _cli_cfg(tmp_path, "--model", "ae", "--model_opt", "score=latent", "--ae_score", "both",
+                   "--ae-arch", "unet", "--ae_rotate", "5", "--ae_synthetic", "false")
+    opts = ReconstructionAE.from_config(cfg, dim=0, grid=(0, 0), img_size=(64, 64), overrides={}).opts
+    assert (opts.score, opts.arch, opts.rotate, opts.synthetic) == ("both", "unet", 5.0, False)  # the flag wins
+    assert cfg.flow.model_opt[-4:] == ["score=both", "arch=unet", "rotate=5", "synthetic=false"]
+
+
+def test_ae_flag_with_another_model_is_an_error_not_ignored(tmp_path):
+    with pytest.raises(MoleflowError, match="--ae_score is an option of model 'ae', but this run uses model 'moleflow'"):
+        _cli_cfg(tmp_path, "--ae_score", "both")
+    with pytest.raises(MoleflowError, match=r"rotate=\[1\]: expected a float"):
+        ReconstructionAE.validate_config(_cli_cfg(tmp_path, "--model", "ae", "--ae_rotate", "[1]"), img_size=(64, 64))
+
+
+def test_resume_refuses_model_flags_too(tmp_path, capsys):
+    from moleflow.cli import main
+
+    assert main(["train", "--resume", str(tmp_path), "--ae_score", "both"]) == 2
+    assert "drop: --ae_score" in capsys.readouterr().err
