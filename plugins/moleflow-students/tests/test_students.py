@@ -5,6 +5,7 @@ runs through moleflow's trainer (zero forgetting bitwise, checkpoints, NaN guard
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, distribution
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -175,6 +176,12 @@ def test_tiny_run_through_the_trainer_two_scales_and_checkpoints(bench, tmp_path
     assert len(list((run.path / "heatmaps" / "grid" / "uncertainty").glob("*.png"))) == 1  # --heatmaps 1
     first = run.read_per_image()[0]
     assert first["heatmap_uncertainty"].startswith(f"heatmaps/{first['class']}/uncertainty/")
+    # `moleflow predict` writes the uncertainty overlay beside the anomaly overlay too
+    from moleflow.inference import predict_images
+
+    rows = predict_images(run.path, [first["filename"]], tmp_path / "pred", progress=False)
+    assert (tmp_path / "pred" / "heatmaps" / "uncertainty").is_dir()
+    assert rows[0]["heatmap_uncertainty"] != rows[0]["heatmap"] and Path(rows[0]["heatmap_uncertainty"]).is_file()
     assert m["routing"]["accuracy"] == 1.0
     assert m["continual"]["bwt"]["image_auroc"] == 0.0  # per-task students, teacher frozen after task 0
     counts = m["params"]
