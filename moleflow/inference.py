@@ -85,8 +85,8 @@ def predict_images(run_dir: str | Path, images: list[str], out_dir: str | Path, 
         rgb = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         row = {"filename": str(path), "routed_task": task, "routed_class": cfg.data.task_classes[task],
                "score": score, "anomalous": _decide(score, thresholds.get(cfg.data.task_classes[task]))}
-        for name, patch in named.items():  # the anomaly map, then any extra map the model returns
-            amap = anomaly_maps(patch.float().cpu(), size, cfg.eval.blur_sigma)[0].numpy()
+        for name, per_patch in named.items():  # the anomaly map, then any extra map the model returns
+            amap = anomaly_maps(per_patch.float().cpu(), size, cfg.eval.blur_sigma)[0].numpy()
             suffix = "" if name == "score" else f" [{name}]"
             png = overlay_png(rgb, amap, None, score, vmin=float(amap.min()), vmax=float(amap.max()),
                               title=f"task={task} ({cfg.data.task_classes[task]}){suffix}")

@@ -116,7 +116,7 @@ def _composite(cfg: Config, tiny_bench, tiny_tasks) -> CompositeLoss:
     from moleflow.continual.trainer import ContinualRun
 
     tasks, extractor = tiny_tasks
-    return ContinualRun(cfg, tasks, extractor.dim, extractor.grid, torch.device("cpu"), progress=False).loss
+    return ContinualRun(cfg, tasks, extractor.dim, extractor.grid, torch.device("cpu"), progress=False).new_loss()
 
 
 def test_trainer_builds_the_version_losses(tiny_bench, tiny_tasks, tmp_path):

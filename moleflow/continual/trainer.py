@@ -74,7 +74,7 @@ class ContinualRun:
         self.router = registry.create("routers", cfg.train.router)
         self.classes = list(cfg.data.task_classes)
         self.strategy = strategy_cls(self.model, len(self.classes))
-        self.loss = self.new_loss()  # replaced by a fresh one at every task (see train_task)
+        self.loss: CompositeLoss | None = None  # the current task's loss: train_task builds a fresh one
         size = parse_img_size(cfg.data.img_size)
         self.evaluator = Evaluator(self.model, self.strategy, self.router, cfg.eval, size, device)
         self.results: dict[int, dict[str, dict[str, float]]] = {}  # after task i -> class -> metrics
@@ -111,10 +111,11 @@ class ContinualRun:
             params = self.strategy.trainable(t) + self.loss.parameters()
             fit = fit_fn(self.strategy.model_task(t), inputs, params, self.loss,
                          settings, label=f"task {t} ({task.class_name})", on_epoch=log)
+            loss_state = self.loss.state()
             self.fit_log.append({"task": t, "class": task.class_name, "epochs": len(fit.epoch_losses),
                                  "final_loss": fit.epoch_losses[-1] if fit.epoch_losses else None,
                                  "seconds": fit.seconds, "steps": fit.steps,
-                                 **({"loss_state": self.loss.state()} if self.loss.state() else {})})
+                                 **({"loss_state": loss_state} if loss_state else {})})
         self.strategy.end_task(t)
         self.router.add_task(t, task.train.pooled)
 
