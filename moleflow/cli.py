@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from moleflow.errors import MoleflowError
+
+if TYPE_CHECKING:
+    from moleflow.config import Config
 
 EPILOG = "Run `moleflow <command> --help` for the flags of a command. Docs: README.md, UPDATE_NOTES.md."
 
@@ -18,12 +21,22 @@ def _progress_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def train_config(args: argparse.Namespace) -> "Config":
+    """The settings `moleflow train` runs with: defaults < version chain < --config < flags, then the
+    model flags (model_flags.py), which spell --model_opt and win over it."""
+    from moleflow.config import explicit_settings, resolve_config
+    from moleflow.model_flags import apply_model_flags
+
+    cfg, _ = resolve_config(explicit_settings(args), args.config)
+    apply_model_flags(cfg, args)
+    return cfg
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from moleflow.config import Config, explicit_settings, resolve_config
+    from moleflow.config import Config, explicit_settings
     from moleflow.continual.trainer import run_training
     from moleflow.compare import compare_runs
-
-    from moleflow.model_flags import apply_model_flags, given_model_flags
+    from moleflow.model_flags import given_model_flags
 
     explicit = explicit_settings(args)
     if args.resume:
@@ -35,8 +48,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         cfg = Config.from_dict(RunFolder.open(args.resume).read_json("config.json"))
     else:
-        cfg, _ = resolve_config(explicit, args.config)
-        apply_model_flags(cfg, args)
+        cfg = train_config(args)
     run = run_training(cfg, progress=not args.quiet, resume=args.resume)
     print(compare_runs([run.path]))
     print(f"tensorboard --logdir {run.path.parent.parent}")

@@ -86,12 +86,10 @@ def small_bench(tmp_path_factory) -> Path:
 def tiny_bench(tmp_path_factory) -> Path:
     """64 px with visible defects (large, high contrast): a random-init backbone at 64 px cannot see the
     subtle ones, and the end-to-end detection test needs defects the features can carry."""
-    from moleflow.data.synthetic import generate_benchmark
+    from moleflow.testing import tiny_benchmark
 
-    out = tmp_path_factory.mktemp("tiny_bench") / "synth"
-    generate_benchmark(out, size=64, n_train=16, n_test_good=8, n_test_defect=12, seed=0, progress=False,
-                       extent_range=(0.1, 0.2), contrast_range=(0.7, 1.0))
-    return out
+    return tiny_benchmark(tmp_path_factory.mktemp("tiny_bench") / "synth", n_train=16, n_test_good=8,
+                          n_test_defect=12)
 
 
 @pytest.fixture(scope="session")

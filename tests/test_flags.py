@@ -15,11 +15,11 @@ from typing import Callable
 import pytest
 import torch
 
-from moleflow.cli import build_parser
-from moleflow.config import Config, explicit_settings, resolve_config
+from moleflow.config import Config
 from moleflow.continual.task_data import build_extractor, prepare_tasks
 from moleflow.continual.trainer import ContinualRun
 from moleflow.flow.lora import LoRALinear
+from moleflow.testing import train_config
 
 CPU = torch.device("cpu")
 TINY = ["--img_size", "64", "--no_pretrained", "--embed_dim", "32", "--num_coupling_layers", "4",
@@ -30,9 +30,7 @@ TINY = ["--img_size", "64", "--no_pretrained", "--embed_dim", "32", "--num_coupl
 
 def config_from_flags(bench: Path, *flags: str) -> Config:
     """What `moleflow train --data_path BENCH TINY... FLAGS` would run with (later flags win)."""
-    args = build_parser().parse_args(["train", "--data_path", str(bench), *TINY, *flags])
-    cfg, _ = resolve_config(explicit_settings(args), args.config)
-    return cfg
+    return train_config("--data_path", str(bench), *TINY, *flags)
 
 
 @pytest.fixture(scope="session")

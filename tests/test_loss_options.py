@@ -9,18 +9,17 @@ import json
 import pytest
 import torch
 
-from moleflow.cli import build_parser
-from moleflow.config import Config, explicit_settings, resolve_config
+from moleflow.config import Config
 from moleflow.errors import MoleflowError
 from moleflow.losses.compose import CompositeLoss, loss_terms
+from moleflow.testing import train_config
 from tests.helpers import tiny_config
 
 SVDD = "deep_svdd_soft_boundary"
 
 
 def _from_flags(*flags: str, config_file: str | None = None) -> Config:
-    args = build_parser().parse_args(["train", *flags] + (["--config", config_file] if config_file else []))
-    return resolve_config(explicit_settings(args), args.config)[0]
+    return train_config(*flags, *(["--config", config_file] if config_file else []))
 
 
 def _composite(cfg: Config) -> CompositeLoss:

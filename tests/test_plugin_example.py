@@ -53,21 +53,17 @@ def test_plugin_version_preset_chains_onto_builtins():
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-    from moleflow.data.synthetic import generate_benchmark
+    from moleflow.testing import tiny_benchmark
 
-    out = tmp_path_factory.mktemp("bench") / "synth"
-    generate_benchmark(out, size=64, n_train=12, n_test_good=6, n_test_defect=9, seed=0, progress=False,
-                       extent_range=(0.1, 0.2), contrast_range=(0.7, 1.0))
-    return out
+    return tiny_benchmark(tmp_path_factory.mktemp("bench") / "synth", n_train=12, n_test_good=6, n_test_defect=9)
 
 
 def _cfg(bench, runs, *extra):
-    from moleflow import cli
-    from moleflow.config import explicit_settings
+    from moleflow.testing import train_config
 
-    argv = ["train", "--data_path", str(bench), "--img_size", "64", "--no_pretrained", "--embed_dim", "32",
-            "--model", "pixel_gauss", "--runs_dir", str(runs), "--heatmaps", "1", "--device", "cpu", *extra]
-    return resolve_config(explicit_settings(cli.build_parser().parse_args(argv)))[0]
+    return train_config("--data_path", str(bench), "--img_size", "64", "--no_pretrained", "--embed_dim", "32",
+                        "--model", "pixel_gauss", "--runs_dir", str(runs), "--heatmaps", "1", "--device", "cpu",
+                        *extra)
 
 
 def test_plugin_image_model_runs_through_the_same_trainer(bench, tmp_path):

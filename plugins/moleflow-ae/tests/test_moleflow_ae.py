@@ -288,21 +288,16 @@ def test_zero_forgetting_and_checkpoint_round_trip():
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-    from moleflow.data.synthetic import generate_benchmark
+    from moleflow.testing import tiny_benchmark
 
-    out = tmp_path_factory.mktemp("bench") / "synth"
-    generate_benchmark(out, size=64, n_train=8, n_test_good=4, n_test_defect=6, seed=0, progress=False,
-                       extent_range=(0.1, 0.2), contrast_range=(0.7, 1.0))
-    return out
+    return tiny_benchmark(tmp_path_factory.mktemp("bench") / "synth")
 
 
 def _cfg(bench, runs, *extra):
-    from moleflow import cli
-    from moleflow.config import explicit_settings, resolve_config
+    from moleflow.testing import train_config
 
-    argv = ["train", "--data_path", str(bench), "--img_size", "64", "--no_pretrained", "--embed_dim", "32",
-            "--model", "ae", "--runs_dir", str(runs), "--heatmaps", "0", "--device", "cpu", *extra]
-    return resolve_config(explicit_settings(cli.build_parser().parse_args(argv)))[0]
+    return train_config("--data_path", str(bench), "--img_size", "64", "--no_pretrained", "--embed_dim", "32",
+                        "--model", "ae", "--runs_dir", str(runs), "--heatmaps", "0", "--device", "cpu", *extra)
 
 
 def test_end_to_end_through_the_trainer(bench, tmp_path):
@@ -334,15 +329,9 @@ def test_bad_model_opt_fails_before_any_image_is_read(tmp_path):
 
 
 def _cli_cfg(tmp_path, *argv):
-    """What `moleflow train ARGV` would run with, model flags applied (as cmd_train does)."""
-    from moleflow.cli import build_parser
-    from moleflow.config import explicit_settings, resolve_config
-    from moleflow.model_flags import apply_model_flags
+    from moleflow.testing import train_config
 
-    args = build_parser().parse_args(["train", "--data_path", str(tmp_path), *argv])
-    cfg, _ = resolve_config(explicit_settings(args), args.config)
-    apply_model_flags(cfg, args)
-    return cfg
+    return train_config("--data_path", str(tmp_path), *argv)
 
 
 def test_ae_flags_are_spellings_of_model_opt(tmp_path):

@@ -78,22 +78,17 @@ def test_nan_loss_names_task_epoch_and_step():
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-    from moleflow.data.synthetic import generate_benchmark
+    from moleflow.testing import tiny_benchmark
 
-    out = tmp_path_factory.mktemp("bench") / "synth"
-    generate_benchmark(out, size=64, n_train=8, n_test_good=4, n_test_defect=6, seed=0, progress=False,
-                       extent_range=(0.1, 0.2), contrast_range=(0.7, 1.0))
-    return out
+    return tiny_benchmark(tmp_path_factory.mktemp("bench") / "synth")
 
 
 def _cfg(bench, runs, *extra):
-    from moleflow import cli
-    from moleflow.config import explicit_settings, resolve_config
+    from moleflow.testing import train_config
 
-    argv = ["train", "--data_path", str(bench), "--img_size", "64", "--no_pretrained", "--embed_dim", "32",
-            "--model", "firm", "--runs_dir", str(runs), "--heatmaps", "0", "--device", "cpu",
-            "--num_epochs", "1", "--lr", "1e-3", *extra]
-    return resolve_config(explicit_settings(cli.build_parser().parse_args(argv)))[0]
+    return train_config("--data_path", str(bench), "--img_size", "64", "--no_pretrained", "--embed_dim", "32",
+                        "--model", "firm", "--runs_dir", str(runs), "--heatmaps", "0", "--device", "cpu",
+                        "--num_epochs", "1", "--lr", "1e-3", *extra)
 
 
 @pytest.fixture(scope="module")

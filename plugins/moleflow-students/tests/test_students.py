@@ -13,7 +13,6 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from moleflow import registry
-from moleflow.config import resolve_config
 from moleflow.errors import MoleflowError
 from moleflow_students.losses import CompactnessLoss, DistillationLoss, regression_and_uncertainty
 from moleflow_students.patchnet import PatchNet, layer_plan, pad_for_patches, receptive_field
@@ -95,22 +94,17 @@ def test_regression_error_and_uncertainty_follow_the_paper_formula():
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-    from moleflow.data.synthetic import generate_benchmark
+    from moleflow.testing import tiny_benchmark
 
-    out = tmp_path_factory.mktemp("bench") / "synth"
-    generate_benchmark(out, size=64, n_train=8, n_test_good=4, n_test_defect=6, seed=0, progress=False,
-                       extent_range=(0.1, 0.2), contrast_range=(0.7, 1.0))
-    return out
+    return tiny_benchmark(tmp_path_factory.mktemp("bench") / "synth")
 
 
 def _cfg(bench, runs, *model_opt, extra=()):
-    from moleflow import cli
-    from moleflow.config import explicit_settings
+    from moleflow.testing import train_config
 
-    argv = ["train", "--data_path", str(bench), "--img_size", "48", "--no_pretrained", "--embed_dim", "32",
-            "--model", "students", "--runs_dir", str(runs), "--heatmaps", "0", "--device", "cpu",
-            "--num_epochs", "2", "--batch_size", "4", *extra, "--model_opt", *TINY, *model_opt]
-    return resolve_config(explicit_settings(cli.build_parser().parse_args(argv)))[0]
+    return train_config("--data_path", str(bench), "--img_size", "48", "--no_pretrained", "--embed_dim", "32",
+                        "--model", "students", "--runs_dir", str(runs), "--heatmaps", "0", "--device", "cpu",
+                        "--num_epochs", "2", "--batch_size", "4", *extra, "--model_opt", *TINY, *model_opt)
 
 
 def _model(cfg):
