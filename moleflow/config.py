@@ -241,6 +241,17 @@ def parse_options(items: list[str], flag: str = "--model_opt") -> dict[str, Any]
     return options
 
 
+def check_option_names(raw: dict[str, Any], options_class: type, model: str) -> dict[str, dataclasses.Field]:
+    """A model's --model_opt keys against the fields of its options dataclass: one error naming the
+    unknown keys and the valid ones. Returns the fields by name."""
+    known = {f.name: f for f in fields(options_class)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise MoleflowError(f"--model_opt {', '.join(unknown)}: unknown option(s), not an option of model "
+                            f"'{model}' (its options: {', '.join(known)})")
+    return known
+
+
 def explicit_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The settings given on the command line (flags default to SUPPRESS, so only given ones exist)."""
     return {k: v for k, v in vars(args).items() if k in FIELD_SPECS}

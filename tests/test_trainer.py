@@ -11,7 +11,6 @@ from sklearn.metrics import roc_auc_score
 
 from helpers import tiny_config
 from moleflow.continual import trainer as trainer_mod
-from moleflow.continual.task_data import prepare_tasks
 from moleflow.continual.trainer import ContinualRun, run_training
 from moleflow.runs import RunFolder
 

@@ -14,12 +14,13 @@ default 20000; 0 = all), chunk (query rows per distance block, default 2048; mem
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from moleflow.config import check_option_names
 from moleflow.errors import MoleflowError
 
 
@@ -31,10 +32,7 @@ class KNNOptions:
 
     @classmethod
     def parse(cls, raw: dict[str, Any]) -> KNNOptions:
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(raw) - set(known))
-        if unknown:
-            raise MoleflowError(f"--model_opt {unknown[0]}: not an option of model 'knn' (options: {', '.join(known)})")
+        check_option_names(raw, cls, "knn")
         for key, value in raw.items():
             if isinstance(value, bool) or not isinstance(value, int):
                 raise MoleflowError(f"--model_opt {key}={value!r}: expected a whole number")

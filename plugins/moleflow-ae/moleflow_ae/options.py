@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
+from moleflow.config import check_option_names
 from moleflow.errors import MoleflowError
 
 ARCHS = ("ae", "unet")
@@ -27,11 +28,7 @@ class AEOptions:
 
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> AEOptions:
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(options) - set(known))
-        if unknown:
-            raise MoleflowError(f"--model_opt {', '.join(unknown)}: unknown option(s) of model 'ae'; "
-                                f"valid: {', '.join(known)}")
+        check_option_names(options, cls, "ae")
         values = {}
         for name, value in options.items():
             want = type(cls.__dataclass_fields__[name].default)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from moleflow.data.anomalies import METHODS
+from moleflow.config import check_option_names
 from moleflow.errors import MoleflowError
 
 from moleflow_firm.loss import MODES
@@ -31,11 +32,7 @@ class FIRMOptions:
 
     @classmethod
     def parse(cls, raw: dict[str, Any]) -> FIRMOptions:
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(raw) - set(known))
-        if unknown:
-            raise MoleflowError(f"--model_opt {', '.join(unknown)}: unknown option(s) of model 'firm'; "
-                                f"known: {', '.join(known)}")
+        check_option_names(raw, cls, "firm")
         values = dict(raw)
         if isinstance(values.get("anomalies"), str):  # anomalies=cutpaste,noise as well as a JSON list
             values["anomalies"] = tuple(m.strip() for m in values["anomalies"].split(",") if m.strip())

@@ -5,9 +5,10 @@ The defaults are the real-run (GPU) values; README.md lists the CPU-friendly set
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
+from moleflow.config import check_option_names
 from moleflow.errors import MoleflowError
 
 
@@ -35,11 +36,7 @@ class StudentsOptions:
 
     @classmethod
     def parse(cls, raw: dict[str, Any], img_size: tuple[int, int]) -> StudentsOptions:
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(raw) - set(known))
-        if unknown:
-            raise MoleflowError(f"--model_opt {unknown[0]}: not an option of model 'students'; "
-                                f"known: {', '.join(known)}")
+        known = check_option_names(raw, cls, "students")
         values: dict[str, Any] = {}
         for name, value in raw.items():
             default = known[name].default
