@@ -181,24 +181,25 @@ def _area_up_to(x: np.ndarray, y: np.ndarray, limit: float) -> float:
 
 # --------------------------------------------------------------------------------------- image level
 
-def image_auroc(labels: Any, scores: Any) -> float:
-    """Area under the ROC curve of image scores (labels 1 = anomalous)."""
-    y, s = _image_inputs(labels, scores, "image_auroc")
+def _image_metric(labels: Any, scores: Any, metric: str, score_fn: Any) -> float:
+    """An sklearn metric of image scores; NaN (with a warning) when undefined, and infinite scores mapped
+    to finite ones in the same order first."""
+    y, s = _image_inputs(labels, scores, metric)
     if (why := _degenerate(y, s, "images")) is not None:
-        return _undefined("image_auroc", why)
+        return _undefined(metric, why)
     if not np.isfinite(s).all():
         s = _order_preserving_finite(s)[0]
-    return float(roc_auc_score(y, s))
+    return float(score_fn(y, s))
+
+
+def image_auroc(labels: Any, scores: Any) -> float:
+    """Area under the ROC curve of image scores (labels 1 = anomalous)."""
+    return _image_metric(labels, scores, "image_auroc", roc_auc_score)
 
 
 def image_ap(labels: Any, scores: Any) -> float:
     """Average precision of image scores (labels 1 = anomalous)."""
-    y, s = _image_inputs(labels, scores, "image_ap")
-    if (why := _degenerate(y, s, "images")) is not None:
-        return _undefined("image_ap", why)
-    if not np.isfinite(s).all():
-        s = _order_preserving_finite(s)[0]
-    return float(average_precision_score(y, s))
+    return _image_metric(labels, scores, "image_ap", average_precision_score)
 
 
 def f1_max(labels: Any, scores: Any) -> dict[str, float]:
