@@ -50,7 +50,6 @@ class PatchKNN(nn.Module):
         super().__init__()
         self.dim = dim
         self.opts = options or KNNOptions()
-        self._tasks: list[int] = []
 
     @classmethod
     def validate_config(cls, cfg: Any, *, img_size: tuple[int, int]) -> None:
@@ -73,8 +72,7 @@ class PatchKNN(nn.Module):
 
     # --- the continual contract ---
     def begin_task(self, task_id: int, class_name: str = "") -> None:
-        if task_id not in self._tasks:
-            self._tasks.append(task_id)
+        pass  # a task's memory is created by its fit_task
 
     def trainable_parameters(self, task_id: int) -> list:
         return []
@@ -119,7 +117,6 @@ class PatchKNN(nn.Module):
         return {}
 
     def load_task_state(self, task_id: int, state: dict[str, Tensor]) -> None:
-        self.begin_task(task_id)
         self.register_buffer(f"memory_{task_id}", state["memory"].to(torch.float32).contiguous())
 
     def load_shared_state(self, state: dict[str, Tensor]) -> None:
@@ -130,11 +127,10 @@ class PatchKNN(nn.Module):
         (their sizes are only known from the checkpoint) before loading."""
         for key, value in state_dict.items():
             if key.startswith("memory_") and key[7:].isdigit():
-                self.begin_task(int(key[7:]))
                 self.register_buffer(key, torch.empty_like(value, dtype=torch.float32))
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def param_counts(self) -> dict:
         """Nothing is learnt; per task = the stored memory values (what its checkpoint holds)."""
-        return {"shared": 0, "per_task": [self._memory(t).numel() for t in sorted(self._tasks)
-                                          if getattr(self, f"memory_{t}", None) is not None]}
+        memories = {int(name[7:]): buf for name, buf in self.named_buffers() if name.startswith("memory_")}
+        return {"shared": 0, "per_task": [memories[t].numel() for t in sorted(memories)]}
