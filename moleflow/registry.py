@@ -14,7 +14,7 @@ from typing import Any
 from moleflow.errors import MoleflowError
 
 PREFIX = "moleflow."
-GROUPS = ("models", "losses", "extractors", "routers", "datasets", "metrics", "versions")
+GROUPS = ("models", "losses", "extractors", "routers", "datasets", "metrics", "versions", "weights")
 
 
 @dataclass(frozen=True)

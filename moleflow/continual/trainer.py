@@ -184,8 +184,7 @@ def run_training(cfg: Config, *, progress: bool = True, resume: str | None = Non
     if len(set(cfg.data.task_classes)) != len(cfg.data.task_classes):
         raise MoleflowError(f"--task_classes lists a class twice: {' '.join(cfg.data.task_classes)}")
     tasks, extractor, backbone_s = prepare_tasks(cfg, device, progress)  # fails before any folder exists
-    log(f"backbone: {cfg.backbone.backbone_name} "
-        f"({'pretrained' if cfg.backbone.pretrained and not cfg.backbone.backbone_weights else cfg.backbone.backbone_weights or 'random init, --no_pretrained'}), "
+    log(f"backbone: {cfg.backbone.backbone_name}, {extractor.weights_description}, "
         f"grid {extractor.grid[0]}x{extractor.grid[1]}, dim {extractor.dim}, features in {backbone_s:.1f}s")
     state = ContinualRun(cfg, tasks, extractor.dim, extractor.grid, device, progress)
 

@@ -103,6 +103,7 @@ class TimmExtractor(nn.Module):
         weights: WeightsSource = resolve_weights(backbone_name, pretrained=pretrained, weights_path=weights_path,
                                                  init_seed=init_seed)
         self.weights_identity = weights.identity
+        self.weights_description = weights.description  # where the weights came from, for the run log
 
         with torch.device("meta"):  # architecture facts (ViT or CNN, depth, stage names) without allocating
             probe = timm.create_model(backbone_name, pretrained=False, num_classes=0)

