@@ -64,6 +64,8 @@ class FlowConfig:
     lora_scaling: str = _opt("alpha_over_rank", "LoRA scale", choices=["alpha_over_rank", "alpha_over_2rank"])
     task0_lora: bool = _opt(True, "task 0 also gets a LoRA expert (v2+)")
     adapter: str = _opt("film", "per-task input adapter", choices=["none", "instancenorm", "film"])
+    adapter_hidden: int = _opt(-1, "hidden width of the FiLM adapter's residual MLP (-1 = v3's max(D/2,128); "
+                                   "0 = no MLP: LayerNorm + per-channel gamma/beta only, 2D+1 parameters per task)")
     adapter_first_task: bool = _opt(True, "task 0 gets an input adapter too")
     task0_mix: float = _opt(0.1, "task-0 adapter output = (1-mix)*x + mix*adapter(x); 0 = plain adapter")
     use_pos_embed: bool = _opt(True, "add a fixed 2-D sinusoidal positional embedding before the adapter")

@@ -26,6 +26,24 @@ def test_film_starts_with_half_gate_and_documented_output():
     torch.testing.assert_close(adapter(x), 0.5 * x + 0.5 * F.layer_norm(x, (DIM,)))
 
 
+def test_film_without_mlp_owns_2d_plus_1_parameters_and_learns_its_affine():
+    adapter = FiLMAdapter(DIM, hidden=0)
+    assert adapter.mlp is None and sum(p.numel() for p in adapter.parameters()) == 2 * DIM + 1
+    x = _feats()
+    torch.testing.assert_close(adapter(x), 0.5 * x + 0.5 * F.layer_norm(x, (DIM,)))
+    adapter(x).pow(2).mean().backward()
+    assert torch.count_nonzero(adapter.gamma.grad) > 0 and torch.count_nonzero(adapter.beta.grad) > 0
+    assert FiLMAdapter(DIM, hidden=48).mlp[0].out_features == 48
+    with pytest.raises(MoleflowError, match=">= 0"):
+        FiLMAdapter(DIM, hidden=-2)
+
+
+def test_adapter_hidden_without_a_film_adapter_is_refused():
+    for kind in ("none", "instancenorm"):
+        with pytest.raises(MoleflowError, match="--adapter_hidden"):
+            MoLEFlow(DIM, (4, 4), adapter=kind, adapter_hidden=0)
+
+
 def test_film_gate_stays_in_unit_interval_and_adapter_learns():
     torch.manual_seed(0)
     adapter = FiLMAdapter(DIM)

@@ -240,7 +240,8 @@ def test_offline_pretrained_fails_fast_naming_the_alternatives(small_bench, tmp_
     # an empty hub cache, so a machine that happens to hold resnet18's weights still takes the offline path
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty_hub_cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    flags = [f for f in TINY if f != "--no_pretrained"]
+    # resnet18 has no registered offline weights, so it takes timm's pretrained path (efficientnet_lite0 would not)
+    flags = [f for f in TINY if f != "--no_pretrained"] + ["--backbone_name", "resnet18"]
     start = time.perf_counter()
     result = cli("train", "--data_path", small_bench, "--runs_dir", tmp_path / "runs", *flags)
     elapsed = time.perf_counter() - start

@@ -117,6 +117,7 @@ CASES = {
     "task0_lora": (["--version", "v1"], ["--version", "v1", "--task0_lora"], "structure", "params"),
     "adapter": ([], ["--adapter", "instancenorm"], "structure", "adapters"),
     "adapter_none": ([], ["--adapter", "none"], "structure", "params"),
+    "adapter_hidden": ([], ["--adapter_hidden", "0"], "structure", "params"),
     "no_adapter_first_task": ([], ["--no_adapter_first_task"], "structure", "adapters"),
     "version": ([], ["--version", "v1"], "structure", "adapters"),
     "num_coupling_layers": ([], ["--num_coupling_layers", "2"], "structure", "params"),
@@ -140,7 +141,7 @@ CASES = {
     "router": ([], ["--router", "euclidean"], "routing", None),
     "embed_dim": ([], ["--embed_dim", "16"], "features", "dim"),
     "img_size": ([], ["--img_size", "32"], "features", "grid"),
-    "cnn_layers": ([], ["--cnn_layers", "layer1", "layer2"], "features", "grid"),
+    "cnn_layers": ([], ["--cnn_layers", "1", "2"], "features", "grid"),
     "backbone_name": ([], ["--backbone_name", "vit_tiny_patch16_224"], "features", "grid"),
     "vit_blocks": (["--backbone_name", "vit_tiny_patch16_224"],
                    ["--backbone_name", "vit_tiny_patch16_224", "--vit_blocks", "0"], "features", "patch"),
@@ -257,8 +258,8 @@ def test_backbone_weights_file_replaces_the_random_init(small_bench, flags_tasks
     from safetensors.torch import save_file
 
     torch.manual_seed(123)  # a different init than --no_pretrained's seeded one
-    weights = tmp_path / "resnet18.safetensors"
-    save_file(timm.create_model("resnet18", pretrained=False, num_classes=0).state_dict(), str(weights))
+    weights = tmp_path / "efficientnet_lite0.safetensors"
+    save_file(timm.create_model("efficientnet_lite0", pretrained=False, num_classes=0).state_dict(), str(weights))
     random_init = extractor_output(config_from_flags(small_bench), flags_tasks)
     from_file = extractor_output(config_from_flags(small_bench, "--backbone_weights", str(weights)), flags_tasks)
     assert from_file["grid"] == random_init["grid"] and from_file["dim"] == random_init["dim"]

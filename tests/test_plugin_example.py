@@ -61,7 +61,8 @@ def bench(tmp_path_factory):
 def _cfg(bench, runs, *extra):
     from moleflow.testing import train_config
 
-    return train_config("--data_path", str(bench), "--img_size", "64", "--no_pretrained", "--embed_dim", "32",
+    # real (offline efficientnet_lite0) features: the router is measured on them
+    return train_config("--data_path", str(bench), "--img_size", "64", "--embed_dim", "32",
                         "--model", "pixel_gauss", "--runs_dir", str(runs), "--heatmaps", "1", "--device", "cpu",
                         *extra)
 

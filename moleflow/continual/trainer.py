@@ -46,6 +46,7 @@ def model_kwargs(cfg: Config) -> dict[str, Any]:
         "lora_scaling": f.lora_scaling,
         "task0_lora": f.task0_lora,
         "adapter": f.adapter,
+        "adapter_hidden": None if f.adapter_hidden < 0 else f.adapter_hidden,
         "adapter_first_task": f.adapter_first_task,
         "task0_mix": f.task0_mix or None,
         "use_pos_embed": f.use_pos_embed,
@@ -175,6 +176,13 @@ def check_components(cfg: Config) -> None:
     CompositeLoss(terms, model_name=cfg.flow.model, options=options)
 
 
+def model_description(model: object) -> str:
+    """Optional contract hook `describe() -> str`: what a model wants every run to say about itself (e.g. which
+    pretrained network a plugin's teacher distils from); "" when it has none."""
+    describe = getattr(model, "describe", None)
+    return str(describe()) if callable(describe) else ""
+
+
 def run_training(cfg: Config, *, progress: bool = True, resume: str | None = None, log=print) -> RunFolder:
     """Train the whole task stream and write the run folder. Returns it."""
     from moleflow.evaluation.report import write_final_report
@@ -187,6 +195,8 @@ def run_training(cfg: Config, *, progress: bool = True, resume: str | None = Non
     log(f"backbone: {cfg.backbone.backbone_name}, {extractor.weights_description}, "
         f"grid {extractor.grid[0]}x{extractor.grid[1]}, dim {extractor.dim}, features in {backbone_s:.1f}s")
     state = ContinualRun(cfg, tasks, extractor.dim, extractor.grid, device, progress)
+    if model_description(state.model):
+        log(f"model {cfg.flow.model}: {model_description(state.model)}")
 
     if resume:
         run = RunFolder.open(resume)

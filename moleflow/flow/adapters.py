@@ -51,17 +51,21 @@ class InstanceNormAdapter(nn.Module):
 class FiLMAdapter(nn.Module):
     """v3: out = (1 - g) * x + g * y, with y = f + mlp(f), f = gamma * LayerNorm(x) + beta.
 
-    LayerNorm has no affine of its own; gamma/beta init 1/0; mlp hidden max(D//2, 128) with a zero
-    last layer. The gate is g = sigmoid(gate_logit) with gate_logit initialised to 0, so g starts at
-    exactly 0.5 and always stays in (0, 1).
+    LayerNorm has no affine of its own; gamma/beta init 1/0; mlp hidden max(D//2, 128) (v3; `hidden`
+    sets it, 0 = no MLP, y = f: 2D + 1 parameters per task) with a zero last layer. The gate is
+    g = sigmoid(gate_logit) with gate_logit initialised to 0, so g starts at exactly 0.5 and always
+    stays in (0, 1).
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, hidden: int | None = None) -> None:
         super().__init__()
         self.dim = dim
         self.gamma = nn.Parameter(torch.ones(dim))
         self.beta = nn.Parameter(torch.zeros(dim))
-        self.mlp = _zero_init_mlp(dim, max(dim // 2, 128))
+        width = max(dim // 2, 128) if hidden is None else hidden
+        if width < 0:
+            raise MoleflowError(f"FiLM adapter hidden width must be >= 0 (0 = no MLP), got {hidden}")
+        self.mlp = _zero_init_mlp(dim, width) if width > 0 else None
         self.gate_logit = nn.Parameter(torch.zeros(()))
 
     @property
@@ -70,17 +74,18 @@ class FiLMAdapter(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         y = F.layer_norm(x, (self.dim,)) * self.gamma + self.beta
-        y = y + self.mlp(y)
+        if self.mlp is not None:
+            y = y + self.mlp(y)
         g = self.gate
         return (1 - g) * x + g * y
 
 
-def make_adapter(kind: str, dim: int) -> nn.Module:
-    """"none" | "instancenorm" | "film"."""
+def make_adapter(kind: str, dim: int, hidden: int | None = None) -> nn.Module:
+    """"none" | "instancenorm" | "film" (`hidden`: the FiLM MLP width, None = v3's max(D//2, 128))."""
     if kind == "none":
         return IdentityAdapter()
     if kind == "instancenorm":
         return InstanceNormAdapter(dim)
     if kind == "film":
-        return FiLMAdapter(dim)
+        return FiLMAdapter(dim, hidden)
     raise MoleflowError(f"unknown adapter '{kind}'; use one of: {', '.join(ADAPTER_KINDS)}")

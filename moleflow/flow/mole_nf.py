@@ -67,6 +67,7 @@ class MoLEFlow(nn.Module):
         lora_scaling: str = "alpha_over_rank",
         task0_lora: bool = True,
         adapter: str = "film",
+        adapter_hidden: int | None = None,
         adapter_first_task: bool = True,
         task0_mix: float | None = 0.1,
         use_pos_embed: bool = True,
@@ -92,7 +93,10 @@ class MoLEFlow(nn.Module):
         if task0_mix is not None and not 0.0 <= task0_mix <= 1.0:
             raise MoleflowError(f"task0_mix must be in [0, 1] or None, got {task0_mix}")
         lora_scale(lora_alpha, lora_rank, lora_scaling)  # validates the scaling name early
-        make_adapter(adapter, dim)  # validates the adapter kind early
+        if adapter_hidden is not None and adapter != "film":
+            raise MoleflowError(f"--adapter_hidden sets the FiLM adapter's MLP width, but the adapter is '{adapter}'; "
+                                "add --adapter film or drop --adapter_hidden")
+        make_adapter(adapter, dim, adapter_hidden)  # validates the adapter kind and width early
         h, w = (int(v) for v in grid)
         self.dim = dim
         self.grid = (h, w)
@@ -100,6 +104,7 @@ class MoLEFlow(nn.Module):
         self.experts = experts
         self.task0_lora = task0_lora
         self.adapter_kind = adapter
+        self.adapter_hidden = adapter_hidden
         self.adapter_first_task = adapter_first_task
         self.task0_mix = task0_mix
         self.use_pos_embed = use_pos_embed
@@ -173,7 +178,7 @@ class MoLEFlow(nn.Module):
                 layer.add_expert(task_id)
         ref = self._lora_layers[0].base.weight  # follows .to(device/dtype) of the model
         if self.adapter_kind != "none" and (task_id > 0 or self.adapter_first_task):
-            self.adapters[str(task_id)] = make_adapter(self.adapter_kind, self.dim).to(ref.device, ref.dtype)
+            self.adapters[str(task_id)] = make_adapter(self.adapter_kind, self.dim, self.adapter_hidden).to(ref.device, ref.dtype)
         if self.standardize:
             self.input_stats[str(task_id)] = ChannelStats(self.dim).to(ref.device, ref.dtype)
         self.task_names.append(class_name or f"task{task_id}")

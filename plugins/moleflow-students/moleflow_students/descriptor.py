@@ -5,6 +5,11 @@ Its weights follow moleflow's backbone rules (moleflow.features.weights): a loca
 weights (fail-fast offline), or a random init seeded with the run seed (`--no_pretrained`). The run's
 `--backbone_weights` is reused when the run's backbone IS the descriptor backbone; otherwise
 `--model_opt descriptor_weights=FILE` names the file.
+
+`descriptor_backbone=auto` (the default) is the seed's ResNet-18 wherever its weights are at hand (a file,
+timm's cache, the hub, or `--no_pretrained`'s random init), otherwise efficientnet_lite0 with the offline
+ImageNet weights moleflow registers (see moleflow.features.offline_weights): a pretrained descriptor on a
+machine with no network instead of a hard failure. The run log names the one chosen.
 """
 
 from __future__ import annotations
@@ -19,8 +24,26 @@ from moleflow.errors import MoleflowError
 from moleflow.features.weights import WeightsSource, check_backbone_name, create_backbone, resolve_weights
 
 
-def descriptor_weights(cfg: Any, backbone_name: str, explicit_file: str) -> WeightsSource:
-    """Resolve (fail fast, before any training) where the descriptor's weights come from."""
+AUTO = "auto"
+#: what `auto` tries, in order: the seed's descriptor, then the backbone whose weights ship offline
+AUTO_CANDIDATES = ("resnet18", "efficientnet_lite0")
+
+
+def descriptor_weights(cfg: Any, backbone_name: str, explicit_file: str) -> tuple[str, WeightsSource]:
+    """Resolve (fail fast, before any training) the descriptor backbone and where its weights come from."""
+    if backbone_name != AUTO:
+        return backbone_name, _resolve(cfg, backbone_name, explicit_file)
+    failures = []
+    for candidate in AUTO_CANDIDATES:
+        try:
+            return candidate, _resolve(cfg, candidate, explicit_file)
+        except MoleflowError as exc:
+            failures.append(str(exc))
+    raise MoleflowError(f"descriptor_backbone=auto found no weights for {' or '.join(AUTO_CANDIDATES)} "
+                        f"({'; '.join(failures)})")
+
+
+def _resolve(cfg: Any, backbone_name: str, explicit_file: str) -> WeightsSource:
     check_backbone_name(backbone_name)
     b = cfg.backbone
     weights_file = explicit_file or (b.backbone_weights if b.backbone_name == backbone_name else "")

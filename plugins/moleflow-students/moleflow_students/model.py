@@ -46,10 +46,14 @@ class UninformedStudents(nn.Module):
     input_kind = "images"
 
     def __init__(self, options: StudentsOptions, *, descriptor_source: WeightsSource | None = None,
-                 init_seed: int = 0) -> None:
+                 descriptor_backbone: str | None = None, init_seed: int = 0) -> None:
         super().__init__()
         self.opts = options
-        self.descriptor_source = descriptor_source or WeightsSource("random", f"random:{init_seed}")
+        self.descriptor_source = descriptor_source or WeightsSource("random", f"random:{init_seed}",
+                                                                         description=f"random init (seed {init_seed})")
+        # the resolved name ("auto" picks one in descriptor_weights); a random default stands for the seed's
+        self.descriptor_backbone = descriptor_backbone or (
+            "resnet18" if options.descriptor_backbone == "auto" else options.descriptor_backbone)
         self.init_seed = init_seed
         self.teachers = nn.ModuleDict({_key(p): PatchNet(p, options.width, options.descriptor_dim)
                                        for p in options.patch_sizes})
@@ -67,8 +71,8 @@ class UninformedStudents(nn.Module):
 
         options = StudentsOptions.parse(parse_options(cfg.flow.model_opt), img_size)
         # resolved now so that missing weights fail before any image is read or network trained
-        source = descriptor_weights(cfg, options.descriptor_backbone, options.descriptor_weights)
-        return cls(options, descriptor_source=source, init_seed=cfg.train.seed)
+        name, source = descriptor_weights(cfg, options.descriptor_backbone, options.descriptor_weights)
+        return cls(options, descriptor_source=source, descriptor_backbone=name, init_seed=cfg.train.seed)
 
     @classmethod
     def validate_config(cls, cfg: Any, *, img_size: tuple[int, int]) -> None:
@@ -77,6 +81,10 @@ class UninformedStudents(nn.Module):
 
         options = StudentsOptions.parse(parse_options(cfg.flow.model_opt), img_size)
         descriptor_weights(cfg, options.descriptor_backbone, options.descriptor_weights)
+
+    def describe(self) -> str:
+        """Printed by every run and kept in metrics.json: which network the teacher imitates."""
+        return f"teacher distilled from {self.descriptor_backbone} ({self.descriptor_source.description})"
 
     @property
     def teacher_ready(self) -> bool:
@@ -136,7 +144,7 @@ class UninformedStudents(nn.Module):
 
     def _distill(self, images: Tensor, settings: Any, label: str) -> None:
         o = self.opts
-        descriptor = PatchDescriptor(o.descriptor_backbone, self.descriptor_source, self.init_seed,
+        descriptor = PatchDescriptor(self.descriptor_backbone, self.descriptor_source, self.init_seed,
                                      o.descriptor_size).to(settings.device)
         for p in o.patch_sizes:
             teacher = self.teachers[_key(p)]

@@ -18,7 +18,7 @@ class StudentsOptions:
     students: int = 3  # M, students per scale and task
     width: int = 128  # channels of every hidden conv of the teacher and the students
     descriptor_dim: int = 128  # d, the teacher's output per pixel
-    descriptor_backbone: str = "resnet18"  # timm CNN whose pooled features the teacher imitates
+    descriptor_backbone: str = "auto"  # timm CNN whose pooled features the teacher imitates (auto: see descriptor.py)
     descriptor_size: int = 64  # patches are resized to this before the descriptor backbone
     descriptor_weights: str = ""  # local weights file for the descriptor backbone ("" = the backbone rules)
     teacher_patches: int = 10000  # random patches of task 0 whose descriptors are computed once

