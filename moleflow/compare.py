@@ -49,6 +49,9 @@ class RunSummary:
     extra_pixel_auroc: dict[str, dict[str, float | None]] = field(default_factory=dict)
     #: (class, last epoch's mean training loss) per training round: a diverged task stands out here
     final_losses: list[tuple[str, float | None]] = field(default_factory=list)
+    #: the settings in which the run differs from its version preset (on today's defaults), e.g. "lr=0.0002"
+    off_preset: str = "?"
+    peak_rss_mb: float | None = None
 
     @property
     def label(self) -> str:
@@ -119,7 +122,37 @@ def load_summary(path: str | Path) -> RunSummary:
         extra_pixel_auroc=extras if extra_names else {},
         final_losses=[(str(f.get("class", f.get("task", "?"))), _number(f.get("final_loss")))
                       for f in metrics.get("fit") or [] if isinstance(f, dict)],
+        off_preset=_off_preset(config),
+        peak_rss_mb=_number((metrics.get("timing") or {}).get("peak_rss_mb")),
     )
+
+
+#: settings that say where/how a run was stored or shown, not what it computed
+_NOT_RECIPE = {"data_path", "runs_dir", "experiment_name", "heatmaps", "feature_cache", "device", "quiet", "version",
+               "save_maps"}
+
+
+def _off_preset(config: dict) -> str:
+    """The settings of a saved config.json that differ from its version preset applied to today's defaults:
+    what tells the rows of an ablation apart (several runs of one version)."""
+    from moleflow.config import Config
+    from moleflow.versions import version_overrides
+
+    try:
+        reference = Config()
+        for name, value in version_overrides(_config_value(config, "version")).items():
+            reference.set(name, value)
+        ran = Config.from_dict(config).flat()
+    except MoleflowError:
+        return "?"
+    wanted = reference.flat()
+
+    def shown(value: Any) -> str:
+        return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+    diffs = [f"{name}={shown(value)}" for name, value in sorted(ran.items())
+             if name not in _NOT_RECIPE and value != wanted.get(name)]
+    return ", ".join(diffs) or "-"
 
 
 def _mean_per_task(params: dict) -> float | None:
@@ -265,11 +298,13 @@ def _change_section(old: RunSummary, new: RunSummary, markdown: bool) -> str:
 def _summary_section(runs: list[RunSummary], markdown: bool) -> str:
     """One row per run: the means, BWT/FM (image AUROC) and the parameters each task adds."""
     header = (["run", "version", "strategy/model"] + [f"mean {t}" for _, t in COLUMNS]
-              + ["BWT", "FM", "params/task", "backbone s", "train s", "eval s"])
+              + ["BWT", "FM", "params/task", "backbone s", "train s", "eval s", "peak RSS MB",
+                 "settings off the version preset"])
     rows = [[run.path.name, run.version, f"{run.strategy}/{run.model}"] + [_fmt(run.mean[k]) for k, _ in COLUMNS]
             + [_fmt(run.bwt.get("image_auroc")), _fmt(run.fm.get("image_auroc")),
                _params_cell(run)]
             + ["n/a" if run.timing.get(k) is None else f"{run.timing[k]:.1f}" for k in ("backbone_s", "train_s", "eval_s")]
+            + ["n/a" if run.peak_rss_mb is None else f"{run.peak_rss_mb:.0f}", run.off_preset]
             for run in runs]
     title = "summary (BWT/FM on image AUROC)"
     return f"{'**' + title + '**' if markdown else title}\n\n{render_table(header, rows, markdown)}"

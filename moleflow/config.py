@@ -67,6 +67,8 @@ class FlowConfig:
     adapter_hidden: int = _opt(-1, "hidden width of the FiLM adapter's residual MLP (-1 = v3's max(D/2,128); "
                                    "0 = no MLP: LayerNorm + per-channel gamma/beta only, 2D+1 parameters per task)")
     adapter_first_task: bool = _opt(True, "task 0 gets an input adapter too")
+    position_baseline: bool = _opt(False, "v8: subtract each task's mean training NLL at each patch position from "
+                                          "its scores (fitted once after the task trains; see flow/score_baseline.py)")
     task0_mix: float = _opt(0.1, "task-0 adapter output = (1-mix)*x + mix*adapter(x); 0 = plain adapter")
     use_pos_embed: bool = _opt(True, "add a fixed 2-D sinusoidal positional embedding before the adapter")
     standardize_features: bool = _opt(True, "standardise features per channel with statistics of each task's "
@@ -111,7 +113,8 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    score_aggregation: str = _opt("max", "image score from patch scores", choices=["max", "topk"])
+    score_aggregation: str = _opt("max", "image score: max patch score, mean of the top k, or map_max (max of "
+                                          "the blurred anomaly map)", choices=["max", "topk", "map_max"])
     topk: int = _opt(10, "k for --score_aggregation topk")
     blur_sigma: float = _opt(4.0, "Gaussian blur of the upsampled anomaly map (0 = none)")
     save_maps: bool = _opt(False, "write maps/<class>.npz with float maps, masks, labels, scores, paths")
@@ -120,7 +123,7 @@ class EvalConfig:
 
 @dataclass
 class RunConfig:
-    version: str = _opt("v3", "version preset (see UPDATE_NOTES.md); explicit flags override it")
+    version: str = _opt("v8", "version preset (see UPDATE_NOTES.md); explicit flags override it")
     experiment_name: str = _opt("default", "runs/<experiment>/<version>/<run>")
     runs_dir: str = _opt("runs", "where run folders are created")
 
@@ -280,6 +283,10 @@ def read_config_file(path: str | Path) -> dict:
         raise MoleflowError(f"{p}: cannot parse config ({exc})") from None
 
 
+#: settings that act only with another setting's value: given explicitly without it, they would do nothing
+ONLY_WITH = {"adapter_hidden": ("adapter", "film")}
+
+
 def resolve_config(explicit: dict[str, Any], config_file: str | None = None) -> tuple[Config, dict[str, Any]]:
     """Build the final Config. Returns it and the overrides contributed by the version chain."""
     from moleflow.versions import version_overrides
@@ -294,6 +301,11 @@ def resolve_config(explicit: dict[str, Any], config_file: str | None = None) -> 
         for name, value in source.items():
             cfg.set(name, value)
     cfg.run.version = version
+    given = {**file_given, **explicit}
+    for name, (needs, value) in ONLY_WITH.items():
+        if name in given and cfg.flat()[needs] != value:
+            raise MoleflowError(f"--{name} changes nothing unless --{needs} is {value} (this run: "
+                                f"{cfg.flat()[needs]}); add --{needs} {value} or drop --{name}")
     return cfg, preset
 
 

@@ -80,7 +80,8 @@ def predict_images(run_dir: str | Path, images: list[str], out_dir: str | Path, 
         model_input = image.unsqueeze(0).to(device) if getattr(state.model, "input_kind", "features") == "images" else patch
         named = model_score_maps(state.model, model_input, state.strategy.model_task(task))
         scores = named["score"].float().cpu()
-        score = float(image_scores(scores, cfg.eval.score_aggregation, cfg.eval.topk)[0])
+        score = float(image_scores(scores, cfg.eval.score_aggregation, cfg.eval.topk, out_size=size,
+                                   sigma=cfg.eval.blur_sigma)[0])
         rgb = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         row = {"filename": str(path), "routed_task": task, "routed_class": cfg.data.task_classes[task],
                "score": score, "anomalous": _decide(score, thresholds.get(cfg.data.task_classes[task]))}

@@ -38,10 +38,14 @@ def test_film_without_mlp_owns_2d_plus_1_parameters_and_learns_its_affine():
         FiLMAdapter(DIM, hidden=-2)
 
 
-def test_adapter_hidden_without_a_film_adapter_is_refused():
+def test_adapter_hidden_without_a_film_adapter_is_refused_when_given_not_when_preset():
+    from moleflow.testing import train_config
+
     for kind in ("none", "instancenorm"):
-        with pytest.raises(MoleflowError, match="--adapter_hidden"):
-            MoLEFlow(DIM, (4, 4), adapter=kind, adapter_hidden=0)
+        with pytest.raises(MoleflowError, match="--adapter_hidden changes nothing unless --adapter is film"):
+            train_config("--adapter", kind, "--adapter_hidden", "0")
+        cfg = train_config("--version", "v8", "--adapter", kind)  # v8's preset width is simply not used
+        assert cfg.flow.adapter_hidden == 0 and cfg.flow.adapter == kind
 
 
 def test_film_gate_stays_in_unit_interval_and_adapter_learns():

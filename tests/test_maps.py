@@ -84,6 +84,20 @@ def test_image_scores_max_and_topk():
     assert torch.equal(image_scores(patch, "topk", topk=1), image_scores(patch, "max"))
 
 
+def test_map_max_is_the_anomaly_map_maximum_and_favours_extended_defects():
+    spike = torch.zeros(1, 8, 8)
+    spike[0, 4, 4] = 1.0
+    blob = torch.zeros(1, 8, 8)
+    blob[0, 3:6, 3:6] = 1.0
+    both = torch.cat([spike, blob])
+    scores = image_scores(both, "map_max", out_size=(64, 64), sigma=4.0)
+    torch.testing.assert_close(scores, anomaly_maps(both, (64, 64), 4.0).amax(dim=(1, 2)))
+    assert image_scores(both, "max").tolist() == [1.0, 1.0]  # patch max cannot tell them apart
+    assert scores[1] > 2 * scores[0]  # the blurred map can: one noisy patch counts less than a 3x3 defect
+    with pytest.raises(MoleflowError, match="out_size"):
+        image_scores(both, "map_max")
+
+
 def test_image_scores_rejects_unknown_method_and_bad_k():
     with pytest.raises(MoleflowError, match="unknown score aggregation 'mean'.*max, topk"):
         image_scores(torch.zeros(1, 2, 2), "mean")

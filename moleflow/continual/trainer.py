@@ -46,10 +46,12 @@ def model_kwargs(cfg: Config) -> dict[str, Any]:
         "lora_scaling": f.lora_scaling,
         "task0_lora": f.task0_lora,
         "adapter": f.adapter,
-        "adapter_hidden": None if f.adapter_hidden < 0 else f.adapter_hidden,
+        # a preset's FiLM width means nothing to another adapter (an explicit one is refused in resolve_config)
+        "adapter_hidden": None if f.adapter_hidden < 0 or f.adapter != "film" else f.adapter_hidden,
         "adapter_first_task": f.adapter_first_task,
         "task0_mix": f.task0_mix or None,
         "use_pos_embed": f.use_pos_embed,
+        "position_baseline": f.position_baseline,
         "standardize": f.standardize_features,
         "use_patch_attention": f.use_patch_attention,
         "use_cpcf": f.use_cpcf,
@@ -112,6 +114,9 @@ class ContinualRun:
             params = self.strategy.trainable(t) + self.loss.parameters()
             fit = fit_fn(self.strategy.model_task(t), inputs, params, self.loss,
                          settings, label=f"task {t} ({task.class_name})", on_epoch=log)
+            trained = getattr(self.model, "observe_trained", None)  # optional hook: statistics of the fitted model
+            if trained is not None:
+                trained(self.strategy.model_task(t), inputs)
             loss_state = self.loss.state()
             self.fit_log.append({"task": t, "class": task.class_name, "epochs": len(fit.epoch_losses),
                                  "final_loss": fit.epoch_losses[-1] if fit.epoch_losses else None,
@@ -176,6 +181,15 @@ def check_components(cfg: Config) -> None:
     CompositeLoss(terms, model_name=cfg.flow.model, options=options)
 
 
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory so far (MiB); None where `resource` is missing (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
 def model_description(model: object) -> str:
     """Optional contract hook `describe() -> str`: what a model wants every run to say about itself (e.g. which
     pretrained network a plugin's teacher distils from); "" when it has none."""
@@ -233,6 +247,7 @@ def run_training(cfg: Config, *, progress: bool = True, resume: str | None = Non
         start = time.perf_counter()
         scored = state.evaluate(len(tasks) - 1, keep_maps=True)
         timing["eval_s"] += time.perf_counter() - start
+        timing["peak_rss_mb"] = peak_rss_mb()
         write_final_report(run, state, scored, timing, tb)
     finally:
         tb.close()

@@ -106,7 +106,8 @@ class Evaluator:
         method, k = self.cfg.score_aggregation, self.cfg.topk
         extras = {name: value for name, value in routed.items() if name != "score"}
         return ScoredSet(task_id, class_name, pred, routed["score"], oracle["score"],
-                         image_scores(routed["score"], method, k), image_scores(oracle["score"], method, k),
+                         image_scores(routed["score"], method, k, out_size=self.img_size, sigma=self.cfg.blur_sigma),
+                         image_scores(oracle["score"], method, k, out_size=self.img_size, sigma=self.cfg.blur_sigma),
                          extras=extras)
 
     def metrics(self, scored: ScoredSet, fs: Any, keep_maps: bool = False) -> dict[str, float]:

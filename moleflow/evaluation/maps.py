@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from moleflow.errors import MoleflowError
 
-SCORE_METHODS = ("max", "topk")
+SCORE_METHODS = ("max", "topk", "map_max")
 
 
 def anomaly_maps(patch_scores: torch.Tensor, out_size: tuple[int, int] | list[int], sigma: float = 4.0) -> torch.Tensor:
@@ -56,8 +56,16 @@ def _blur_matrix(n: int, sigma: float, like: torch.Tensor) -> torch.Tensor:
     return matrix.index_put_((dst, src), kernel.expand_as(src).clone(), accumulate=True)
 
 
-def image_scores(patch_scores: torch.Tensor, method: str = "max", topk: int = 10) -> torch.Tensor:
-    """(B,h,w) -> (B,): the largest patch score, or ("topk") the mean of the k largest (k clipped to h*w)."""
+def image_scores(patch_scores: torch.Tensor, method: str = "max", topk: int = 10, *,
+                 out_size: tuple[int, int] | list[int] | None = None, sigma: float = 4.0) -> torch.Tensor:
+    """(B,h,w) -> (B,): the largest patch score; ("topk") the mean of the k largest (k clipped to h*w); or
+    ("map_max") the largest value of the anomaly map (`anomaly_maps(patch_scores, out_size, sigma)`), as
+    FastFlow/anomalib score images: the blur averages a defect's neighbouring patches, so one noisy patch
+    on a good image counts less than a defect that several patches see."""
+    if method == "map_max":
+        if out_size is None:
+            raise MoleflowError("score aggregation 'map_max' needs the anomaly map size (out_size)")
+        return torch.cat([anomaly_maps(chunk, out_size, sigma).amax(dim=(1, 2)) for chunk in patch_scores.split(64)])
     flat = patch_scores.reshape(patch_scores.shape[0], -1)
     if method == "max":
         return flat.amax(dim=1)

@@ -63,8 +63,9 @@ def write_final_report(run: Any, state: Any, scored: dict[str, Any], timing: dic
         "timing": timing,
         "fit": state.fit_log,
         "definitions": {
-            "image_score": f"{cfg.eval.score_aggregation} of per-patch scores"
-                           + (f" (top {cfg.eval.topk})" if cfg.eval.score_aggregation == "topk" else ""),
+            "image_score": ("max of the anomaly map" if cfg.eval.score_aggregation == "map_max" else
+                            f"{cfg.eval.score_aggregation} of per-patch scores"
+                            + (f" (top {cfg.eval.topk})" if cfg.eval.score_aggregation == "topk" else "")),
             "patch_score": "0.5*||z||^2 - log|det J| (nats); training loss = its mean / D",
             "anomaly_map": f"bilinear upsample of patch scores + Gaussian blur sigma {cfg.eval.blur_sigma}",
         },

@@ -11,16 +11,9 @@ So after a task ends nothing used to score it changes, and its scores stay bitwi
 The patch score is the NLL of the adapted token x' under the flow: 0.5*||z||^2 - log|det dz/dx'|
 (constant 0.5*D*log(2*pi) dropped; the adapter's own Jacobian is not included).
 
-v6 (use_patch_attention): a gated self-attention block over each image's patch grid runs after the
-positional embedding and before the task adapter. It is part of the shared base (trained at task 0,
-frozen after). It mixes tokens within an image, so x' depends on the whole image, but the flow and its
-Jacobian stay per token; inverse() inverts the flow only (z -> x'), never the attention.
-
-v4 (use_cpcf, see cpcf.py): every coupling subnet is also conditioned on a neighbourhood context computed
-from x' (a FrEIA condition of width D). The learnable extractor is shared base (trained at task 0, frozen
-after); v4.1's fixed extractor has no parameters. inverse() then needs the context of the x' it should
-reproduce: pass context=flow_context(x'). v4 (use_spatial_lora, see spatial_lora.py): every expert is a
-G x G grid of LoRA pairs blended bilinearly by patch position; owned per task exactly like plain experts.
+Options with their own modules and docstrings: v6 patch attention (patch_attention.py: shared base, mixes
+tokens within an image; inverse() inverts the flow only), v4 CPCF context (cpcf.py: inverse() then needs
+context=flow_context(x')), v4 SC-LoRA (spatial_lora.py), v8 position baseline of the scores (score_baseline.py).
 """
 
 from __future__ import annotations
@@ -38,6 +31,7 @@ from moleflow.flow.blocks import COUPLING_TYPES, build_coupling_flow
 from moleflow.flow.cpcf import make_context
 from moleflow.flow.lora import LoRALinear, lora_scale
 from moleflow.flow.patch_attention import PatchSelfAttention
+from moleflow.flow.score_baseline import PositionBaseline
 from moleflow.flow.spatial_lora import CornerGroups, SpatialLoRALinear, bilinear_corners
 from moleflow.flow.standardize import ChannelStats
 
@@ -82,6 +76,7 @@ class MoLEFlow(nn.Module):
         cpcf_include_center: bool = False,
         use_spatial_lora: bool = False,
         sc_lora_grid_size: int = 4,
+        position_baseline: bool = False,
     ) -> None:
         super().__init__()
         if dim < 2:
@@ -93,9 +88,6 @@ class MoLEFlow(nn.Module):
         if task0_mix is not None and not 0.0 <= task0_mix <= 1.0:
             raise MoleflowError(f"task0_mix must be in [0, 1] or None, got {task0_mix}")
         lora_scale(lora_alpha, lora_rank, lora_scaling)  # validates the scaling name early
-        if adapter_hidden is not None and adapter != "film":
-            raise MoleflowError(f"--adapter_hidden sets the FiLM adapter's MLP width, but the adapter is '{adapter}'; "
-                                "add --adapter film or drop --adapter_hidden")
         make_adapter(adapter, dim, adapter_hidden)  # validates the adapter kind and width early
         h, w = (int(v) for v in grid)
         self.dim = dim
@@ -149,8 +141,8 @@ class MoLEFlow(nn.Module):
         # the scale, and one task's statistics do not fit the next task's features. Saved with the task.
         self.standardize = standardize
         self.input_stats = nn.ModuleDict()
-        # Deterministic from (grid, dim), so non-persistent: never saved, never loaded.
-        self.register_buffer("pos_embed", sinusoidal_2d(h, w, dim) if use_pos_embed else None, persistent=False)
+        self.score_baselines = nn.ModuleDict() if position_baseline else None  # see score_baseline.py
+        self.register_buffer("pos_embed", sinusoidal_2d(h, w, dim) if use_pos_embed else None, persistent=False)  # deterministic: never saved
 
     # ----- task bookkeeping -------------------------------------------------------------------------
 
@@ -181,6 +173,8 @@ class MoLEFlow(nn.Module):
             self.adapters[str(task_id)] = make_adapter(self.adapter_kind, self.dim, self.adapter_hidden).to(ref.device, ref.dtype)
         if self.standardize:
             self.input_stats[str(task_id)] = ChannelStats(self.dim).to(ref.device, ref.dtype)
+        if self.score_baselines is not None:
+            self.score_baselines[str(task_id)] = PositionBaseline(self.grid).to(ref.device, ref.dtype)
         self.task_names.append(class_name or f"task{task_id}")
 
     def _expert_parameters(self, task_id: int) -> list[nn.Parameter]:
@@ -309,8 +303,22 @@ class MoLEFlow(nn.Module):
 
     @torch.no_grad()
     def patch_scores(self, feats: Tensor, task_id: int) -> Tensor:
-        """(B,h,w) per-patch NLL; higher = more anomalous. Call model.eval() first if dropout is used."""
-        return self.forward(feats, task_id)["patch_score"]
+        """(B,h,w) per-patch NLL (minus the task's position baseline, when on); higher = more anomalous."""
+        scores = self.forward(feats, task_id)["patch_score"]
+        return scores if self.score_baselines is None else self.score_baselines[str(task_id)](scores)
+
+    @torch.no_grad()
+    def observe_trained(self, task_id: int, feats: Tensor) -> None:
+        """Contract hook, after a task trains and before it ends: fit its position baseline on the NLL of its
+        own training features (N,h,w,D). An open task is refitted (single-flow baselines: every round)."""
+        if self.score_baselines is None:
+            return
+        if task_id in self._ended:
+            raise MoleflowError(f"the score baseline of task {task_id} must be fitted before the task ends")
+        self.eval()  # as the scores it is subtracted from are computed (the fit loop also ends in eval mode)
+        device = self._lora_layers[0].base.weight.device
+        scores = torch.cat([self.forward(c.to(device), task_id)["patch_score"] for c in feats.split(16)])
+        self.score_baselines[str(task_id)].fit(scores)
 
     def inverse(self, z: Tensor, task_id: int, context: Tensor | None = None) -> Tensor:
         """(B,h,w,D) latent -> the adapted flow input x' that maps to it (the flow only: adapter and patch
@@ -336,6 +344,8 @@ class MoLEFlow(nn.Module):
             keys += [f"adapters.{task_id}.{k}" for k in self.adapters[str(task_id)].state_dict()]
         if str(task_id) in self.input_stats:
             keys += [f"input_stats.{task_id}.{k}" for k in self.input_stats[str(task_id)].state_dict()]
+        if self.score_baselines is not None and str(task_id) in self.score_baselines:
+            keys += [f"score_baselines.{task_id}.{k}" for k in self.score_baselines[str(task_id)].state_dict()]
         return keys
 
     def task_state(self, task_id: int) -> dict[str, Tensor]:
