@@ -84,7 +84,7 @@ COMMON=(--data_path "$DATA_PATH" --heatmaps 10 --quiet)
 # The v1..v7 history keeps the training settings it was measured with (v8 changes them: see UPDATE_NOTES.md).
 HISTORY=(--embed_dim 128 --num_epochs 30 --batch_size 8)
 SWEEP_ITEMS="v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint knn v8 v8-seeds knn-seeds knn-embed128 \
-v8-embed128 v8-batch8 v8-lr2e-4 v8-v3experts v8-nobaseline v8-192px knn-192px"
+v8-embed128 v8-batch8 v8-lr2e-4 v8-v3experts v8-nobaseline v8-stride1 v8-192px knn-192px"
 DEFAULT_ITEMS="v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint knn"
 
 sweep() {
@@ -132,6 +132,7 @@ sweep() {
       v8-lr2e-4)    moleflow train --lr 2e-4 "${ablation[@]}" ;;         # v3's learning rate
       v8-v3experts) moleflow train --lora_rank 8 --adapter_hidden -1 "${ablation[@]}" ;;  # v3's expert/adapter sizes
       v8-nobaseline) moleflow train --no_position_baseline "${ablation[@]}" ;;  # raw NLL scores
+      v8-stride1)   moleflow train --token_stride 1 "${ablation[@]}" ;;   # every patch in every step
       v8-192px)     moleflow train --img_size 192 "${ablation[@]}" ;;
       knn-192px)    moleflow train --model knn --img_size 192 "${ablation[@]}" ;;
       *) log "error: unknown sweep item '$item' (known: $SWEEP_ITEMS)"; exit 2 ;;

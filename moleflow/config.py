@@ -96,6 +96,8 @@ class TrainConfig:
     num_epochs: int = _opt(40, "training epochs per task")
     batch_size: int = _opt(16, "images per optimisation step (all their patches)")
     lr: float = _opt(2e-4, "AdamW learning rate (cosine schedule per task)")
+    token_stride: int = _opt(1, "train each step on every s-th patch row and column of its images (random offset "
+                                "per step; 1/s^2 of the flow's cost); scoring always uses every patch")
     weight_decay: float = _opt(1e-5, "AdamW weight decay")
     grad_clip: float = _opt(1.0, "gradient-norm clip (0 = off)")
     loss: list = _opt(["nll=1.0"], "loss terms NAME=WEIGHT (registered in moleflow.losses); repeatable; replaces "
@@ -306,6 +308,12 @@ def resolve_config(explicit: dict[str, Any], config_file: str | None = None) -> 
         if name in given and cfg.flat()[needs] != value:
             raise MoleflowError(f"--{name} changes nothing unless --{needs} is {value} (this run: "
                                 f"{cfg.flat()[needs]}); add --{needs} {value} or drop --{name}")
+    if given.get("token_stride", 1) != 1:
+        from moleflow import registry
+
+        if not getattr(registry.get("models", cfg.flow.model), "supports_subgrid", False):
+            raise MoleflowError(f"--token_stride {given['token_stride']}: model '{cfg.flow.model}' cannot train on a "
+                                "sub-grid of patches (it has its own training procedure); drop --token_stride")
     return cfg, preset
 
 

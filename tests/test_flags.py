@@ -119,6 +119,7 @@ CASES = {
     "adapter_none": ([], ["--adapter", "none"], "structure", "params"),
     "adapter_hidden": ([], ["--adapter_hidden", "16"], "structure", "params"),
     "position_baseline": (["--no_position_baseline"], ["--position_baseline"], "scores", None),
+    "token_stride": ([], ["--token_stride", "1"], "scores", None),
     "no_adapter_first_task": ([], ["--no_adapter_first_task"], "structure", "adapters"),
     "version": ([], ["--version", "v1"], "structure", "adapters"),
     "num_coupling_layers": ([], ["--num_coupling_layers", "2"], "structure", "params"),

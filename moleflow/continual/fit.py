@@ -28,6 +28,7 @@ class FitSettings:
     seed: int
     device: torch.device
     progress: bool = True
+    token_stride: int = 1  # fit_task: each step sees the patches [dy::s, dx::s] of its images, random (dy, dx)
 
 
 @dataclass
@@ -109,9 +110,21 @@ def fit_task(
     if params and n == 0:
         raise MoleflowError(f"{label}: no training images")
 
-    def step_loss(idx: torch.Tensor, _generator: torch.Generator) -> tuple[torch.Tensor, int]:
-        loss, _ = loss_fn(model(feats[idx].to(settings.device, non_blocking=True), model_task))
-        return loss, len(idx)
+    stride = settings.token_stride
+    if stride < 1:
+        raise MoleflowError(f"--token_stride must be >= 1 (1 = every patch), got {stride}")
+    if stride > 1 and not getattr(model, "supports_subgrid", False):
+        raise MoleflowError(f"--token_stride {stride}: model {type(model).__name__} cannot train on a sub-grid of "
+                            "patches; use --token_stride 1")
+
+    def step_loss(idx: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, int]:
+        batch = feats[idx].to(settings.device, non_blocking=True)
+        if stride == 1:
+            return loss_fn(model(batch, model_task))[0], len(idx)
+        # neighbouring patches of 3x3-aggregated features are near copies: a strided sub-grid at a random
+        # offset keeps the positions' variety at 1/s^2 of the flow's cost per step
+        dy, dx = (int(v) for v in torch.randint(stride, (2,), generator=generator))
+        return loss_fn(model(batch[:, dy::stride, dx::stride], model_task, subgrid=(dy, dx, stride)))[0], len(idx)
 
     return optimise(model, params, settings, epoch_batches=lambda g: torch.randperm(n, generator=g).split(settings.batch_size),
                     step_loss=step_loss, steps_per_epoch=math.ceil(n / settings.batch_size), label=label,

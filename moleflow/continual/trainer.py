@@ -103,7 +103,10 @@ class ContinualRun:
                 observe(self.strategy.model_task(t), inputs)
             tr = self.cfg.train
             settings = FitSettings(tr.num_epochs, tr.batch_size, tr.lr, tr.weight_decay, tr.grad_clip,
-                                   self._task_seed(t), self.device, self.progress)
+                                   self._task_seed(t), self.device, self.progress,
+                                   # a preset's stride means nothing to a model without sub-grid training
+                                   # (an explicit one is refused in resolve_config)
+                                   tr.token_stride if getattr(self.model, "supports_subgrid", False) else 1)
             log = (lambda e, v: tb.scalar(f"train/loss_task{t}_{task.class_name}", v, e)) if tb else None
             # a model with its own training procedure (teacher/students, memory banks, ...) provides
             # fit_task; everything else goes through the generic optimisation loop

@@ -34,9 +34,12 @@ from moleflow.flow.patch_attention import PatchSelfAttention
 from moleflow.flow.score_baseline import PositionBaseline
 from moleflow.flow.spatial_lora import CornerGroups, SpatialLoRALinear, bilinear_corners
 from moleflow.flow.standardize import ChannelStats
+from moleflow.flow.task_state import TaskStateMixin
 
 
-class MoLEFlow(nn.Module):
+class MoLEFlow(TaskStateMixin, nn.Module):
+    supports_subgrid = True  # fit_task may train it on strided sub-grids of patches (--token_stride)
+
     """Shared flow + per-task LoRA experts and adapters; see the module docstring for ownership rules.
 
     subnet_hidden=None uses 2*dim hidden units (the usual CFlow/MSFlow choice). coupling_type "glow" is
@@ -260,14 +263,24 @@ class MoLEFlow(nn.Module):
             raise MoleflowError(f"input statistics of task {task_id} must be fitted before the task ends (it is frozen)")
         self.input_stats[str(task_id)].fit(feats)
 
-    def adapt(self, feats: Tensor, task_id: int) -> Tensor:
+    def adapt(self, feats: Tensor, task_id: int, subgrid: tuple[int, int, int] | None = None) -> Tensor:
         """(B,h,w,D) features -> the flow's input x' (standardise, positional embedding, patch attention if
-        enabled, task adapter)."""
-        self._check_feats(feats)
+        enabled, task adapter). subgrid=(dy, dx, s): feats are only the patches [dy::s, dx::s] of the grid
+        (training on a sub-grid, --token_stride); the positional embedding is sliced alike."""
+        pos = self.pos_embed
+        if subgrid is None:
+            self._check_feats(feats)
+        else:
+            if self.patch_attention is not None or self.context is not None or self._spatial_layers:
+                raise MoleflowError("--token_stride > 1 needs a per-patch flow: drop it, or patch attention/CPCF/SC-LoRA")
+            dy, dx, stride = subgrid
+            pos = None if pos is None else pos[dy::stride, dx::stride]
+            if pos is not None and tuple(feats.shape[1:3]) != tuple(pos.shape[:2]):
+                raise MoleflowError(f"sub-grid features {tuple(feats.shape)} do not match the sub-grid {subgrid}")
         self._check_task(task_id)
         if self.standardize:
             feats = self.input_stats[str(task_id)](feats)
-        x = feats + self.pos_embed if self.pos_embed is not None else feats
+        x = feats + pos if pos is not None else feats
         if self.patch_attention is not None:
             x = self.patch_attention(x)
         key = str(task_id)
@@ -290,10 +303,11 @@ class MoLEFlow(nn.Module):
             out, log_jac_det = self.flow(rows, c=cond, rev=rev, jac=True)
         return out, log_jac_det
 
-    def forward(self, feats: Tensor, task_id: int) -> dict[str, Tensor]:
+    def forward(self, feats: Tensor, task_id: int, subgrid: tuple[int, int, int] | None = None) -> dict[str, Tensor]:
         """feats (B,h,w,D) -> z (B,h,w,D), log_jac_det (B,h,w), patch_score (B,h,w); `embedding` is z again
-        (the flow's output is its embedding: losses on embeddings, e.g. deep_svdd_soft_boundary, read it)."""
-        x = self.adapt(feats, task_id)
+        (the flow's output is its embedding: losses on embeddings, e.g. deep_svdd_soft_boundary, read it).
+        `subgrid`: see adapt()."""
+        x = self.adapt(feats, task_id, subgrid)
         b, h, w, d = x.shape
         z, log_jac_det = self._run_flow(x, task_id, rev=False, context=self.flow_context(x))
         z = z.reshape(b, h, w, d)
@@ -333,7 +347,7 @@ class MoLEFlow(nn.Module):
         x, _ = self._run_flow(z, task_id, rev=True, context=context)
         return x.reshape(z.shape)
 
-    # ----- state ------------------------------------------------------------------------------------
+    # ----- state (task_state.py: saving/loading by ownership) ------------------------------------
 
     def _task_keys(self, task_id: int) -> list[str]:
         keys: list[str] = []
@@ -347,43 +361,6 @@ class MoLEFlow(nn.Module):
         if self.score_baselines is not None and str(task_id) in self.score_baselines:
             keys += [f"score_baselines.{task_id}.{k}" for k in self.score_baselines[str(task_id)].state_dict()]
         return keys
-
-    def task_state(self, task_id: int) -> dict[str, Tensor]:
-        """Copies of the tensors the task owns on its own (its expert and adapter), keyed as in state_dict."""
-        self._check_task(task_id)
-        full = self.state_dict()
-        return {k: full[k].detach().clone(memory_format=torch.contiguous_format) for k in self._task_keys(task_id)}
-
-    def _shared_keys(self) -> list[str]:
-        per_task = {k for t in range(self.num_tasks) for k in self._task_keys(t)}
-        return [k for k in self.state_dict() if k not in per_task]
-
-    def shared_state(self) -> dict[str, Tensor]:
-        """Copies of everything else in state_dict: base flow, permutation matrices, patch attention."""
-        full = self.state_dict()
-        return {k: full[k].detach().clone(memory_format=torch.contiguous_format) for k in self._shared_keys()}
-
-    def _load_exact(self, state: dict[str, Tensor], expected: set[str], what: str) -> None:
-        missing = sorted(expected - state.keys())
-        unexpected = sorted(state.keys() - expected)
-        if missing or unexpected:
-            raise MoleflowError(
-                f"{what} does not match this model (missing: {missing[:3]}{'...' if len(missing) > 3 else ''}, "
-                f"unexpected: {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}); "
-                "build the model with the config the checkpoint was saved with"
-            )
-        try:
-            self.load_state_dict(state, strict=False)
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[-1].strip()
-            raise MoleflowError(f"{what} has wrong tensor shapes ({first}); use the config it was saved with") from exc
-
-    def load_task_state(self, task_id: int, state: dict[str, Tensor]) -> None:
-        self._check_task(task_id)
-        self._load_exact(state, set(self._task_keys(task_id)), f"state of task {task_id}")
-
-    def load_shared_state(self, state: dict[str, Tensor]) -> None:
-        self._load_exact(state, set(self._shared_keys()), "shared flow state")
 
     def param_counts(self) -> dict:
         """{"shared": learnable base parameters, "per_task": [learnable parameters each task adds]}. Each

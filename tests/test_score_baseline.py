@@ -1,0 +1,121 @@
+"""The v8 position baseline: per task, the mean training NLL at each patch position, fitted once after the
+task trains, owned and saved by the task, subtracted from every score of that task."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from moleflow.errors import MoleflowError
+from moleflow.flow.mole_nf import MoLEFlow
+from moleflow.flow.score_baseline import PositionBaseline
+
+DIM, GRID = 8, (4, 4)
+
+
+def _flow(**kw) -> MoLEFlow:
+    torch.manual_seed(0)
+    return MoLEFlow(DIM, GRID, num_coupling_layers=2, lora_rank=2, position_baseline=True, **kw)
+
+
+def _train_like(model: MoLEFlow, task: int, feats: torch.Tensor, steps: int = 5) -> None:
+    model.observe_training_features(task, feats)
+    opt = torch.optim.Adam(model.trainable_parameters(task), lr=1e-2)
+    for _ in range(steps):
+        out = model(feats, task)
+        loss = out["patch_score"].mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.observe_trained(task, feats)
+
+
+def test_baseline_is_the_per_position_training_mean():
+    scores = torch.randn(6, *GRID) + torch.arange(16.0).view(GRID)
+    baseline = PositionBaseline(GRID)
+    torch.testing.assert_close(baseline(scores), scores)  # identity until fitted
+    baseline.fit(scores)
+    torch.testing.assert_close(baseline.mean, scores.mean(0))
+    torch.testing.assert_close(baseline(scores).mean(0), torch.zeros(GRID), atol=1e-5, rtol=0)
+
+
+def test_flow_scores_are_nll_minus_the_tasks_own_baseline_and_travel_with_its_state():
+    model = _flow()
+    feats = [torch.randn(5, *GRID, DIM) + 3 * t for t in range(2)]
+    for t in range(2):
+        model.begin_task(t)
+        _train_like(model, t, feats[t])
+    raw = model(feats[1], 1)["patch_score"].detach()
+    scores = model.patch_scores(feats[1], 1)
+    torch.testing.assert_close(scores, raw - model.score_baselines["1"].mean)
+    torch.testing.assert_close(scores.mean(0), torch.zeros(GRID), atol=1e-4, rtol=0)  # training set: mean 0
+    assert not torch.equal(model.score_baselines["0"].mean, model.score_baselines["1"].mean)
+    state = model.task_state(1)
+    assert {"score_baselines.1.mean", "score_baselines.1.fitted"} <= state.keys()
+
+    fresh = _flow()
+    for t in range(2):
+        fresh.begin_task(t)
+    fresh.load_shared_state(model.shared_state())
+    for t in range(2):
+        fresh.load_task_state(t, model.task_state(t))
+    fresh.eval()
+    assert torch.equal(fresh.patch_scores(feats[1], 1), scores)
+
+
+def test_baseline_of_an_ended_task_cannot_be_refitted():
+    model = _flow()
+    model.begin_task(0)
+    feats = torch.randn(3, *GRID, DIM)
+    _train_like(model, 0, feats, steps=1)
+    model.end_task(0)
+    with pytest.raises(MoleflowError, match="before the task ends"):
+        model.observe_trained(0, feats)
+
+
+def test_without_the_option_scores_are_the_raw_nll():
+    torch.manual_seed(0)
+    model = MoLEFlow(DIM, GRID, num_coupling_layers=2, lora_rank=2)
+    model.begin_task(0)
+    feats = torch.randn(3, *GRID, DIM)
+    model.observe_trained(0, feats)  # a no-op
+    assert model.score_baselines is None
+    assert torch.equal(model.patch_scores(feats, 0), model(feats, 0)["patch_score"].detach())
+
+
+# --- training on strided sub-grids of patches (--token_stride) ----------------------------------------
+
+
+def test_a_sub_grid_is_scored_exactly_as_those_patches_of_the_full_grid():
+    model = _flow()
+    model.begin_task(0)
+    feats = torch.randn(2, *GRID, DIM)
+    full = model(feats, 0)
+    for dy, dx in [(0, 0), (1, 0), (0, 1), (1, 1)]:
+        part = model(feats[:, dy::2, dx::2], 0, subgrid=(dy, dx, 2))
+        for key in ("z", "log_jac_det", "patch_score"):  # the flow is per patch; the positional embedding is sliced
+            torch.testing.assert_close(part[key], full[key][:, dy::2, dx::2])
+    with pytest.raises(MoleflowError, match="do not match the sub-grid"):
+        model(feats[:, :1, :1], 0, subgrid=(0, 0, 2))
+    with pytest.raises(MoleflowError, match="per-patch flow"):
+        cpcf = MoLEFlow(DIM, GRID, num_coupling_layers=2, use_cpcf=True)
+        cpcf.begin_task(0)
+        cpcf(feats[:, ::2, ::2], 0, subgrid=(0, 0, 2))
+
+
+def test_token_stride_is_refused_where_it_would_do_nothing_or_is_not_a_stride():
+    from moleflow.continual.trainer import check_components
+    from moleflow.testing import train_config
+
+    with pytest.raises(MoleflowError, match="--token_stride 2: model 'knn'"):
+        train_config("--model", "knn", "--token_stride", "2")
+    check_components(train_config("--model", "knn"))  # v8's preset stride is not an explicit request
+    check_components(train_config("--token_stride", "2"))  # the flow takes it
+    from moleflow.continual.fit import FitSettings, fit_task
+
+    model = _flow()
+    model.begin_task(0)
+    settings = FitSettings(1, 2, 1e-3, 0.0, 1.0, 0, torch.device("cpu"), False, token_stride=0)
+    with pytest.raises(MoleflowError, match="--token_stride must be >= 1"):
+        fit_task(model, 0, torch.randn(2, *GRID, DIM), model.trainable_parameters(0), lambda out: (out["z"].sum(), {}),
+                 settings, label="t")
