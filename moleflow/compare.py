@@ -142,10 +142,13 @@ def _off_preset(config: dict) -> str:
         reference = Config()
         for name, value in version_overrides(_config_value(config, "version")).items():
             reference.set(name, value)
-        ran = Config.from_dict(config).flat()
+        wanted = reference.flat()
+        for section, values in config.items():  # a key the file lacks counts as the preset's value
+            for name, value in (values.items() if isinstance(values, dict) else [(section, values)]):
+                reference.set(name, value)
+        ran = reference.flat()
     except MoleflowError:
         return "?"
-    wanted = reference.flat()
 
     def shown(value: Any) -> str:
         return " ".join(map(str, value)) if isinstance(value, list) else str(value)
@@ -310,6 +313,38 @@ def _summary_section(runs: list[RunSummary], markdown: bool) -> str:
     return f"{'**' + title + '**' if markdown else title}\n\n{render_table(header, rows, markdown)}"
 
 
+def _without_seed(settings: str) -> str:
+    return ", ".join(part for part in settings.split(", ") if not part.startswith("seed=")) or "-"
+
+
+def _seed_section(runs: list[RunSummary], markdown: bool) -> str | None:
+    """Mean ± sample std over runs that differ only in --seed (same version, strategy/model and other
+    settings); None when no such group has two runs."""
+    groups: dict[tuple[str, str, str], list[RunSummary]] = {}
+    for run in runs:
+        groups.setdefault((run.version, f"{run.strategy}/{run.model}", _without_seed(run.off_preset)), []).append(run)
+    rows = []
+    for (version, model, settings), members in groups.items():
+        if len(members) < 2:
+            continue
+        cells = []
+        for key in ("image_auroc", "pixel_auroc", "aupro"):
+            values = [m.mean[key] for m in members if m.mean[key] is not None]
+            mean = sum(values) / len(values) if values else None
+            std = (math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+                   if mean is not None and len(values) > 1 else None)
+            cells.append("n/a" if mean is None else f"{mean:.4f} ± {std:.4f}")
+        train = [m.timing.get("train_s") for m in members]
+        cells.append("n/a" if None in train else f"{sum(train) / len(train):.1f}")
+        rows.append([version, model, settings, str(len(members))] + cells)
+    if not rows:
+        return None
+    header = ["version", "strategy/model", "settings off the version preset", "seeds",
+              "mean image AUROC", "mean pixel AUROC", "mean AUPRO", "train s (mean)"]
+    title = "over seeds (mean ± sample std of the per-run means)"
+    return f"{'**' + title + '**' if markdown else title}\n\n{render_table(header, rows, markdown)}"
+
+
 def compare_runs(run_dirs: list[str | Path], markdown: bool = False, *, first_vs_last: bool = False) -> str:
     """Tables for the given runs (or folders of runs); markdown=True gives GitHub tables, else aligned text.
 
@@ -323,6 +358,8 @@ def compare_runs(run_dirs: list[str | Path], markdown: bool = False, *, first_vs
         raise MoleflowError(f"no finished runs to compare (no {METRICS_FILE} in: {names})")
     runs = [load_summary(p) for p in paths]
     sections = [_summary_section(runs, markdown)] if len(runs) >= 2 else []
+    seeds = _seed_section(runs, markdown)
+    sections += [seeds] if seeds else []
     sections += [_run_section(i + 1, run, markdown) for i, run in enumerate(runs)]
     pairs = list(zip(runs, runs[1:]))
     if first_vs_last and len(runs) >= 3:

@@ -207,3 +207,22 @@ def test_final_training_loss_per_task_is_listed_so_a_diverged_task_shows(tmp_pat
     assert "final training loss" not in compare_runs([_make_run(tmp_path, "v2", _metrics(**NEW)).path])
     no_epochs = {**_metrics(**NEW), "fit": [{"task": 0, "class": "leather", "final_loss": None}]}
     assert "final training loss" not in compare_runs([_make_run(tmp_path, "v3", no_epochs).path])
+
+
+def test_seed_table_groups_runs_that_differ_only_in_seed_and_lists_off_preset_settings(tmp_path):
+    import statistics
+
+    images = {0: [0.9, 0.8, 0.7], 1: [0.8, 0.8, 0.8], 2: [0.7, 0.6, 0.9]}
+    for seed, image in images.items():
+        run = _make_run(tmp_path, "v8", _metrics(**{**NEW, "image": image}))
+        run.write_json("config.json", {"run": {"version": "v8", "experiment_name": "demo"},
+                                       "train": {"strategy": "moleflow", "seed": seed}, "flow": {"model": "moleflow"}})
+    lone = _make_run(tmp_path, "v8", _metrics(**OLD))  # another setting: not part of the seed group
+    lone.write_json("config.json", {"run": {"version": "v8"}, "train": {"lr": 0.1}, "flow": {"model": "moleflow"}})
+    text = compare_runs([tmp_path], markdown=True)
+    means = [sum(v) / 3 for v in images.values()]
+    row = next(line for line in text.splitlines() if line.startswith("| v8 | moleflow/moleflow | - | 3 |"))
+    assert f"{statistics.mean(means):.4f} ± {statistics.stdev(means):.4f}" in row
+    summary = text.split("**over seeds")[0]
+    assert "| seed=1 |" in summary and "| seed=2 |" in summary and "| lr=0.1 |" in summary
+    assert "lr=0.1 | 3 |" not in text  # the lone run is not averaged with the seeds
