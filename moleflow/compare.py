@@ -49,8 +49,9 @@ class RunSummary:
     extra_pixel_auroc: dict[str, dict[str, float | None]] = field(default_factory=dict)
     #: (class, last epoch's mean training loss) per training round: a diverged task stands out here
     final_losses: list[tuple[str, float | None]] = field(default_factory=list)
-    #: the settings in which the run differs from its version preset (on today's defaults), e.g. "lr=0.0002"
-    off_preset: str = "?"
+    #: the settings in which the run differs from its version preset (on today's defaults), name -> shown
+    #: value, e.g. {"lr": "0.0002"}; None when the saved config cannot be read against today's settings
+    off_preset: dict[str, str] | None = None
     peak_rss_mb: float | None = None
 
     @property
@@ -132,7 +133,7 @@ _NOT_RECIPE = {"data_path", "runs_dir", "experiment_name", "heatmaps", "feature_
                "save_maps"}
 
 
-def _off_preset(config: dict) -> str:
+def _off_preset(config: dict) -> dict[str, str] | None:
     """The settings of a saved config.json that differ from its version preset applied to today's defaults:
     what tells the rows of an ablation apart (several runs of one version)."""
     from moleflow.config import Config
@@ -148,14 +149,19 @@ def _off_preset(config: dict) -> str:
                 reference.set(name, value)
         ran = reference.flat()
     except MoleflowError:
-        return "?"
+        return None
 
     def shown(value: Any) -> str:
         return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
-    diffs = [f"{name}={shown(value)}" for name, value in sorted(ran.items())
-             if name not in _NOT_RECIPE and value != wanted.get(name)]
-    return ", ".join(diffs) or "-"
+    return {name: shown(value) for name, value in sorted(ran.items())
+            if name not in _NOT_RECIPE and value != wanted.get(name)}
+
+
+def _settings_cell(settings: dict[str, str] | None) -> str:
+    if settings is None:
+        return "?"
+    return ", ".join(f"{name}={value}" for name, value in settings.items()) or "-"
 
 
 def _mean_per_task(params: dict) -> float | None:
@@ -307,14 +313,10 @@ def _summary_section(runs: list[RunSummary], markdown: bool) -> str:
             + [_fmt(run.bwt.get("image_auroc")), _fmt(run.fm.get("image_auroc")),
                _params_cell(run)]
             + ["n/a" if run.timing.get(k) is None else f"{run.timing[k]:.1f}" for k in ("backbone_s", "train_s", "eval_s")]
-            + ["n/a" if run.peak_rss_mb is None else f"{run.peak_rss_mb:.0f}", run.off_preset]
+            + ["n/a" if run.peak_rss_mb is None else f"{run.peak_rss_mb:.0f}", _settings_cell(run.off_preset)]
             for run in runs]
     title = "summary (BWT/FM on image AUROC)"
     return f"{'**' + title + '**' if markdown else title}\n\n{render_table(header, rows, markdown)}"
-
-
-def _without_seed(settings: str) -> str:
-    return ", ".join(part for part in settings.split(", ") if not part.startswith("seed=")) or "-"
 
 
 def _seed_section(runs: list[RunSummary], markdown: bool) -> str | None:
@@ -322,7 +324,10 @@ def _seed_section(runs: list[RunSummary], markdown: bool) -> str | None:
     settings); None when no such group has two runs."""
     groups: dict[tuple[str, str, str], list[RunSummary]] = {}
     for run in runs:
-        groups.setdefault((run.version, f"{run.strategy}/{run.model}", _without_seed(run.off_preset)), []).append(run)
+        if run.off_preset is None:  # unreadable settings: cannot tell what else differs
+            continue
+        others = _settings_cell({k: v for k, v in run.off_preset.items() if k != "seed"})
+        groups.setdefault((run.version, f"{run.strategy}/{run.model}", others), []).append(run)
     rows = []
     for (version, model, settings), members in groups.items():
         if len(members) < 2:

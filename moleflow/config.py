@@ -287,6 +287,31 @@ def read_config_file(path: str | Path) -> dict:
 
 #: settings that act only with another setting's value: given explicitly without it, they would do nothing
 ONLY_WITH = {"adapter_hidden": ("adapter", "film")}
+#: settings only a model naming them in its `honours` class attribute acts on (the flow: both)
+MODEL_SPECIFIC = ("token_stride", "position_baseline")
+
+
+def _refuse_inert(cfg: "Config", given: dict[str, Any]) -> None:
+    """An explicitly given setting (flag or --config) that would change nothing is an error naming it. A
+    version preset's value is not a request: it simply does not apply where it cannot (e.g. v8's sub-grid
+    training for knn or for a flow with CPCF)."""
+    from moleflow import registry
+
+    flat, defaults = cfg.flat(), Config().flat()
+    for name, (needs, value) in ONLY_WITH.items():
+        if name in given and flat[needs] != value:
+            raise MoleflowError(f"--{name} changes nothing unless --{needs} is {value} (this run: "
+                                f"{flat[needs]}); add --{needs} {value} or drop --{name}")
+    model = registry.get("models", cfg.flow.model)
+    for name in MODEL_SPECIFIC:
+        if name in given and flat[name] != defaults[name] and name not in getattr(model, "honours", ()):
+            raise MoleflowError(f"--{name} {flat[name]}: model '{cfg.flow.model}' does not use it (it has its own "
+                                f"training and scoring); drop --{name}")
+    if "token_stride" in given and flat["token_stride"] != 1:
+        whole_grid = [o for o in getattr(model, "WHOLE_GRID_OPTIONS", ()) if flat[o]]
+        if whole_grid:
+            raise MoleflowError(f"--token_stride {flat['token_stride']} cannot apply with --{whole_grid[0]} (it needs "
+                                "whole patch grids); drop one of them")
 
 
 def resolve_config(explicit: dict[str, Any], config_file: str | None = None) -> tuple[Config, dict[str, Any]]:
@@ -303,17 +328,7 @@ def resolve_config(explicit: dict[str, Any], config_file: str | None = None) -> 
         for name, value in source.items():
             cfg.set(name, value)
     cfg.run.version = version
-    given = {**file_given, **explicit}
-    for name, (needs, value) in ONLY_WITH.items():
-        if name in given and cfg.flat()[needs] != value:
-            raise MoleflowError(f"--{name} changes nothing unless --{needs} is {value} (this run: "
-                                f"{cfg.flat()[needs]}); add --{needs} {value} or drop --{name}")
-    if given.get("token_stride", 1) != 1:
-        from moleflow import registry
-
-        if not getattr(registry.get("models", cfg.flow.model), "supports_subgrid", False):
-            raise MoleflowError(f"--token_stride {given['token_stride']}: model '{cfg.flow.model}' cannot train on a "
-                                "sub-grid of patches (it has its own training procedure); drop --token_stride")
+    _refuse_inert(cfg, {**file_given, **explicit})
     return cfg, preset
 
 

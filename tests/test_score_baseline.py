@@ -109,8 +109,14 @@ def test_token_stride_is_refused_where_it_would_do_nothing_or_is_not_a_stride():
 
     with pytest.raises(MoleflowError, match="--token_stride 2: model 'knn'"):
         train_config("--model", "knn", "--token_stride", "2")
-    check_components(train_config("--model", "knn"))  # v8's preset stride is not an explicit request
+    with pytest.raises(MoleflowError, match="--position_baseline True: model 'knn'"):
+        train_config("--model", "knn", "--position_baseline")
+    with pytest.raises(MoleflowError, match="--token_stride 2 cannot apply with --use_cpcf"):
+        train_config("--use_cpcf", "--token_stride", "2")
+    check_components(train_config("--model", "knn"))  # v8's preset stride/baseline are not explicit requests
     check_components(train_config("--token_stride", "2"))  # the flow takes it
+    with pytest.raises(MoleflowError, match="--token_stride must be >= 1"):  # before any image is read
+        check_components(train_config("--token_stride", "0"))
     from moleflow.continual.fit import FitSettings, fit_task
 
     model = _flow()
@@ -119,3 +125,21 @@ def test_token_stride_is_refused_where_it_would_do_nothing_or_is_not_a_stride():
     with pytest.raises(MoleflowError, match="--token_stride must be >= 1"):
         fit_task(model, 0, torch.randn(2, *GRID, DIM), model.trainable_parameters(0), lambda out: (out["z"].sum(), {}),
                  settings, label="t")
+
+
+def test_under_the_v8_preset_a_cpcf_flow_trains_on_whole_grids_instead_of_failing(tiny_bench, tiny_tasks, tmp_path):
+    from helpers import tiny_config
+    from moleflow.continual.fit import FitSettings, fit_task
+    from moleflow.continual.trainer import ContinualRun
+
+    tasks, extractor = tiny_tasks
+    cfg = tiny_config(tiny_bench, tmp_path, version="v8", use_cpcf=True, num_epochs=1)
+    assert cfg.train.token_stride == 2  # the preset's value, not a request
+    state = ContinualRun(cfg, tasks, extractor.dim, extractor.grid, torch.device("cpu"), progress=False)
+    assert not state.model.supports_subgrid
+    state.train_task(0, None)  # every patch in every step; a strided step would raise in adapt()
+    assert state.fit_log[0]["steps"] > 0
+
+    settings = FitSettings(1, 2, 1e-3, 0.0, 1.0, 0, torch.device("cpu"), False, token_stride=2)
+    with pytest.raises(MoleflowError, match="cannot train on a sub-grid"):  # fit_task itself still guards
+        fit_task(state.model, 1, tasks[1].train_inputs, [], lambda out: (out["z"].sum(), {}), settings, label="t")

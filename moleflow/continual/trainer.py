@@ -104,8 +104,8 @@ class ContinualRun:
             tr = self.cfg.train
             settings = FitSettings(tr.num_epochs, tr.batch_size, tr.lr, tr.weight_decay, tr.grad_clip,
                                    self._task_seed(t), self.device, self.progress,
-                                   # a preset's stride means nothing to a model without sub-grid training
-                                   # (an explicit one is refused in resolve_config)
+                                   # a preset's stride does not apply to a model without sub-grid training
+                                   # (an explicit one is refused in config.resolve_config)
                                    tr.token_stride if getattr(self.model, "supports_subgrid", False) else 1)
             log = (lambda e, v: tb.scalar(f"train/loss_task{t}_{task.class_name}", v, e)) if tb else None
             # a model with its own training procedure (teacher/students, memory banks, ...) provides
@@ -179,6 +179,8 @@ def check_components(cfg: Config) -> None:
     elif cfg.flow.model_opt and getattr(factory, "from_config", None) is None:
         raise MoleflowError(f"--model_opt {' '.join(cfg.flow.model_opt)}: model '{cfg.flow.model}' takes no "
                             "--model_opt options; its settings are flags (see `moleflow train --help`)")
+    if cfg.train.token_stride < 1:
+        raise MoleflowError(f"--token_stride must be >= 1 (1 = every patch), got {cfg.train.token_stride}")
     registry.get("routers", cfg.train.router)
     terms, options = loss_terms(cfg)
     CompositeLoss(terms, model_name=cfg.flow.model, options=options)

@@ -38,8 +38,6 @@ from moleflow.flow.task_state import TaskStateMixin
 
 
 class MoLEFlow(TaskStateMixin, nn.Module):
-    supports_subgrid = True  # fit_task may train it on strided sub-grids of patches (--token_stride)
-
     """Shared flow + per-task LoRA experts and adapters; see the module docstring for ownership rules.
 
     subnet_hidden=None uses 2*dim hidden units (the usual CFlow/MSFlow choice). coupling_type "glow" is
@@ -49,6 +47,11 @@ class MoLEFlow(TaskStateMixin, nn.Module):
     plain flow (no LoRA banks) for the fine-tune/joint strategies: then the base is trained by every
     task and is never frozen by end_task; only the adapters are per task.
     """
+
+    #: model-specific run settings this model acts on (config.resolve_config refuses them for other models)
+    honours = ("token_stride", "position_baseline")
+    #: options under which the flow needs whole patch grids, so --token_stride cannot apply
+    WHOLE_GRID_OPTIONS = ("use_patch_attention", "use_cpcf", "use_spatial_lora")
 
     def __init__(
         self,
@@ -242,6 +245,11 @@ class MoLEFlow(TaskStateMixin, nn.Module):
             for layer in self._spatial_layers:
                 layer.corner_groups = None
 
+    @property
+    def supports_subgrid(self) -> bool:
+        """Whether fit_task may train it on strided sub-grids (--token_stride): per-patch flows only."""
+        return self.patch_attention is None and self.context is None and not self._spatial_layers
+
     def _check_feats(self, feats: Tensor) -> None:
         h, w = self.grid
         # The grid only matters for the positional embedding and SC-LoRA; the flow itself is per token.
@@ -271,7 +279,7 @@ class MoLEFlow(TaskStateMixin, nn.Module):
         if subgrid is None:
             self._check_feats(feats)
         else:
-            if self.patch_attention is not None or self.context is not None or self._spatial_layers:
+            if not self.supports_subgrid:
                 raise MoleflowError("--token_stride > 1 needs a per-patch flow: drop it, or patch attention/CPCF/SC-LoRA")
             dy, dx, stride = subgrid
             pos = None if pos is None else pos[dy::stride, dx::stride]
