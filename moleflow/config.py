@@ -69,6 +69,8 @@ class FlowConfig:
     adapter_first_task: bool = _opt(True, "task 0 gets an input adapter too")
     position_baseline: bool = _opt(False, "v8: subtract each task's mean training NLL at each patch position from "
                                           "its scores (fitted once after the task trains; see flow/score_baseline.py)")
+    position_std: bool = _opt(False, "v9: divide the position baseline's centred score by each position's "
+                                     "training std as well (a z-score per position; needs --position_baseline)")
     task0_mix: float = _opt(0.1, "task-0 adapter output = (1-mix)*x + mix*adapter(x); 0 = plain adapter")
     use_pos_embed: bool = _opt(True, "add a fixed 2-D sinusoidal positional embedding before the adapter")
     standardize_features: bool = _opt(True, "standardise features per channel with statistics of each task's "
@@ -99,6 +101,8 @@ class TrainConfig:
     token_stride: int = _opt(1, "train each step on every s-th patch row and column of its images (random offset "
                                 "per step; 1/s^2 of the flow's cost); scoring always uses every patch")
     weight_decay: float = _opt(1e-5, "AdamW weight decay")
+    ema_decay: float = _opt(0.0, "end each task with an exponential moving average of its trained parameters over "
+                                 "the optimiser steps, decay d (weights the last ~1/(1-d) steps); 0 = the last step's")
     grad_clip: float = _opt(1.0, "gradient-norm clip (0 = off)")
     loss: list = _opt(["nll=1.0"], "loss terms NAME=WEIGHT (registered in moleflow.losses); repeatable; replaces "
                       "the default. Under AdamW only the ratio of weights matters",
@@ -125,7 +129,7 @@ class EvalConfig:
 
 @dataclass
 class RunConfig:
-    version: str = _opt("v8", "version preset (see UPDATE_NOTES.md); explicit flags override it")
+    version: str = _opt("v9", "version preset (see UPDATE_NOTES.md); explicit flags override it")
     experiment_name: str = _opt("default", "runs/<experiment>/<version>/<run>")
     runs_dir: str = _opt("runs", "where run folders are created")
 
@@ -286,9 +290,9 @@ def read_config_file(path: str | Path) -> dict:
 
 
 #: settings that act only with another setting's value: given explicitly without it, they would do nothing
-ONLY_WITH = {"adapter_hidden": ("adapter", "film")}
-#: settings only a model naming them in its `honours` class attribute acts on (the flow: both)
-MODEL_SPECIFIC = ("token_stride", "position_baseline")
+ONLY_WITH = {"adapter_hidden": ("adapter", "film"), "position_std": ("position_baseline", True)}
+#: settings only a model naming them in its `honours` class attribute acts on (the flow: all of them)
+MODEL_SPECIFIC = ("token_stride", "position_baseline", "position_std", "ema_decay")
 
 
 def _refuse_inert(cfg: "Config", given: dict[str, Any]) -> None:
@@ -299,9 +303,10 @@ def _refuse_inert(cfg: "Config", given: dict[str, Any]) -> None:
 
     flat, defaults = cfg.flat(), Config().flat()
     for name, (needs, value) in ONLY_WITH.items():
-        if name in given and flat[needs] != value:
+        if name in given and flat[needs] != value and flat[name] != defaults[name]:
+            spelled = f"--{needs}" if value is True else f"--{needs} {value}"
             raise MoleflowError(f"--{name} changes nothing unless --{needs} is {value} (this run: "
-                                f"{flat[needs]}); add --{needs} {value} or drop --{name}")
+                                f"{flat[needs]}); add {spelled} or drop --{name}")
     model = registry.get("models", cfg.flow.model)
     for name in MODEL_SPECIFIC:
         if name in given and flat[name] != defaults[name] and name not in getattr(model, "honours", ()):

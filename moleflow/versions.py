@@ -102,6 +102,16 @@ V8 = VersionPreset(
     ("adapter_hidden", "position_baseline", "token_stride"),
 )
 
+V9 = VersionPreset(
+    "v9",
+    "v8",
+    "v8 with each task's position baseline a z-score: the patch score minus its position's mean training NLL, "
+    "divided by that position's training std (positions differ in spread as well as in level, and the image "
+    "score is a max over positions, so the noisiest position decided it)",
+    {"position_std": True},
+    ("position_std",),
+)
+
 
 def get_preset(name: str) -> VersionPreset:
     preset = registry.get("versions", name)

@@ -101,13 +101,16 @@ def test_train_prints_table_and_names_the_run_folder(trained):
     assert trained.a.last_line.startswith("run: ")
     assert (run / "metrics.json").is_file() and (run / "config.json").is_file()
     # --runs_dir / --experiment_name / version decide where the folder goes
-    assert run.parent == trained.root / "runs" / "exp_a" / "v8"
-    assert trained.run_b.parent == trained.root / "runs" / "exp_b" / "v8"
+    assert run.parent == trained.root / "runs" / "exp_a" / "v9"
+    assert trained.run_b.parent == trained.root / "runs" / "exp_b" / "v9"
     table = {line.split()[0]: line.split()[1:] for line in trained.a.out.splitlines() if line.strip()}
     for cls in [*CLASSES, "mean"]:
         assert cls in table, f"{cls} missing from the printed table"
         assert len(table[cls]) == 4 and all(0.0 <= float(v) <= 1.0 for v in table[cls])
     assert trained.a.err == ""  # --quiet: no progress bars
+    # the time split: wall covers features, training and evaluation (and more: loading, checkpoints)
+    timing = json.loads((run / "metrics.json").read_text())["timing"]
+    assert timing["wall_s"] > timing["backbone_s"] + timing["train_s"] + timing["eval_s"] > 0
 
 
 def test_heatmaps_and_save_maps_flags(trained):
@@ -203,7 +206,7 @@ BAD_INPUTS = {
     # name: (extra flags, substrings the error line must contain); {bench} / {tmp} are filled in
     "missing_data_path": (["--data_path", "{tmp}/nowhere"], ["{tmp}/nowhere"]),
     "unknown_class": (["--task_classes", "leather", "carpet"], ["'carpet'", "grid, leather, transistor"]),
-    "unknown_version": (["--version", "v9"], ["'v9'", "v1", "v3"]),
+    "unknown_version": (["--version", "v99"], ["'v99'", "v1", "v3"]),
     "unknown_backbone": (["--backbone_name", "no_such_net"], ["'no_such_net'"]),
     "unknown_loss": (["--task_classes", "leather", "--loss", "nosuch=1"], ["loss 'nosuch'", "nll"]),
     "corrupt_image": (["--data_path", "{corrupt}", "--task_classes", "leather"], ["{victim}"]),

@@ -226,3 +226,18 @@ def test_seed_table_groups_runs_that_differ_only_in_seed_and_lists_off_preset_se
     summary = text.split("**over seeds")[0]
     assert "| seed=1 |" in summary and "| seed=2 |" in summary and "| lr=0.1 |" in summary
     assert "lr=0.1 | 3 |" not in text  # the lone run is not averaged with the seeds
+
+
+def test_wall_time_is_a_column_and_its_seed_mean_is_reported(tmp_path):
+    for seed, wall in ((0, 50.0), (1, 70.0)):
+        metrics = _metrics(**NEW)
+        metrics["timing"] = {**metrics["timing"], "wall_s": wall}
+        run = _make_run(tmp_path, "v9", metrics)
+        run.write_json("config.json", {"run": {"version": "v9"}, "train": {"seed": seed}, "flow": {"model": "moleflow"}})
+    old = _make_run(tmp_path, "v8", _metrics(**OLD))  # written before wall_s existed
+    text = compare_runs([tmp_path], markdown=True)
+    summary, seeds = text.split("**over seeds")[0], text.split("**over seeds")[1].split("\n\n")[1]
+    assert "| wall s |" in summary.splitlines()[2]
+    assert "| 50.0 |" in summary and "| 70.0 |" in summary
+    assert any(old.path.name in line and "| n/a |" in line for line in summary.splitlines())
+    assert "| wall s (mean) |" in seeds and seeds.rstrip().splitlines()[-1].endswith("| 60.0 |")

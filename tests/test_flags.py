@@ -120,6 +120,8 @@ CASES = {
     "adapter_hidden": ([], ["--adapter_hidden", "16"], "structure", "params"),
     "position_baseline": (["--no_position_baseline"], ["--position_baseline"], "scores", None),
     "token_stride": ([], ["--token_stride", "1"], "scores", None),
+    "position_std": (["--no_position_std"], ["--position_std"], "scores", None),
+    "ema_decay": ([], ["--ema_decay", "0.9"], "scores", None),
     "no_adapter_first_task": ([], ["--no_adapter_first_task"], "structure", "adapters"),
     "version": ([], ["--version", "v1"], "structure", "adapters"),
     "num_coupling_layers": ([], ["--num_coupling_layers", "2"], "structure", "params"),

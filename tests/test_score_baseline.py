@@ -143,3 +143,107 @@ def test_under_the_v8_preset_a_cpcf_flow_trains_on_whole_grids_instead_of_failin
     settings = FitSettings(1, 2, 1e-3, 0.0, 1.0, 0, torch.device("cpu"), False, token_stride=2)
     with pytest.raises(MoleflowError, match="cannot train on a sub-grid"):  # fit_task itself still guards
         fit_task(state.model, 1, tasks[1].train_inputs, [], lambda out: (out["z"].sum(), {}), settings, label="t")
+
+
+# --- the per-position z-score (--position_std, v9) -----------------------------------------------------
+
+
+def test_scaled_baseline_is_the_per_position_z_score_with_a_floor():
+    spread = torch.linspace(0.5, 8.0, 16).view(GRID)  # positions differ in spread, not only in level
+    scores = torch.randn(50, *GRID, generator=torch.Generator().manual_seed(0)) * spread + 10
+    baseline = PositionBaseline(GRID, scale=True)
+    torch.testing.assert_close(baseline(scores), scores)  # identity until fitted
+    baseline.fit(scores)
+    torch.testing.assert_close(baseline.std, scores.std(0))
+    z = baseline(scores)
+    torch.testing.assert_close(z.mean(0), torch.zeros(GRID), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.std(0), torch.ones(GRID), atol=1e-5, rtol=0)
+    # a defect of +4 nats at the calmest position outranks +6 at the noisiest only after scaling
+    probe = scores.mean(0).expand(2, *GRID).clone()
+    probe[0, 0, 0] += 4
+    probe[1, -1, -1] += 6
+    unscaled = PositionBaseline(GRID)
+    unscaled.fit(scores)
+    assert unscaled(probe).flatten(1).amax(1).argmax() == 1
+    assert baseline(probe).flatten(1).amax(1).argmax() == 0
+    constant = PositionBaseline(GRID, scale=True)
+    constant.fit(torch.ones(4, *GRID))  # zero spread: the floor keeps the scores finite
+    assert torch.isfinite(constant(torch.full((1, *GRID), 2.0))).all()
+    # the std buffer exists only with scale: v8 checkpoints keep exactly their keys
+    assert set(PositionBaseline(GRID).state_dict()) == {"mean", "fitted"}
+    assert set(baseline.state_dict()) == {"mean", "std", "fitted"}
+
+
+def test_flow_with_position_std_scores_z_and_saves_the_std_with_the_task():
+    model = _flow(position_std=True)
+    feats = torch.randn(6, *GRID, DIM)
+    model.begin_task(0)
+    _train_like(model, 0, feats)
+    raw = model(feats, 0)["patch_score"].detach()
+    base = model.score_baselines["0"]
+    torch.testing.assert_close(model.patch_scores(feats, 0), (raw - base.mean) / base.std)
+    assert "score_baselines.0.std" in model.task_state(0)
+    with pytest.raises(MoleflowError, match="needs position_baseline"):
+        MoLEFlow(DIM, GRID, num_coupling_layers=2, position_std=True)
+
+
+def test_position_std_is_refused_where_it_would_do_nothing():
+    from moleflow.testing import train_config
+
+    with pytest.raises(MoleflowError, match="--position_std changes nothing unless --position_baseline is True"):
+        train_config("--no_position_baseline", "--position_std")
+    with pytest.raises(MoleflowError, match="--position_std True: model 'knn'"):
+        train_config("--model", "knn", "--position_std")
+    assert train_config("--version", "v8", "--position_std").flow.position_std
+    # a preset's value is not a request: v9 without the baseline simply has no z-score to take
+    from moleflow.continual.trainer import model_kwargs
+
+    assert model_kwargs(train_config("--version", "v9", "--no_position_baseline"))["position_std"] is False
+
+
+# --- --ema_decay: a task ends with the moving average of its parameters ------------------------------
+
+
+def test_ema_decay_ends_the_task_on_the_running_average_of_its_steps():
+    """A 1-parameter problem whose every step is known: the run's final value is exactly the exponential
+    moving average of the values after each step (starting from the initial value), not the last step."""
+    from moleflow.continual.fit import FitSettings, optimise
+
+    def run(decay: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        module = torch.nn.Linear(1, 1, bias=False)
+        with torch.no_grad():
+            module.weight.fill_(3.0)
+        seen = [module.weight.detach().clone()]
+        settings = FitSettings(4, 1, 0.5, 0.0, 0.0, 0, torch.device("cpu"), False, ema_decay=decay)
+        sgd = lambda ps: torch.optim.SGD(ps, lr=0.5)  # noqa: E731 - deterministic steps, no moments
+
+        def step_loss(batch, generator):
+            loss = (module.weight ** 2).sum()
+            return loss, 1
+
+        def record(epoch, loss):
+            seen.append(module.weight.detach().clone())
+
+        optimise(module, [module.weight], settings, epoch_batches=lambda g: [0], step_loss=step_loss,
+                 steps_per_epoch=1, label="t", make_optimizer=sgd, cosine=False,
+                 on_epoch=lambda e, v: record(e, v) if decay == 0 else None)
+        return module.weight.detach().clone(), seen
+
+    last, trajectory = run(0.0)
+    torch.testing.assert_close(last, trajectory[-1])  # off: the last step's value
+    expected = trajectory[0].clone()
+    for value in trajectory[1:]:
+        expected = 0.75 * expected + 0.25 * value
+    averaged, _ = run(0.75)
+    torch.testing.assert_close(averaged, expected)
+    assert not torch.allclose(averaged, last)
+    with pytest.raises(MoleflowError, match="--ema_decay must be in"):
+        run(1.0)
+
+
+def test_ema_decay_is_refused_where_it_would_do_nothing():
+    from moleflow.testing import train_config
+
+    with pytest.raises(MoleflowError, match="--ema_decay 0.9: model 'knn' does not use it"):
+        train_config("--model", "knn", "--ema_decay", "0.9")
+    assert train_config("--ema_decay", "0.9").train.ema_decay == 0.9

@@ -52,6 +52,8 @@ def model_kwargs(cfg: Config) -> dict[str, Any]:
         "task0_mix": f.task0_mix or None,
         "use_pos_embed": f.use_pos_embed,
         "position_baseline": f.position_baseline,
+        # a preset's z-score means nothing without the baseline it scales (an explicit one is refused)
+        "position_std": f.position_std and f.position_baseline,
         "standardize": f.standardize_features,
         "use_patch_attention": f.use_patch_attention,
         "use_cpcf": f.use_cpcf,
@@ -102,11 +104,13 @@ class ContinualRun:
             if observe is not None:
                 observe(self.strategy.model_task(t), inputs)
             tr = self.cfg.train
+            honoured = getattr(self.model, "honours", ())
             settings = FitSettings(tr.num_epochs, tr.batch_size, tr.lr, tr.weight_decay, tr.grad_clip,
                                    self._task_seed(t), self.device, self.progress,
-                                   # a preset's stride does not apply to a model without sub-grid training
-                                   # (an explicit one is refused in config.resolve_config)
-                                   tr.token_stride if getattr(self.model, "supports_subgrid", False) else 1)
+                                   # a preset's stride / averaging does not apply to a model that does not
+                                   # take it (an explicit one is refused in config.resolve_config)
+                                   tr.token_stride if getattr(self.model, "supports_subgrid", False) else 1,
+                                   tr.ema_decay if "ema_decay" in honoured else 0.0)
             log = (lambda e, v: tb.scalar(f"train/loss_task{t}_{task.class_name}", v, e)) if tb else None
             # a model with its own training procedure (teacher/students, memory banks, ...) provides
             # fit_task; everything else goes through the generic optimisation loop
@@ -206,6 +210,7 @@ def run_training(cfg: Config, *, progress: bool = True, resume: str | None = Non
     """Train the whole task stream and write the run folder. Returns it."""
     from moleflow.evaluation.report import write_final_report
 
+    started = time.perf_counter()  # wall_s: everything this call does but writing the final report
     check_components(cfg)
     device = resolve_device(cfg.train.device)
     if len(set(cfg.data.task_classes)) != len(cfg.data.task_classes):
@@ -248,11 +253,15 @@ def run_training(cfg: Config, *, progress: bool = True, resume: str | None = Non
                     for name in MATRIX_METRICS:
                         tb.scalar(f"{cls}/{name}", m[name], t)
             run.write_json("progress.json", {"completed_tasks": t + 1, "results": state.results,
-                                             "fit": state.fit_log, "timing": timing})
+                                             "fit": state.fit_log,
+                                             "timing": {**timing, "wall_s": timing.get("wall_s", 0.0)
+                                                        + time.perf_counter() - started}})
         start = time.perf_counter()
         scored = state.evaluate(len(tasks) - 1, keep_maps=True)
         timing["eval_s"] += time.perf_counter() - start
         timing["peak_rss_mb"] = peak_rss_mb()
+        # a resumed run adds this process's wall time to what the interrupted one had spent
+        timing["wall_s"] = timing.get("wall_s", 0.0) + time.perf_counter() - started
         write_final_report(run, state, scored, timing, tb)
     finally:
         tb.close()

@@ -49,7 +49,7 @@ class MoLEFlow(TaskStateMixin, nn.Module):
     """
 
     #: model-specific run settings this model acts on (config.resolve_config refuses them for other models)
-    honours = ("token_stride", "position_baseline")
+    honours = ("token_stride", "position_baseline", "position_std", "ema_decay")
     #: options under which the flow needs whole patch grids, so --token_stride cannot apply
     WHOLE_GRID_OPTIONS = ("use_patch_attention", "use_cpcf", "use_spatial_lora")
 
@@ -83,6 +83,7 @@ class MoLEFlow(TaskStateMixin, nn.Module):
         use_spatial_lora: bool = False,
         sc_lora_grid_size: int = 4,
         position_baseline: bool = False,
+        position_std: bool = False,
     ) -> None:
         super().__init__()
         if dim < 2:
@@ -147,7 +148,10 @@ class MoLEFlow(TaskStateMixin, nn.Module):
         # the scale, and one task's statistics do not fit the next task's features. Saved with the task.
         self.standardize = standardize
         self.input_stats = nn.ModuleDict()
+        if position_std and not position_baseline:
+            raise MoleflowError("position_std scales the position baseline: it needs position_baseline=True")
         self.score_baselines = nn.ModuleDict() if position_baseline else None  # see score_baseline.py
+        self.position_std = position_std
         self.register_buffer("pos_embed", sinusoidal_2d(h, w, dim) if use_pos_embed else None, persistent=False)  # deterministic: never saved
 
     # ----- task bookkeeping -------------------------------------------------------------------------
@@ -180,7 +184,7 @@ class MoLEFlow(TaskStateMixin, nn.Module):
         if self.standardize:
             self.input_stats[str(task_id)] = ChannelStats(self.dim).to(ref.device, ref.dtype)
         if self.score_baselines is not None:
-            self.score_baselines[str(task_id)] = PositionBaseline(self.grid).to(ref.device, ref.dtype)
+            self.score_baselines[str(task_id)] = PositionBaseline(self.grid, scale=self.position_std).to(ref.device, ref.dtype)
         self.task_names.append(class_name or f"task{task_id}")
 
     def _expert_parameters(self, task_id: int) -> list[nn.Parameter]:
