@@ -247,3 +247,7 @@ def test_ema_decay_is_refused_where_it_would_do_nothing():
     with pytest.raises(MoleflowError, match="--ema_decay 0.9: model 'knn' does not use it"):
         train_config("--model", "knn", "--ema_decay", "0.9")
     assert train_config("--ema_decay", "0.9").train.ema_decay == 0.9
+    from moleflow.continual.trainer import check_components
+
+    with pytest.raises(MoleflowError, match="--ema_decay must be in"):  # before any image is read
+        check_components(train_config("--ema_decay", "1.0"))

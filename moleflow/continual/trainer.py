@@ -185,6 +185,8 @@ def check_components(cfg: Config) -> None:
                             "--model_opt options; its settings are flags (see `moleflow train --help`)")
     if cfg.train.token_stride < 1:
         raise MoleflowError(f"--token_stride must be >= 1 (1 = every patch), got {cfg.train.token_stride}")
+    if not 0.0 <= cfg.train.ema_decay < 1.0:
+        raise MoleflowError(f"--ema_decay must be in [0, 1) (0 = off), got {cfg.train.ema_decay}")
     registry.get("routers", cfg.train.router)
     terms, options = loss_terms(cfg)
     CompositeLoss(terms, model_name=cfg.flow.model, options=options)
