@@ -125,10 +125,10 @@ sweep() {
       # --- v9, the recommended recipe (= `moleflow train` defaults), its seeds and its ablation ---------
       # (each ablation row puts one setting back to an earlier version's value, or tries one more)
       v9)           moleflow train "${ablation[@]}" ;;
-      v9-seeds)     for seed in 1 2; do moleflow train --seed "$seed" "${ablation[@]}"; done ;;
-      knn-seeds)    for seed in 0 1 2; do moleflow train --model knn --seed "$seed" "${ablation[@]}"; done ;;
+      v9-seeds)     for seed in 1 2 3 4; do moleflow train --seed "$seed" "${ablation[@]}"; done ;;
+      knn-seeds)    for seed in 0 1 2 3 4; do moleflow train --model knn --seed "$seed" "${ablation[@]}"; done ;;
       knn-embed128) moleflow train --model knn --embed_dim 128 "${ablation[@]}" ;;  # knn's best pooling
-      v8-seeds)     for seed in 0 1 2; do moleflow train --version v8 --seed "$seed" "${ablation[@]}"; done ;;  # v9's parent
+      v8-seeds)     for seed in 0 1 2 3 4; do moleflow train --version v8 --seed "$seed" "${ablation[@]}"; done ;;  # v9's parent
       v9-ema)       moleflow train --ema_decay 0.995 "${ablation[@]}" ;;   # average of the last ~200 steps
       v9-embed128)  moleflow train --embed_dim 128 "${ablation[@]}" ;;   # v3's channel pooling
       v9-batch8)    moleflow train --batch_size 8 "${ablation[@]}" ;;    # v3's batches: 1/4 of the steps
