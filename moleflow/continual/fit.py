@@ -47,6 +47,12 @@ def _adamw(params: list[torch.nn.Parameter], *, lr: float, weight_decay: float) 
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fusable or None)
 
 
+def check_ema_decay(decay: float) -> None:
+    """The one range check of --ema_decay (run by check_components before any image is read, and by optimise)."""
+    if not 0.0 <= decay < 1.0:
+        raise MoleflowError(f"--ema_decay must be in [0, 1) (0 = off), got {decay}")
+
+
 def optimise(
     module: torch.nn.Module,
     params: list[torch.nn.Parameter],
@@ -73,8 +79,7 @@ def optimise(
     optimizer = (make_optimizer or partial(_adamw, lr=settings.lr, weight_decay=settings.weight_decay))(params)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=max(1, settings.num_epochs * steps_per_epoch)) if cosine else None
-    if not 0.0 <= settings.ema_decay < 1.0:
-        raise MoleflowError(f"--ema_decay must be in [0, 1) (0 = off), got {settings.ema_decay}")
+    check_ema_decay(settings.ema_decay)
     # the average starts at the initial values; with a decay d it weights the last ~1/(1-d) steps
     ema = [p.detach().clone() for p in params] if settings.ema_decay > 0 else None
     start = time.perf_counter()

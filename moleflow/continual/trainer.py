@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from moleflow import registry
 from moleflow.config import Config
-from moleflow.continual.fit import FitSettings, fit_task
+from moleflow.continual.fit import FitSettings, check_ema_decay, fit_task
 from moleflow.continual.strategies import strategy_class
 from moleflow.continual.task_data import TaskData, prepare_tasks, resolve_device
 from moleflow.data.dataset import parse_img_size
@@ -185,8 +185,7 @@ def check_components(cfg: Config) -> None:
                             "--model_opt options; its settings are flags (see `moleflow train --help`)")
     if cfg.train.token_stride < 1:
         raise MoleflowError(f"--token_stride must be >= 1 (1 = every patch), got {cfg.train.token_stride}")
-    if not 0.0 <= cfg.train.ema_decay < 1.0:
-        raise MoleflowError(f"--ema_decay must be in [0, 1) (0 = off), got {cfg.train.ema_decay}")
+    check_ema_decay(cfg.train.ema_decay)
     registry.get("routers", cfg.train.router)
     terms, options = loss_terms(cfg)
     CompositeLoss(terms, model_name=cfg.flow.model, options=options)
@@ -240,6 +239,9 @@ def run_training(cfg: Config, *, progress: bool = True, resume: str | None = Non
         completed, timing = 0, {"train_s": 0.0, "eval_s": 0.0}
     timing["backbone_s"] = backbone_s
 
+    def wall_s() -> float:  # a resumed run adds this process's wall time to what the interrupted one had spent
+        return timing.get("wall_s", 0.0) + time.perf_counter() - started
+
     tb = TBLogger(run.path / "tb")
     try:
         for t in range(completed, len(tasks)):
@@ -255,15 +257,12 @@ def run_training(cfg: Config, *, progress: bool = True, resume: str | None = Non
                     for name in MATRIX_METRICS:
                         tb.scalar(f"{cls}/{name}", m[name], t)
             run.write_json("progress.json", {"completed_tasks": t + 1, "results": state.results,
-                                             "fit": state.fit_log,
-                                             "timing": {**timing, "wall_s": timing.get("wall_s", 0.0)
-                                                        + time.perf_counter() - started}})
+                                             "fit": state.fit_log, "timing": {**timing, "wall_s": wall_s()}})
         start = time.perf_counter()
         scored = state.evaluate(len(tasks) - 1, keep_maps=True)
         timing["eval_s"] += time.perf_counter() - start
         timing["peak_rss_mb"] = peak_rss_mb()
-        # a resumed run adds this process's wall time to what the interrupted one had spent
-        timing["wall_s"] = timing.get("wall_s", 0.0) + time.perf_counter() - started
+        timing["wall_s"] = wall_s()
         write_final_report(run, state, scored, timing, tb)
     finally:
         tb.close()
