@@ -29,6 +29,7 @@ from moleflow.features.positional import sinusoidal_2d
 from moleflow.flow.adapters import make_adapter
 from moleflow.flow.blocks import COUPLING_TYPES, build_coupling_flow
 from moleflow.flow.cpcf import make_context
+from moleflow.flow.fused_coupling import fusable, fused_flow
 from moleflow.flow.lora import LoRALinear, lora_scale
 from moleflow.flow.patch_attention import PatchSelfAttention
 from moleflow.flow.score_baseline import PositionBaseline
@@ -84,6 +85,7 @@ class MoLEFlow(TaskStateMixin, nn.Module):
         sc_lora_grid_size: int = 4,
         position_baseline: bool = False,
         position_std: bool = False,
+        fused: bool = True,
     ) -> None:
         super().__init__()
         if dim < 2:
@@ -126,6 +128,9 @@ class MoLEFlow(TaskStateMixin, nn.Module):
         # now, because after end_task(0) requires_grad no longer tells them apart from the frozen base.
         self._fixed_names = frozenset(n for n, p in self.flow.named_parameters() if not p.requires_grad)
         self._lora_layers = [m for m in self.flow.modules() if isinstance(m, LoRALinear)]
+        # The forward pass (training and scoring) runs through fused_coupling.py where it computes this
+        # flow exactly (2x faster per training step on CPU); fused=False keeps FrEIA's, for comparison.
+        self.fused = fused and fusable(self.flow)
         # Built after the flow so the flow's random init is the same with and without it.
         self.patch_attention = PatchSelfAttention(dim) if use_patch_attention else None
         self.context = None
@@ -310,6 +315,8 @@ class MoLEFlow(TaskStateMixin, nn.Module):
     def _run_flow(self, grid: Tensor, task_id: int, rev: bool, context: Tensor | None) -> tuple[Tensor, Tensor]:
         """(B,h,w,D) grid of x' or z -> (B*h*w, D) rows out and their log-dets."""
         rows = grid.reshape(-1, grid.shape[-1])
+        if self.fused and not rev:
+            return fused_flow(self.flow, rows, str(task_id))
         cond = None if context is None else [context.reshape(rows.shape[0], -1)]
         with self._active_expert(task_id, rows.shape[0]):
             out, log_jac_det = self.flow(rows, c=cond, rev=rev, jac=True)
