@@ -4,9 +4,11 @@ Why: a training step of the flow is small (128 rows x 152 channels) and autograd
 AllInOneBlock and LoRA layers spends most of it dispatching ~40 operations per block and recording their
 graph. This module computes exactly the maths of `Fm.AllInOneBlock(permute_soft=False, SOFTPLUS global
 affine)` with `LoRALinear -> ReLU -> LoRALinear` subnets, forward and backward, in one autograd node
-(`torch.autograd.Function`). Measured on 2 CPU cores (benchmark in UPDATE_NOTES, v10): one training step
-of v9's flow 2.0x faster; outputs equal FrEIA's to float rounding (tests/test_fused_coupling.py checks
-z, log|det J| and every parameter's gradient against autograd through FrEIA, with LoRA experts active).
+(`torch.autograd.Function`). Measured on 2 CPU cores (`python benchmarks/flow_step.py`, both variants
+alternating in one process): a training step of v9's flow 1.41x faster at task 0 (17.4 vs 24.6 ms) and
+1.58x at later tasks (11.6 vs 18.3 ms, where the base is frozen and dL/dW is never formed). Outputs equal
+FrEIA's to float rounding (tests/test_fused_coupling.py checks z, log|det J| and every parameter's
+gradient against autograd through FrEIA in float64, with LoRA experts active).
 
 Per block, rows x = [x1, x2] (x1: the first c1 channels), task expert (A, B) with scale s merged into
 the weights, W = W_base + s B A:
