@@ -108,8 +108,9 @@ sweep() {
         moleflow train --version v3 --adapter film --task0_mix 0.1 "${HISTORY[@]}" "${base[@]}" ;;
       v4)   # CPCF (learned neighbourhood context, trained at task 0 only) + SC-LoRA (4x4 grid of experts)
         moleflow train --version v4 --use_cpcf --cpcf_context_kernel 3 --use_spatial_lora --sc_lora_grid_size 4 "${HISTORY[@]}" "${base[@]}" ;;
-      v4.1) # CPCF with a fixed context: (1-g) x + g * 3x3 mean, g = 0.3, no parameters
-        moleflow train --version v4.1 --use_cpcf --cpcf_fixed_context --cpcf_context_gate 0.3 "${HISTORY[@]}" "${base[@]}" ;;
+      v4.1) # CPCF with a fixed context: the mean of the 3x3 neighbours, no parameters (the historical
+            # (1-g) x + g * mean form is --cpcf_include_center --cpcf_context_gate 0.3; a gate alone is refused)
+        moleflow train --version v4.1 --use_cpcf --cpcf_fixed_context "${HISTORY[@]}" "${base[@]}" ;;
       v5)   # v3 + center loss on z
         moleflow train --version v5 --center_loss_weight 0.05 "${HISTORY[@]}" "${base[@]}" ;;
       v6)   # v3 + gated patch self-attention before the flow (task 0 only)
@@ -121,7 +122,7 @@ sweep() {
       joint)     # upper bound: one plain flow on all tasks' data at once
         moleflow train --version v3 --strategy joint "${HISTORY[@]}" "${baselines[@]}" ;;
       knn)       # reference: per-task memory of training patches, 1-NN distance, on the history's features
-        moleflow train --version v3 --model knn "${HISTORY[@]}" "${baselines[@]}" ;;
+        moleflow train --version v3 --model knn --embed_dim 128 "${baselines[@]}" ;;  # knn reads no epochs/batch flags
       # --- v9, the recommended recipe (= `moleflow train` defaults), its seeds and its ablation ---------
       # (each ablation row puts one setting back to an earlier version's value, or tries one more)
       v9)           moleflow train "${ablation[@]}" ;;

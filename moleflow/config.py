@@ -289,38 +289,10 @@ def read_config_file(path: str | Path) -> dict:
         raise MoleflowError(f"{p}: cannot parse config ({exc})") from None
 
 
-#: settings that act only with another setting's value: given explicitly without it, they would do nothing
-ONLY_WITH = {"adapter_hidden": ("adapter", "film"), "position_std": ("position_baseline", True)}
-#: settings only a model naming them in its `honours` class attribute acts on (the flow: all of them)
-MODEL_SPECIFIC = ("token_stride", "position_baseline", "position_std", "ema_decay")
-
-
-def _refuse_inert(cfg: "Config", given: dict[str, Any]) -> None:
-    """An explicitly given setting (flag or --config) that would change nothing is an error naming it. A
-    version preset's value is not a request: it simply does not apply where it cannot (e.g. v8's sub-grid
-    training for knn or for a flow with CPCF)."""
-    from moleflow import registry
-
-    flat, defaults = cfg.flat(), Config().flat()
-    for name, (needs, value) in ONLY_WITH.items():
-        if name in given and flat[needs] != value and flat[name] != defaults[name]:
-            spelled = f"--{needs}" if value is True else f"--{needs} {value}"
-            raise MoleflowError(f"--{name} changes nothing unless --{needs} is {value} (this run: "
-                                f"{flat[needs]}); add {spelled} or drop --{name}")
-    model = registry.get("models", cfg.flow.model)
-    for name in MODEL_SPECIFIC:
-        if name in given and flat[name] != defaults[name] and name not in getattr(model, "honours", ()):
-            raise MoleflowError(f"--{name} {flat[name]}: model '{cfg.flow.model}' does not use it (it has its own "
-                                f"training and scoring); drop --{name}")
-    if "token_stride" in given and flat["token_stride"] != 1:
-        whole_grid = [o for o in getattr(model, "WHOLE_GRID_OPTIONS", ()) if flat[o]]
-        if whole_grid:
-            raise MoleflowError(f"--token_stride {flat['token_stride']} cannot apply with --{whole_grid[0]} (it needs "
-                                "whole patch grids); drop one of them")
-
-
 def resolve_config(explicit: dict[str, Any], config_file: str | None = None) -> tuple[Config, dict[str, Any]]:
-    """Build the final Config. Returns it and the overrides contributed by the version chain."""
+    """Build the final Config. Returns it and the overrides contributed by the version chain. A requested
+    setting the run would not read is refused here, before any image is read (inert_settings.py)."""
+    from moleflow.inert_settings import refuse_inert, requested_settings
     from moleflow.versions import version_overrides
 
     file_values = read_config_file(config_file) if config_file else {}
@@ -328,12 +300,15 @@ def resolve_config(explicit: dict[str, Any], config_file: str | None = None) -> 
     file_given = {k: file_flat[k] for k in _flatten_keys(file_values)}
     version = explicit.get("version", file_given.get("version", RunConfig.version))
     preset = version_overrides(version)
+    baseline = Config()
+    for name, value in preset.items():
+        baseline.set(name, value)
     cfg = Config()
     for source in (preset, file_given, explicit):
         for name, value in source.items():
             cfg.set(name, value)
     cfg.run.version = version
-    _refuse_inert(cfg, {**file_given, **explicit})
+    refuse_inert(cfg, requested_settings(explicit, file_given, baseline.flat()))
     return cfg, preset
 
 

@@ -63,7 +63,9 @@ V4 = VersionPreset(
 V41 = VersionPreset(
     "v4.1",
     "v4",
-    "fixed CPCF context (1-0.3)*x + 0.3*mean_3x3(x): no parameters, so no task-0 bias in the context",
+    "fixed CPCF context: the mean of each patch's 3x3 neighbours (the patch itself left out): no parameters, so no "
+    "task-0 bias in the context (--cpcf_include_center --cpcf_context_gate g: the historical (1-g)*x + g*mean_3x3(x), "
+    "which leaks x into its own condition)",
     {"cpcf_fixed_context": True},
     ("cpcf_fixed_context", "cpcf_context_gate"),
 )

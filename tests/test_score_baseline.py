@@ -109,7 +109,7 @@ def test_token_stride_is_refused_where_it_would_do_nothing_or_is_not_a_stride():
 
     with pytest.raises(MoleflowError, match="--token_stride 2: model 'knn'"):
         train_config("--model", "knn", "--token_stride", "2")
-    with pytest.raises(MoleflowError, match="--position_baseline True: model 'knn'"):
+    with pytest.raises(MoleflowError, match="--position_baseline: model 'knn'"):
         train_config("--model", "knn", "--position_baseline")
     with pytest.raises(MoleflowError, match="--token_stride 2 cannot apply with --use_cpcf"):
         train_config("--use_cpcf", "--token_stride", "2")
@@ -192,7 +192,7 @@ def test_position_std_is_refused_where_it_would_do_nothing():
 
     with pytest.raises(MoleflowError, match="--position_std changes nothing unless --position_baseline is True"):
         train_config("--no_position_baseline", "--position_std")
-    with pytest.raises(MoleflowError, match="--position_std True: model 'knn'"):
+    with pytest.raises(MoleflowError, match="--position_std: model 'knn'"):
         train_config("--model", "knn", "--position_std")
     assert train_config("--version", "v8", "--position_std").flow.position_std
     # a preset's value is not a request: v9 without the baseline simply has no z-score to take

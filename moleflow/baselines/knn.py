@@ -45,6 +45,8 @@ class KNNOptions:
 
 class PatchKNN(nn.Module):
     input_kind = "features"
+    #: no flow and no training loop: every flow/loop flag (--lr, --num_epochs, --lora_rank, ...) is refused
+    reads_settings: tuple[str, ...] = ()
 
     def __init__(self, dim: int, options: KNNOptions | None = None) -> None:
         super().__init__()

@@ -18,6 +18,7 @@ from moleflow.continual.task_data import TaskData, prepare_tasks, resolve_device
 from moleflow.data.dataset import parse_img_size
 from moleflow.errors import MoleflowError
 from moleflow.evaluation.evaluator import Evaluator
+from moleflow.inert_settings import settings_read_by
 from moleflow.losses.compose import CompositeLoss, loss_terms
 from moleflow.runs import RunFolder, TBLogger, collect_env
 
@@ -104,13 +105,13 @@ class ContinualRun:
             if observe is not None:
                 observe(self.strategy.model_task(t), inputs)
             tr = self.cfg.train
-            honoured = getattr(self.model, "honours", ())
+            reads = settings_read_by(type(self.model)) or frozenset()
             settings = FitSettings(tr.num_epochs, tr.batch_size, tr.lr, tr.weight_decay, tr.grad_clip,
                                    self._task_seed(t), self.device, self.progress,
                                    # a preset's stride / averaging does not apply to a model that does not
                                    # take it (an explicit one is refused in config.resolve_config)
                                    tr.token_stride if getattr(self.model, "supports_subgrid", False) else 1,
-                                   tr.ema_decay if "ema_decay" in honoured else 0.0)
+                                   tr.ema_decay if "ema_decay" in reads else 0.0)
             log = (lambda e, v: tb.scalar(f"train/loss_task{t}_{task.class_name}", v, e)) if tb else None
             # a model with its own training procedure (teacher/students, memory banks, ...) provides
             # fit_task; everything else goes through the generic optimisation loop

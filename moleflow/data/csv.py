@@ -81,4 +81,5 @@ def list_csv(root: str | Path, class_name: str, split: str, *,
     return anomaly_aware_split(list_all_csv(root, class_name), split_percent, seed)[split]
 
 
+list_csv.uses_split_percent = True  # type: ignore[attr-defined]  # reads --split_percent/--split_seed
 list_csv.classes = csv_classes  # type: ignore[attr-defined]

@@ -70,4 +70,5 @@ def list_folder(root: str | Path, class_name: str, split: str, *,
     return anomaly_aware_split(list_all_folder(root, class_name), split_percent, seed)[split]
 
 
+list_folder.uses_split_percent = True  # type: ignore[attr-defined]  # reads --split_percent/--split_seed
 list_folder.classes = folder_classes  # type: ignore[attr-defined]

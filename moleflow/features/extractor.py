@@ -41,6 +41,17 @@ def _is_vit_like(model: nn.Module) -> bool:
     return hasattr(model, "blocks") and hasattr(model, "patch_embed")
 
 
+def backbone_is_vit(backbone_name: str) -> bool:
+    """Whether a timm backbone gives ViT tokens (--vit_blocks) or CNN stages (--cnn_layers), decided as the
+    extractor decides it, on the meta device: no weights, no memory, no download."""
+    import timm
+
+    check_backbone_name(backbone_name)
+    with torch.device("meta"):
+        probe = timm.create_model(backbone_name, pretrained=False, num_classes=0)
+    return _is_vit_like(probe)
+
+
 def _resolve_blocks(requested: Sequence[int] | None, depth: int, name: str) -> list[int]:
     if not requested:
         return default_vit_blocks(depth)

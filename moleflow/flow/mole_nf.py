@@ -49,10 +49,8 @@ class MoLEFlow(TaskStateMixin, nn.Module):
     task and is never frozen by end_task; only the adapters are per task.
     """
 
-    #: model-specific run settings this model acts on (config.resolve_config refuses them for other models)
-    honours = ("token_stride", "position_baseline", "position_std", "ema_decay")
-    #: options under which the flow needs whole patch grids, so --token_stride cannot apply
-    WHOLE_GRID_OPTIONS = ("use_patch_attention", "use_cpcf", "use_spatial_lora")
+    #: the flow reads every flow and training-loop setting (inert_settings.py refuses them for models that don't)
+    reads_settings = "all"
 
     def __init__(
         self,

@@ -45,6 +45,8 @@ class PixelGaussian(torch.nn.Module):
     """
 
     input_kind = "images"
+    #: run settings of the flow / training loop it reads: none (closed-form fit), so moleflow refuses them
+    reads_settings = ()
 
     def __init__(self, eps: float = 0.01) -> None:
         super().__init__()

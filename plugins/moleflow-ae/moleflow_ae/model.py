@@ -37,6 +37,8 @@ class TaskAE(nn.Module):
 
 class ReconstructionAE(nn.Module):
     input_kind = "images"
+    #: its fit_task reads these run settings (Adam without weight decay); any other flow/loop flag is refused
+    reads_settings = ("num_epochs", "batch_size", "lr", "grad_clip", "loss")
     # `moleflow train --ae_score both` etc.: spellings of --model_opt score=both (see moleflow/model_flags.py)
     cli_flags = {
         "ae_score": {"option": "score", "choices": list(SCORES), "help": "anomaly map: reconstruction error, "

@@ -67,6 +67,8 @@ class FIRMPatchModel(nn.Module):
     """Registered as model `firm`: one TaskHead per task over the frozen extractor's patch features."""
 
     input_kind = "images"
+    #: the head trains through moleflow's loop (AdamW) on --model_opt batch_patches, not --batch_size
+    reads_settings = ("num_epochs", "lr", "weight_decay", "grad_clip", "loss")
 
     def __init__(self, extractor: nn.Module, options: FIRMOptions | None = None, *, use_run_loss: bool = False,
                  device: torch.device | str = "cpu") -> None:

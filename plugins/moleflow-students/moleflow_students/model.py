@@ -44,6 +44,8 @@ class ScaleStudents(nn.Module):
 
 class UninformedStudents(nn.Module):
     input_kind = "images"
+    #: its optimisers take their own rates (--model_opt teacher_lr/student_lr) and fixed objectives (no --loss)
+    reads_settings = ("num_epochs", "batch_size", "grad_clip")
 
     def __init__(self, options: StudentsOptions, *, descriptor_source: WeightsSource | None = None,
                  descriptor_backbone: str | None = None, init_seed: int = 0) -> None:

@@ -1,0 +1,161 @@
+"""No flag that silently does nothing (moleflow/inert_settings.py): the inverse of test_flags.py.
+
+Every combination the architecture review listed is refused, with one line naming the flag and what would
+make it count, before any image is read; the same flag is accepted where it is read; a --config file that
+repeats the preset's values (a run's saved config) stays loadable."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+
+import pytest
+
+from moleflow import registry
+from moleflow.cli import main
+from moleflow.config import FIELD_SPECS
+from moleflow.errors import MoleflowError
+from moleflow.inert_settings import LOOP_SETTINGS, MODEL_SETTINGS, RULES, settings_read_by
+from moleflow.testing import train_config
+
+VIT = "vit_tiny_patch16_224"
+
+#: (flags, the error's start) for every listed no-op combination and the other ones the rule table covers
+REFUSED = {
+    "v4.1 gate without include_center": (["--version", "v4.1", "--cpcf_context_gate", "0.5"],
+                                         "--cpcf_context_gate changes nothing unless --use_cpcf, --cpcf_fixed_context"),
+    "cpcf kernel without cpcf": (["--cpcf_context_kernel", "5"], "--cpcf_context_kernel changes nothing unless --use_cpcf"),
+    "cpcf attention without cpcf": (["--cpcf_use_attention"], "--cpcf_use_attention changes nothing unless --use_cpcf"),
+    "cpcf fixed without cpcf": (["--cpcf_fixed_context"], "--cpcf_fixed_context changes nothing unless --use_cpcf"),
+    "cpcf centre without cpcf": (["--cpcf_include_center"], "--cpcf_include_center changes nothing unless --use_cpcf"),
+    "sc-lora grid without sc-lora": (["--sc_lora_grid_size", "2"], "--sc_lora_grid_size changes nothing unless --use_spatial_lora"),
+    "split percent with mvtec": (["--split_percent", "60", "20", "20"], "--split_percent changes nothing unless --dataset_format"),
+    "split seed with visa": (["--dataset_format", "visa", "--split_seed", "3"], "--split_seed changes nothing unless --dataset_format"),
+    "topk with max": (["--topk", "5"], "--topk changes nothing unless --score_aggregation is topk"),
+    "cnn layers on a ViT": (["--backbone_name", VIT, "--cnn_layers", "1"], "--cnn_layers changes nothing unless the backbone is a CNN"),
+    "vit blocks on a CNN": (["--vit_blocks", "3"], "--vit_blocks changes nothing unless the backbone is a ViT"),
+    "pretrained with a weights file": (["--pretrained", "--backbone_weights", "w.safetensors"],
+                                       "--pretrained changes nothing unless --backbone_weights is empty"),
+    "finetune with adapter": (["--strategy", "finetune", "--adapter", "film"], "--adapter changes nothing unless --strategy is moleflow"),
+    "finetune with adapter_first_task": (["--strategy", "finetune", "--adapter_first_task"],
+                                         "--adapter_first_task changes nothing unless --strategy is moleflow"),
+    "joint with task0_mix": (["--strategy", "joint", "--task0_mix", "0.2"], "--task0_mix changes nothing unless --strategy is moleflow"),
+    "joint with task0_lora": (["--strategy", "joint", "--task0_lora"], "--task0_lora changes nothing unless --strategy is moleflow"),
+    "finetune with lora rank": (["--strategy", "finetune", "--lora_rank", "4"], "--lora_rank changes nothing unless --strategy is moleflow"),
+    "finetune with lora alpha": (["--strategy", "finetune", "--lora_alpha", "4"], "--lora_alpha changes nothing unless --strategy is moleflow"),
+    "adapter_first_task without adapter": (["--adapter", "none", "--adapter_first_task"],
+                                           "--adapter_first_task changes nothing unless --adapter is film or instancenorm"),
+    "task0_mix without task-0 adapter": (["--no_adapter_first_task", "--task0_mix", "0.3"], "--task0_mix changes nothing unless task 0 has an adapter"),
+    "adapter_hidden without film": (["--adapter", "instancenorm", "--adapter_hidden", "8"], "--adapter_hidden changes nothing unless --adapter is film"),
+    "position_std without baseline": (["--no_position_baseline", "--position_std"], "--position_std changes nothing unless --position_baseline"),
+    "token_stride with cpcf": (["--use_cpcf", "--token_stride", "2"], "--token_stride 2 cannot apply with --use_cpcf"),
+    "knn with epochs": (["--model", "knn", "--num_epochs", "3"], "--num_epochs 3: model 'knn' does not use it"),
+    "knn with lr": (["--model", "knn", "--lr", "0.001"], "--lr 0.001: model 'knn' does not use it"),
+    "knn with loss": (["--model", "knn", "--loss", "nll=1"], "--loss nll=1: model 'knn' does not use it"),
+    "knn with a flow flag": (["--model", "knn", "--num_coupling_layers", "4"], "--num_coupling_layers 4: model 'knn' does not use it"),
+}
+
+#: the same flags where they are read: accepted
+ACCEPTED = {
+    "cpcf kernel with cpcf": ["--use_cpcf", "--cpcf_context_kernel", "5"],
+    "v4.1 gate with the historical context": ["--version", "v4.1", "--cpcf_include_center", "--cpcf_context_gate", "0.5"],
+    "sc-lora grid with sc-lora": ["--use_spatial_lora", "--sc_lora_grid_size", "2"],
+    "split with folder": ["--dataset_format", "folder", "--split_percent", "60", "20", "20", "--split_seed", "3"],
+    "topk with topk": ["--score_aggregation", "topk", "--topk", "5"],
+    "vit blocks on a ViT": ["--backbone_name", VIT, "--vit_blocks", "3"],
+    "weights file alone": ["--backbone_weights", "w.safetensors"],
+    "lora rank under moleflow": ["--lora_rank", "4", "--task0_mix", "0.2"],
+    "finetune with loop settings": ["--strategy", "finetune", "--num_epochs", "3", "--clamp", "1.5"],
+    "knn with its own options": ["--model", "knn", "--model_opt", "k=3", "--embed_dim", "64", "--topk", "3",
+                                 "--score_aggregation", "topk"],
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_no_op_combination_is_refused_naming_the_flag(case):
+    flags, message = REFUSED[case]
+    with pytest.raises(MoleflowError) as error:
+        train_config(*flags)
+    assert str(error.value).startswith(message), str(error.value)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("case", list(ACCEPTED))
+def test_the_same_flags_are_accepted_where_they_are_read(case):
+    train_config(*ACCEPTED[case])
+
+
+def test_every_rule_has_a_refused_case():
+    """A rule added to the table without a test of it fails here."""
+    tested = {flags[i].lstrip("-") for flags, _ in REFUSED.values() for i in range(len(flags))}
+    for rule in RULES:
+        assert any(name in tested for name in rule.settings), rule.settings
+
+
+def _other_value(name: str) -> list[str]:
+    """Command-line words that set `name` to something other than its default."""
+    _, f = FIELD_SPECS[name]
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    if isinstance(default, bool):
+        return [f"--no_{name}" if default else f"--{name}"]
+    if "choices" in f.metadata:
+        return [f"--{name}", next(c for c in f.metadata["choices"] if c != default)]
+    if name == "loss":
+        return ["--loss", "nll=2"]
+    if name == "loss_opt":
+        return ["--loss_opt", "nll.scale=2"]
+    if isinstance(default, float):
+        return [f"--{name}", str(default * 2 + 0.125)]
+    return [f"--{name}", str(default + 2)]
+
+
+@pytest.mark.parametrize("name", MODEL_SETTINGS)
+def test_every_flow_and_loop_setting_is_refused_for_knn(name):
+    with pytest.raises(MoleflowError, match="model 'knn' does not use it"):
+        train_config("--model", "knn", *_other_value(name))
+
+
+@pytest.mark.parametrize("model, refused, accepted", [
+    ("students", "lr", "num_epochs"), ("firm", "batch_size", "lr"), ("ae", "weight_decay", "lr"),
+    ("pixel_gauss", "num_epochs", None),
+])
+def test_plugin_models_refuse_the_loop_settings_they_do_not_read(model, refused, accepted):
+    if model not in registry.names("models"):
+        pytest.skip(f"plugin model '{model}' is not installed")
+    reads = settings_read_by(registry.get("models", model))
+    assert reads is not None and refused not in reads and (accepted is None or accepted in reads)
+    with pytest.raises(MoleflowError, match=f"--{refused} .*: model '{model}' does not use it"):
+        train_config("--model", model, *_other_value(refused))
+    if accepted is not None:
+        train_config("--model", model, *_other_value(accepted))
+    # the flow's options never reach a plugin model
+    with pytest.raises(MoleflowError, match=f"model '{model}' does not use it"):
+        train_config("--model", model, "--lora_rank", "2")
+
+
+def test_config_file_values_equal_to_the_preset_stay_loadable(tmp_path):
+    """A run's saved config lists every setting; only values off the preset count as requests."""
+    saved = train_config("--model", "knn").to_dict()  # what a knn run writes as its config.json
+    assert saved["train"]["token_stride"] == 2  # v9's preset value, not read by knn
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(saved))
+    cfg = train_config("--config", str(path))
+    assert cfg.flow.model == "knn"
+    saved["train"]["num_epochs"] = 3
+    path.write_text(json.dumps(saved))
+    with pytest.raises(MoleflowError, match="--num_epochs 3: model 'knn' does not use it"):
+        train_config("--config", str(path))
+
+
+def test_refusal_is_one_line_exit_2_before_any_image_and_no_run_folder(tmp_path):
+    runs = tmp_path / "runs"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["train", "--data_path", str(tmp_path / "no-data"), "--runs_dir", str(runs),
+                     "--model", "knn", "--lr", "0.01"])
+    lines = [line for line in err.getvalue().splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "--lr 0.01: model 'knn' does not use it" in lines[0]
+    assert "Traceback" not in err.getvalue() and "data path" not in lines[0]  # refused before the data is looked at
+    assert not runs.exists()
