@@ -77,6 +77,25 @@ def test_zero_forgetting_is_bitwise(version, tiny_bench, tiny_tasks, tmp_path):
     assert torch.equal(after1[1], after2[1])
 
 
+def test_training_leaves_the_process_rng_alone_and_ignores_its_state(tiny_bench, tiny_tasks, tmp_path):
+    """Model init and each task's draws follow the run's seed through a forked generator: the caller's
+    torch RNG state is the same after building and training, and disturbing it changes no score."""
+    tasks, extractor = tiny_tasks
+    cfg = tiny_config(tiny_bench, tmp_path, num_epochs=1)
+    scores = []
+    for disturb in (False, True):
+        torch.manual_seed(1234)
+        if disturb:
+            torch.rand(7)
+        before = torch.get_rng_state()
+        state = ContinualRun(cfg, tasks, extractor.dim, extractor.grid, torch.device("cpu"), progress=False)
+        state.train_task(0, None)
+        state.train_task(1, None)
+        assert torch.equal(torch.get_rng_state(), before)
+        scores.append(_scores(state, tasks[1]))
+    assert torch.equal(scores[0], scores[1])
+
+
 def test_finetune_forgets_where_moleflow_does_not(tiny_bench, tiny_tasks, tmp_path):
     tasks, extractor = tiny_tasks
     changes = {}

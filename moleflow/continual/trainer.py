@@ -19,6 +19,7 @@ from moleflow.data.dataset import parse_img_size
 from moleflow.errors import MoleflowError
 from moleflow.evaluation.evaluator import Evaluator
 from moleflow.inert_settings import settings_read_by
+from moleflow.rng import seeded_rng
 from moleflow.losses.compose import CompositeLoss, loss_terms
 from moleflow.runs import RunFolder, TBLogger, collect_env
 
@@ -75,8 +76,8 @@ class ContinualRun:
                  progress: bool = True):
         self.cfg, self.tasks, self.device, self.progress = cfg, tasks, device, progress
         strategy_cls = strategy_class(cfg.train.strategy)
-        torch.manual_seed(cfg.train.seed)
-        self.model = build_model(cfg, dim, grid, strategy_cls.model_overrides).to(device)
+        with seeded_rng(cfg.train.seed, device):  # the model's init, without reseeding the process
+            self.model = build_model(cfg, dim, grid, strategy_cls.model_overrides).to(device)
         self.router = registry.create("routers", cfg.train.router)
         self.classes = list(cfg.data.task_classes)
         self.strategy = strategy_cls(self.model, len(self.classes))
@@ -95,8 +96,13 @@ class ContinualRun:
         return self.cfg.train.seed * 1000 + task_id
 
     def train_task(self, t: int, tb: TBLogger | None) -> None:
+        # new experts/adapters and any draw a model makes from torch's default generator follow the task's
+        # seed; the process-wide generator is left as it was
+        with seeded_rng(self._task_seed(t), self.device):
+            self._train_task(t, tb)
+
+    def _train_task(self, t: int, tb: TBLogger | None) -> None:
         task = self.tasks[t]
-        torch.manual_seed(self._task_seed(t))
         self.strategy.begin_task(t, task.class_name)
         rounds = self.strategy.training_indices(t)
         if rounds is not None:

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from moleflow.errors import MoleflowError
+from moleflow.rng import seeded_rng
 
 HF_FILENAMES = ("model.safetensors", "pytorch_model.bin")  # what timm tries on the hub, in its order
 PROBE_TIMEOUT_S = 2.0
@@ -263,8 +264,7 @@ def create_backbone(backbone_name: str, source: WeightsSource, init_seed: int, *
                                 "not a state dict of tensors")
         _check_keys(backbone_name, state, source.description, **kwargs)
         _check_shapes(backbone_name, state, source.description)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(init_seed)
+    with seeded_rng(init_seed):
         if source.kind == "random":
             return timm.create_model(backbone_name, pretrained=False, **kwargs)
         if source.kind == "timm":
