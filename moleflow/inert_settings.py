@@ -75,7 +75,9 @@ def _is_vit(cfg: Config) -> bool:
 
 
 def _single_flow(cfg: Config) -> bool:
-    return cfg.train.strategy in ("finetune", "joint")
+    from moleflow.continual.strategies import strategy_class
+
+    return strategy_class(cfg.train.strategy).single_flow
 
 
 RULES: tuple[Rule, ...] = (
@@ -88,8 +90,8 @@ RULES: tuple[Rule, ...] = (
     Rule(("sc_lora_grid_size",), lambda c: c.flow.use_spatial_lora, "--use_spatial_lora is on"),
     Rule(("lora_rank", "lora_alpha", "lora_scaling", "task0_lora", "adapter", "adapter_first_task", "task0_mix",
           "adapter_hidden"),
-         lambda c: not _single_flow(c), "--strategy is moleflow (finetune and joint train one plain flow: no "
-                                        "LoRA experts, no adapters)"),
+         lambda c: not _single_flow(c), "--strategy keeps experts, e.g. moleflow (finetune and joint train one "
+                                        "plain flow: no LoRA experts, no adapters)"),
     Rule(("adapter_hidden",), lambda c: c.flow.adapter == "film", "--adapter is film"),
     Rule(("adapter_first_task",), lambda c: c.flow.adapter != "none", "--adapter is film or instancenorm"),
     Rule(("task0_mix",), lambda c: c.flow.adapter != "none" and c.flow.adapter_first_task,

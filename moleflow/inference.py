@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from moleflow.contract import model_traits
 from moleflow.config import Config
 from moleflow.continual.task_data import build_extractor, prepare_tasks, resolve_device
 from moleflow.continual.trainer import ContinualRun
@@ -77,7 +78,7 @@ def predict_images(run_dir: str | Path, images: list[str], out_dir: str | Path, 
         task = int(state.router.predict(pooled.cpu())[0]) if cfg.train.router != "oracle" else None
         if task is None:
             raise MoleflowError("this run uses --router oracle, which needs the true task; predict needs a real router")
-        model_input = image.unsqueeze(0).to(device) if getattr(state.model, "input_kind", "features") == "images" else patch
+        model_input = image.unsqueeze(0).to(device) if model_traits(type(state.model)).input_kind == "images" else patch
         named = model_score_maps(state.model, model_input, state.strategy.model_task(task))
         scores = named["score"].float().cpu()
         score = float(image_scores(scores, cfg.eval.score_aggregation, cfg.eval.topk, out_size=size,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from moleflow.contract import model_traits
 from moleflow import registry
 from moleflow.errors import MoleflowError
 
@@ -30,7 +31,7 @@ def declared_flags() -> list[tuple[str, str, dict[str, Any]]]:
             model_class = registry.get("models", component.name)
         except Exception:  # noqa: BLE001 - a broken plugin must not break the parser
             continue
-        for flag, spec in (getattr(model_class, "cli_flags", None) or {}).items():
+        for flag, spec in model_traits(model_class).cli_flags.items():
             found.append((component.name, flag, dict(spec)))
     return found
 

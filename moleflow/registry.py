@@ -14,7 +14,7 @@ from typing import Any
 from moleflow.errors import MoleflowError
 
 PREFIX = "moleflow."
-GROUPS = ("models", "losses", "extractors", "routers", "datasets", "metrics", "versions", "weights")
+GROUPS = ("models", "strategies", "losses", "extractors", "routers", "datasets", "metrics", "versions", "weights")
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,8 @@ def get(group: str, name: str) -> Any:
     matches = [ep for ep in _entry_points(group) if ep.name == name]
     if not matches:
         known = ", ".join(names(group)) or "(none installed)"
-        raise MoleflowError(f"unknown {group[:-2] if group.endswith('sses') else group[:-1]} '{name}'; known: {known}")
+        noun = {"strategies": "strategy", "losses": "loss"}.get(group, group[:-1])
+        raise MoleflowError(f"unknown {noun} '{name}'; known: {known}")
     providers = {_describe(group, ep).distribution for ep in matches}
     if len(providers) > 1:
         raise MoleflowError(

@@ -50,3 +50,19 @@ def train_steps(model, task: int, feats, *, steps: int, weight_decay: float = 0.
         opt.zero_grad()
         loss.backward()
         opt.step()
+
+
+# ----- components a test registers under a new name (tests/test_registry.py: "registered means used") -----
+
+from moleflow.continual.strategies import MoLEFlowStrategy  # noqa: E402
+from moleflow.features.extractor import TimmExtractor  # noqa: E402
+
+
+class MarkedExtractor(TimmExtractor):
+    """The timm extractor under another registered name: tells which class `--extractor` built."""
+
+
+class MarkedStrategy(MoLEFlowStrategy):
+    """MoLE-Flow's strategy under another registered name: tells which class `--strategy` built."""
+
+    name = "marked"

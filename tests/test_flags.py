@@ -217,7 +217,9 @@ NOT_IN_CASES = {
     "backbone_weights": "test_backbone_weights_file_replaces_the_random_init below",
     "feature_cache": "test_cli: cache files written by one run, hit by the next",
     "model": "a single registered model; a plugin model is tested in test_registry",
-    "strategy": "test_finetune_changes_task0_scores_after_later_tasks below; joint in test_cli",
+    "strategy": "test_finetune_changes_task0_scores_after_later_tasks below; joint in test_cli; a registered "
+                "one in test_registry",
+    "extractor": "one built-in extractor; test_registry: a class registered under another name is the one built",
     "device": "cpu is the only device in the test environment",
     "save_maps": "test_cli: maps/<class>.npz with and without",
     "heatmaps": "test_cli: 2 PNGs per class vs none",

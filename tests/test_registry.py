@@ -58,3 +58,57 @@ def test_cli_plugins_lists_everything_and_the_error(installed_plugin):
                for l in lines)
     for group in ("models", "losses", "extractors", "routers", "datasets", "metrics", "versions"):
         assert any(l.startswith(group) for l in lines), group
+
+
+def _with_entry_point(monkeypatch, group: str, name: str, value: str) -> None:
+    """Register `name` in `group` as an installed distribution's entry point would (for this test only)."""
+    from importlib.metadata import EntryPoint
+
+    real, full_group = registry.entry_points, registry.PREFIX + group
+
+    def patched(group: str):
+        found = list(real(group=group))
+        return found + [EntryPoint(name, value, group)] if group == full_group else found
+
+    monkeypatch.setattr(registry, "entry_points", patched)
+
+
+def test_registered_strategy_and_extractor_are_the_ones_used(monkeypatch, tiny_bench, tmp_path):
+    """--strategy and --extractor look their names up in moleflow.strategies / moleflow.extractors: a class
+    registered under a new name is what the run builds."""
+    from helpers import MarkedExtractor, MarkedStrategy, tiny_config
+    from moleflow.continual.strategies import strategy_class
+    from moleflow.continual.task_data import build_extractor
+
+    _with_entry_point(monkeypatch, "extractors", "marked", "helpers:MarkedExtractor")
+    cfg = tiny_config(tiny_bench, tmp_path, extractor="marked")
+    assert type(build_extractor(cfg, torch.device("cpu"))) is MarkedExtractor
+    assert type(build_extractor(tiny_config(tiny_bench, tmp_path), torch.device("cpu"))) is not MarkedExtractor
+
+    monkeypatch.undo()
+    _with_entry_point(monkeypatch, "strategies", "marked", "helpers:MarkedStrategy")
+    assert "marked" in registry.names("strategies") and strategy_class("marked") is MarkedStrategy
+    with pytest.raises(MoleflowError, match="unknown strategy 'nope'; known: finetune, joint, marked, moleflow"):
+        strategy_class("nope")
+
+
+def test_the_contract_names_what_a_model_lacks_and_fills_optional_hooks():
+    """moleflow/contract.py: a model missing a required method is refused by name; optional hooks default."""
+    from moleflow.baselines.knn import PatchKNN
+    from moleflow.contract import ModelHooks, model_traits
+
+    class NoScores(torch.nn.Module):
+        def begin_task(self, task_id, class_name=""): ...
+
+    with pytest.raises(MoleflowError, match="missing: trainable_parameters, end_task, patch_scores"):
+        ModelHooks.of(NoScores())
+    hooks = ModelHooks.of(PatchKNN(8))
+    assert hooks.fit_task.__func__ is PatchKNN.fit_task  # its own procedure, not the generic loop
+    assert hooks.observe_trained(0, None) is None and hooks.describe() == "" and not hooks.supports_subgrid
+    assert model_traits(PatchKNN).input_kind == "features"
+
+    class BadKind(PatchKNN):
+        input_kind = "voxels"
+
+    with pytest.raises(MoleflowError, match="input_kind='voxels'"):
+        model_traits(BadKind)

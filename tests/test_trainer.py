@@ -10,7 +10,6 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from helpers import tiny_config
-from moleflow.continual import trainer as trainer_mod
 from moleflow.continual.trainer import ContinualRun, run_training
 from moleflow.runs import RunFolder
 
@@ -125,7 +124,9 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_bench, tmp_pat
     cfg = tiny_config(tiny_bench, tmp_path / "a", num_epochs=3, heatmaps=0)
     full = run_training(cfg, progress=False, log=lambda *_: None).read_json("metrics.json")
 
-    real_fit = trainer_mod.fit_task
+    from moleflow.continual import fit as fit_mod  # the contract's default fit_task (moleflow/contract.py)
+
+    real_fit = fit_mod.fit_task
 
     def crash_on_task_2(*args, **kwargs):
         if kwargs["label"].startswith("task 2"):
@@ -133,10 +134,10 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_bench, tmp_pat
         return real_fit(*args, **kwargs)
 
     cfg_b = tiny_config(tiny_bench, tmp_path / "b", num_epochs=3, heatmaps=0)
-    monkeypatch.setattr(trainer_mod, "fit_task", crash_on_task_2)
+    monkeypatch.setattr(fit_mod, "fit_task", crash_on_task_2)
     with pytest.raises(KeyboardInterrupt):
         run_training(cfg_b, progress=False, log=lambda *_: None)
-    monkeypatch.setattr(trainer_mod, "fit_task", real_fit)
+    monkeypatch.setattr(fit_mod, "fit_task", real_fit)
     (partial,) = [p for p in (tmp_path / "b").rglob("config.json")]
     assert RunFolder.open(partial.parent).read_json("progress.json")["completed_tasks"] == 2
     assert not (partial.parent / "metrics.json").exists()

@@ -1,4 +1,6 @@
 """Continual strategies: thin wrappers around the model contract (begin/trainable/forward/end/state).
+Registered in the `moleflow.strategies` entry-point group (built-ins through moleflow's setup.cfg), so a
+plugin can add one: a `Strategy` subclass, constructed as `cls(model, num_tasks)`.
 
 - moleflow: each task trains only what it owns (task 0: base + its expert/adapter), then freezes it.
 - finetune: one plain flow, trained task after task, nothing frozen: the forgetting lower bound.
@@ -19,6 +21,9 @@ class Strategy:
     name = "base"
     #: model constructor overrides (plain flow for the baselines)
     model_overrides: dict[str, Any] = {}
+    #: True when the strategy trains one plain flow with no experts and no adapters: the flow's LoRA and
+    #: adapter flags then change nothing and are refused (inert_settings.py)
+    single_flow = False
     #: True when a task's scoring parameters never change after its end_task (enables score caching)
     frozen_after_task = False
 
@@ -60,6 +65,7 @@ class _SingleFlow(Strategy):
     """One plain flow (no experts, no adapters) used for every task."""
 
     model_overrides = {"experts": False, "adapter": "none", "task0_lora": False}
+    single_flow = True
 
     def model_task(self, task_id: int) -> int:
         return 0
@@ -98,10 +104,11 @@ class JointStrategy(_SingleFlow):
         return task_id == self.num_tasks - 1
 
 
-STRATEGIES = {cls.name: cls for cls in (MoLEFlowStrategy, FinetuneStrategy, JointStrategy)}
-
-
 def strategy_class(name: str) -> type[Strategy]:
-    if name not in STRATEGIES:
-        raise MoleflowError(f"unknown strategy '{name}'; known: {', '.join(STRATEGIES)}")
-    return STRATEGIES[name]
+    """The strategy registered as `name` in moleflow.strategies (unknown names list the known ones)."""
+    from moleflow import registry
+
+    cls = registry.get("strategies", name)
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        raise MoleflowError(f"strategy '{name}' is registered but is not a Strategy subclass ({cls!r})")
+    return cls

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from moleflow import registry
+from moleflow.contract import model_traits
 from moleflow.data.dataset import AnomalyDataset, load_split, parse_img_size
 from moleflow.errors import MoleflowError
 from moleflow.features.cache import FeatureSet, extract_features
@@ -37,10 +38,7 @@ class TaskData:
 
 def model_input_kind(cfg: Any) -> str:
     """'features' or 'images', declared by the registered model class (default: features)."""
-    kind = getattr(registry.get("models", cfg.flow.model), "input_kind", "features")
-    if kind not in ("features", "images"):
-        raise MoleflowError(f"model '{cfg.flow.model}' declares input_kind={kind!r}; use 'features' or 'images'")
-    return kind
+    return model_traits(registry.get("models", cfg.flow.model)).input_kind
 
 
 def stack_images(dataset: AnomalyDataset) -> torch.Tensor:
@@ -55,9 +53,9 @@ def resolve_device(name: str) -> torch.device:
 
 def build_extractor(cfg: Any, device: torch.device) -> torch.nn.Module:
     b = cfg.backbone
-    extractor = registry.create(
+    extractor = registry.create(  # every extractor takes the timm extractor's arguments
         "extractors",
-        "timm",
+        b.extractor,
         b.backbone_name,
         parse_img_size(cfg.data.img_size),
         pretrained=b.pretrained,

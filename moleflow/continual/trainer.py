@@ -4,7 +4,6 @@ checkpoint -> evaluate every task seen so far. Knows models only through the con
 from __future__ import annotations
 
 import time
-from functools import partial
 from typing import Any
 
 import torch
@@ -12,7 +11,8 @@ from tqdm.auto import tqdm
 
 from moleflow import registry
 from moleflow.config import Config
-from moleflow.continual.fit import FitSettings, check_ema_decay, fit_task
+from moleflow.contract import ModelHooks, describe, model_traits
+from moleflow.continual.fit import FitSettings, check_ema_decay
 from moleflow.continual.strategies import strategy_class
 from moleflow.continual.task_data import TaskData, prepare_tasks, resolve_device
 from moleflow.data.dataset import parse_img_size
@@ -30,7 +30,7 @@ def build_model(cfg: Config, dim: int, grid: tuple[int, int], overrides: dict[st
     """A registered model class with `from_config` builds itself (plugins: their own options come from
     --model_opt); otherwise it is called with the flow settings (the built-in MoLE-Flow)."""
     factory = registry.get("models", cfg.flow.model)
-    from_config = getattr(factory, "from_config", None)
+    from_config = model_traits(factory).from_config
     if from_config is not None:
         return from_config(cfg, dim=dim, grid=grid, img_size=parse_img_size(cfg.data.img_size), overrides=overrides)
     return factory(dim, grid, **{**model_kwargs(cfg), **overrides})
@@ -78,6 +78,7 @@ class ContinualRun:
         strategy_cls = strategy_class(cfg.train.strategy)
         with seeded_rng(cfg.train.seed, device):  # the model's init, without reseeding the process
             self.model = build_model(cfg, dim, grid, strategy_cls.model_overrides).to(device)
+        self.hooks = ModelHooks.of(self.model)  # the contract's optional hooks, or their defaults
         self.router = registry.create("routers", cfg.train.router)
         self.classes = list(cfg.data.task_classes)
         self.strategy = strategy_cls(self.model, len(self.classes))
@@ -107,30 +108,24 @@ class ContinualRun:
         rounds = self.strategy.training_indices(t)
         if rounds is not None:
             inputs = torch.cat([self.tasks[i].train_inputs for i in rounds])
-            observe = getattr(self.model, "observe_training_features", None)  # optional contract hook
-            if observe is not None:
-                observe(self.strategy.model_task(t), inputs)
+            self.hooks.observe_training_features(self.strategy.model_task(t), inputs)
             tr = self.cfg.train
             reads = settings_read_by(type(self.model)) or frozenset()
             settings = FitSettings(tr.num_epochs, tr.batch_size, tr.lr, tr.weight_decay, tr.grad_clip,
                                    self._task_seed(t), self.device, self.progress,
                                    # a preset's stride / averaging does not apply to a model that does not
                                    # take it (an explicit one is refused in config.resolve_config)
-                                   tr.token_stride if getattr(self.model, "supports_subgrid", False) else 1,
+                                   tr.token_stride if self.hooks.supports_subgrid else 1,
                                    tr.ema_decay if "ema_decay" in reads else 0.0)
             log = (lambda e, v: tb.scalar(f"train/loss_task{t}_{task.class_name}", v, e)) if tb else None
-            # a model with its own training procedure (teacher/students, memory banks, ...) provides
-            # fit_task; everything else goes through the generic optimisation loop
-            fit_fn = getattr(self.model, "fit_task", None) or partial(fit_task, self.model)
             # a fresh loss per task: its own parameters (e.g. the SVDD radius) start from their initial
             # values at every task, so a resumed run trains exactly what an uninterrupted one does
             self.loss = self.new_loss().to(self.device)
             params = self.strategy.trainable(t) + self.loss.parameters()
-            fit = fit_fn(self.strategy.model_task(t), inputs, params, self.loss,
-                         settings, label=f"task {t} ({task.class_name})", on_epoch=log)
-            trained = getattr(self.model, "observe_trained", None)  # optional hook: statistics of the fitted model
-            if trained is not None:
-                trained(self.strategy.model_task(t), inputs)
+            # the model's own training procedure (teacher/students, memory banks, ...) or the generic loop
+            fit = self.hooks.fit_task(self.strategy.model_task(t), inputs, params, self.loss,
+                                      settings, label=f"task {t} ({task.class_name})", on_epoch=log)
+            self.hooks.observe_trained(self.strategy.model_task(t), inputs)
             loss_state = self.loss.state()
             self.fit_log.append({"task": t, "class": task.class_name, "epochs": len(fit.epoch_losses),
                                  "final_loss": fit.epoch_losses[-1] if fit.epoch_losses else None,
@@ -183,17 +178,18 @@ class ContinualRun:
 def check_components(cfg: Config) -> None:
     """Fail on unknown component names and bad options in seconds, before any image is read or feature
     computed. A model class may check its own options (--model_opt) in an optional `validate_config`."""
-    factory = registry.get("models", cfg.flow.model)
-    validate = getattr(factory, "validate_config", None)
-    if validate is not None:
-        validate(cfg, img_size=parse_img_size(cfg.data.img_size))
-    elif cfg.flow.model_opt and getattr(factory, "from_config", None) is None:
+    traits = model_traits(registry.get("models", cfg.flow.model))
+    if traits.validate_config is not None:
+        traits.validate_config(cfg, img_size=parse_img_size(cfg.data.img_size))
+    elif cfg.flow.model_opt and traits.from_config is None:
         raise MoleflowError(f"--model_opt {' '.join(cfg.flow.model_opt)}: model '{cfg.flow.model}' takes no "
                             "--model_opt options; its settings are flags (see `moleflow train --help`)")
     if cfg.train.token_stride < 1:
         raise MoleflowError(f"--token_stride must be >= 1 (1 = every patch), got {cfg.train.token_stride}")
     check_ema_decay(cfg.train.ema_decay)
     registry.get("routers", cfg.train.router)
+    strategy_class(cfg.train.strategy)
+    registry.get("extractors", cfg.backbone.extractor)
     terms, options = loss_terms(cfg)
     CompositeLoss(terms, model_name=cfg.flow.model, options=options)
 
@@ -210,8 +206,7 @@ def peak_rss_mb() -> float | None:
 def model_description(model: object) -> str:
     """Optional contract hook `describe() -> str`: what a model wants every run to say about itself (e.g. which
     pretrained network a plugin's teacher distils from); "" when it has none."""
-    describe = getattr(model, "describe", None)
-    return str(describe()) if callable(describe) else ""
+    return describe(model)
 
 
 def run_training(cfg: Config, *, progress: bool = True, resume: str | None = None, log=print) -> RunFolder:
