@@ -28,6 +28,9 @@ COLUMNS = (
     ("aupro", "AUPRO"),
 )
 CONTINUAL_METRICS = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"))
+#: per-class keys of metrics.json every run has (the built-in metrics); any other is shown as an extra column
+STANDARD_PER_CLASS = frozenset({"routing_accuracy", "image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro",
+                                "f1", "f1_threshold"})
 
 
 #: the run's time split (metrics.json -> timing); wall_s is the whole of `moleflow train`'s work but writing the
@@ -50,7 +53,8 @@ class RunSummary:
     growth_per_task: float | None = None  # mean parameters added per task, as a fraction of the shared ones
     params_per_task: float | None = None  # mean parameters added per task (absolute)
     timing: dict[str, float | None] = field(default_factory=dict)  # seconds, keyed by TIMING_KEYS
-    #: pixel AUROC of a model's extra maps (score_maps hook, e.g. the Students' uncertainty): class -> name -> value
+    #: per-class numbers beyond COLUMNS: `pixel_auroc_<map>` of a model's extra maps (score_maps hook, e.g. the
+    #: Students' uncertainty) and plugin metrics (moleflow.metrics with per_class): class -> key -> value
     extra_pixel_auroc: dict[str, dict[str, float | None]] = field(default_factory=dict)
     #: (class, last epoch's mean training loss) per training round: a diverged task stands out here
     final_losses: list[tuple[str, float | None]] = field(default_factory=list)
@@ -107,10 +111,10 @@ def load_summary(path: str | Path) -> RunSummary:
             value = sum(values) / len(values) if values and None not in values else None
         mean[key] = value
     continual = metrics.get("continual") or {}
-    extra_names = sorted({k.removeprefix("pixel_auroc_") for c in classes for k in (raw_per_class.get(c) or {})
-                          if k.startswith("pixel_auroc_") and k != "pixel_auroc_oracle"})
-    extras = {c: {n: _number((raw_per_class.get(c) or {}).get(f"pixel_auroc_{n}")) for n in extra_names}
-              for c in classes}
+    # beyond the fixed columns: pixel AUROC of a model's extra maps, and per-class metrics a plugin registered
+    extra_names = sorted({k for c in classes for k in (raw_per_class.get(c) or {})
+                          if k not in STANDARD_PER_CLASS and not k.endswith("_oracle")})
+    extras = {c: {n: _number((raw_per_class.get(c) or {}).get(n)) for n in extra_names} for c in classes}
     return RunSummary(
         path=run.path,
         version=_config_value(config, "version"),
@@ -282,7 +286,8 @@ def _run_section(index: int, run: RunSummary, markdown: bool) -> str:
     means = [[v for v in (run.extra_pixel_auroc[c][n] for c in run.classes)] for n in names]
     rows.append(["mean"] + [_fmt(run.mean[k]) for k, _ in COLUMNS]
                 + [_fmt(sum(v) / len(v)) if v and None not in v else _fmt(None) for v in means])
-    header = ["class"] + [title for _, title in COLUMNS] + [f"pixel AUROC ({n} map)" for n in names]
+    header = ["class"] + [title for _, title in COLUMNS] + [
+        f"pixel AUROC ({n.removeprefix('pixel_auroc_')} map)" if n.startswith("pixel_auroc_") else n for n in names]
     table = render_table(header, rows, markdown)
     continual = [f"BWT ({title}) {_fmt(run.bwt[key])}, FM ({title}) {_fmt(run.fm[key])}"
                  for key, title in CONTINUAL_METRICS if key == "image_auroc" or run.bwt[key] is not None]

@@ -66,3 +66,16 @@ class MarkedStrategy(MoLEFlowStrategy):
     """MoLE-Flow's strategy under another registered name: tells which class `--strategy` built."""
 
     name = "marked"
+
+
+def top_decile_recall(labels, scores) -> float:
+    """A metric a plugin could register (per-class, on image scores): share of anomalous images among the
+    top 10 % of scores."""
+    import numpy as np
+
+    labels, scores = np.asarray(labels), np.asarray(scores)
+    top = np.argsort(-scores)[: max(1, len(scores) // 10)]
+    return float(labels[top].mean())
+
+
+top_decile_recall.per_class = "image"

@@ -9,7 +9,7 @@ import torch
 
 from helpers import train_steps
 from moleflow.config import resolve_config
-from moleflow.continual.trainer import model_kwargs
+from moleflow.flow.options import MoLEFlowOptions
 from moleflow.errors import MoleflowError
 from moleflow.flow.cpcf import FixedContext, LearnedContext, NeighbourhoodAttention
 from moleflow.flow.lora import LoRALinear
@@ -27,7 +27,7 @@ V41 = dict(V4, cpcf_fixed_context=True)
 def _model(num_tasks: int = 1, *, seed: int = 0, **kw) -> MoLEFlow:
     torch.manual_seed(seed)
     kw.setdefault("num_coupling_layers", 2)
-    model = MoLEFlow(DIM, kw.pop("grid", GRID), **kw)
+    model = MoLEFlow(DIM, kw.pop("grid", GRID), kw.pop("options", None), **kw)
     for t in range(num_tasks):
         model.begin_task(t, f"class{t}")
     return model
@@ -273,8 +273,7 @@ def test_each_flag_changes_the_model_on_top_of_any_version(version, base, flag):
     results = []
     for settings in (base, {**base, **flag}):
         cfg, _ = resolve_config({"version": version, **settings})
-        kw = model_kwargs(cfg) | {"num_coupling_layers": 2}
-        model = _model(2, **kw)
+        model = _model(2, options=MoLEFlowOptions.from_settings(cfg.flow).applicable(), num_coupling_layers=2)
         _perturb([p for n, p in model.named_parameters() if "w_perm" not in n and "lora_A" not in n])
         scores = model.patch_scores(feats, 1)
         assert torch.isfinite(scores).all()
@@ -287,12 +286,13 @@ def test_versions_v4_and_v41_resolve():
     v4, preset = resolve_config({"version": "v4"})
     assert preset["use_cpcf"] is True and preset["use_spatial_lora"] is True
     assert v4.flow.cpcf_fixed_context is False and v4.flow.adapter == "film"  # inherits v3
-    kw = model_kwargs(v4)
-    assert kw["use_cpcf"] and kw["use_spatial_lora"] and kw["sc_lora_grid_size"] == 4
-    assert kw["cpcf_context_kernel"] == 3 and not kw["cpcf_use_attention"]
+    kw = MoLEFlowOptions.from_settings(v4.flow)
+    assert kw.use_cpcf and kw.use_spatial_lora and kw.sc_lora_grid_size == 4
+    assert kw.cpcf_context_kernel == 3 and not kw.cpcf_use_attention
     v41, preset41 = resolve_config({"version": "v4.1"})
     assert preset41["cpcf_fixed_context"] is True and v41.flow.use_cpcf and v41.flow.use_spatial_lora
-    assert model_kwargs(v41)["cpcf_fixed_context"] and model_kwargs(v41)["cpcf_context_gate"] == 0.3
+    v41_options = MoLEFlowOptions.from_settings(v41.flow)
+    assert v41_options.cpcf_fixed_context and v41_options.cpcf_context_gate == 0.3
     off, _ = resolve_config({"version": "v4.1", "use_spatial_lora": False})  # explicit flags win
     assert off.flow.use_spatial_lora is False and off.flow.cpcf_fixed_context is True
     v3, _ = resolve_config({"version": "v3"})

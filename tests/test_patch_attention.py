@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from helpers import train_steps
 from moleflow.config import resolve_config
-from moleflow.continual.trainer import model_kwargs
+from moleflow.flow.options import MoLEFlowOptions
 from moleflow.errors import MoleflowError
 from moleflow.flow.mole_nf import MoLEFlow
 from moleflow.flow.patch_attention import PatchSelfAttention
@@ -199,7 +199,7 @@ def test_version_v6_enables_patch_attention():
     cfg, preset = resolve_config({"version": "v6"})
     assert cfg.flow.use_patch_attention is True and preset["use_patch_attention"] is True
     assert cfg.flow.adapter == "film" and cfg.flow.task0_mix == 0.1  # inherits v3
-    assert model_kwargs(cfg)["use_patch_attention"] is True
+    assert MoLEFlowOptions.from_settings(cfg.flow).use_patch_attention is True
     v3, _ = resolve_config({"version": "v3"})
     assert v3.flow.use_patch_attention is False
     off, _ = resolve_config({"version": "v6", "use_patch_attention": False})  # explicit flags win

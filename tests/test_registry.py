@@ -112,3 +112,20 @@ def test_the_contract_names_what_a_model_lacks_and_fills_optional_hooks():
 
     with pytest.raises(MoleflowError, match="input_kind='voxels'"):
         model_traits(BadKind)
+
+
+def test_a_registered_per_class_metric_reaches_metrics_json_and_compare(monkeypatch, tiny_bench, tmp_path):
+    """The evaluator computes the per-class metrics through moleflow.metrics: a metric registered by a
+    plugin (here: an entry point added for this test) is in metrics.json and in `moleflow compare`."""
+    from helpers import tiny_config
+    from moleflow.compare import compare_runs
+    from moleflow.continual.trainer import run_training
+
+    _with_entry_point(monkeypatch, "metrics", "top_decile_recall", "helpers:top_decile_recall")
+    cfg = tiny_config(tiny_bench, tmp_path, model="knn", heatmaps=0)
+    run = run_training(cfg, progress=False, log=lambda *_: None)
+    per_class = run.read_json("metrics.json")["final"]["per_class"]
+    for values in per_class.values():
+        assert 0.0 <= values["top_decile_recall"] <= 1.0 and "top_decile_recall_oracle" in values
+        assert {"image_auroc", "aupro", "f1", "f1_threshold"} <= values.keys()  # the built-ins, same keys as before
+    assert "top_decile_recall" in compare_runs([run.path])

@@ -196,9 +196,10 @@ def test_position_std_is_refused_where_it_would_do_nothing():
         train_config("--model", "knn", "--position_std")
     assert train_config("--version", "v8", "--position_std").flow.position_std
     # a preset's value is not a request: v9 without the baseline simply has no z-score to take
-    from moleflow.continual.trainer import model_kwargs
+    from moleflow.flow.options import MoLEFlowOptions
 
-    assert model_kwargs(train_config("--version", "v9", "--no_position_baseline"))["position_std"] is False
+    options = MoLEFlowOptions.from_settings(train_config("--version", "v9", "--no_position_baseline").flow)
+    assert options.position_std and options.applicable().position_std is False
 
 
 # --- --ema_decay: a task ends with the moving average of its parameters ------------------------------

@@ -27,46 +27,14 @@ MATRIX_METRICS = ("image_auroc", "pixel_auroc", "aupro")
 
 
 def build_model(cfg: Config, dim: int, grid: tuple[int, int], overrides: dict[str, Any]) -> torch.nn.Module:
-    """A registered model class with `from_config` builds itself (plugins: their own options come from
-    --model_opt); otherwise it is called with the flow settings (the built-in MoLE-Flow)."""
+    """The registered model, built by its own `from_config` from the run config (the built-in flow as any
+    plugin); `overrides` are the strategy's (e.g. one plain flow for finetune/joint)."""
     factory = registry.get("models", cfg.flow.model)
     from_config = model_traits(factory).from_config
-    if from_config is not None:
-        return from_config(cfg, dim=dim, grid=grid, img_size=parse_img_size(cfg.data.img_size), overrides=overrides)
-    return factory(dim, grid, **{**model_kwargs(cfg), **overrides})
-
-
-def model_kwargs(cfg: Config) -> dict[str, Any]:
-    f = cfg.flow
-    return {
-        "num_coupling_layers": f.num_coupling_layers,
-        "coupling_type": f.coupling_type,
-        "clamp": f.clamp,
-        "subnet_hidden": f.subnet_hidden or None,
-        "lora_rank": f.lora_rank,
-        "lora_alpha": f.lora_alpha,
-        "lora_scaling": f.lora_scaling,
-        "task0_lora": f.task0_lora,
-        "adapter": f.adapter,
-        # a preset's FiLM width means nothing to another adapter (an explicit one is refused in resolve_config)
-        "adapter_hidden": None if f.adapter_hidden < 0 or f.adapter != "film" else f.adapter_hidden,
-        "adapter_first_task": f.adapter_first_task,
-        "task0_mix": f.task0_mix or None,
-        "use_pos_embed": f.use_pos_embed,
-        "position_baseline": f.position_baseline,
-        # a preset's z-score means nothing without the baseline it scales (an explicit one is refused)
-        "position_std": f.position_std and f.position_baseline,
-        "standardize": f.standardize_features,
-        "use_patch_attention": f.use_patch_attention,
-        "use_cpcf": f.use_cpcf,
-        "cpcf_context_kernel": f.cpcf_context_kernel,
-        "cpcf_use_attention": f.cpcf_use_attention,
-        "cpcf_fixed_context": f.cpcf_fixed_context,
-        "cpcf_context_gate": f.cpcf_context_gate,
-        "cpcf_include_center": f.cpcf_include_center,
-        "use_spatial_lora": f.use_spatial_lora,
-        "sc_lora_grid_size": f.sc_lora_grid_size,
-    }
+    if from_config is None:
+        raise MoleflowError(f"model '{cfg.flow.model}' ({factory!r}) has no from_config(cfg, *, dim, grid, img_size, "
+                            "overrides) classmethod; see moleflow/contract.py")
+    return from_config(cfg, dim=dim, grid=grid, img_size=parse_img_size(cfg.data.img_size), overrides=overrides)
 
 
 class ContinualRun:
@@ -179,11 +147,11 @@ def check_components(cfg: Config) -> None:
     """Fail on unknown component names and bad options in seconds, before any image is read or feature
     computed. A model class may check its own options (--model_opt) in an optional `validate_config`."""
     traits = model_traits(registry.get("models", cfg.flow.model))
+    if traits.from_config is None:
+        raise MoleflowError(f"model '{cfg.flow.model}' has no from_config(cfg, *, dim, grid, img_size, overrides) "
+                            "classmethod; see moleflow/contract.py")
     if traits.validate_config is not None:
         traits.validate_config(cfg, img_size=parse_img_size(cfg.data.img_size))
-    elif cfg.flow.model_opt and traits.from_config is None:
-        raise MoleflowError(f"--model_opt {' '.join(cfg.flow.model_opt)}: model '{cfg.flow.model}' takes no "
-                            "--model_opt options; its settings are flags (see `moleflow train --help`)")
     if cfg.train.token_stride < 1:
         raise MoleflowError(f"--token_stride must be >= 1 (1 = every patch), got {cfg.train.token_stride}")
     check_ema_decay(cfg.train.ema_decay)

@@ -12,12 +12,14 @@ uncertainty). They are routed like the score, reported as `pixel_auroc_<name>`, 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from moleflow import registry
 from moleflow.errors import MoleflowError
 from moleflow.evaluation import metrics as M
 from moleflow.evaluation.maps import anomaly_maps, image_scores
@@ -47,6 +49,25 @@ def model_score_maps(model: Any, inputs: torch.Tensor, model_task: int) -> dict[
     return out
 
 
+def per_class_metrics() -> list[tuple[str, Any]]:
+    """Every metric registered in moleflow.metrics that declares `per_class` ("image" or "pixel"; see
+    evaluation/metrics.py), built-in or from a plugin: these fill metrics.json's per-class tables. A plugin
+    metric that fails to import is skipped with a warning naming it; the run goes on."""
+    found = []
+    for name in registry.names("metrics"):
+        try:
+            fn = registry.get("metrics", name)
+        except MoleflowError as exc:
+            warnings.warn(f"per-class metric skipped: {exc}", RuntimeWarning, stacklevel=2)
+            continue
+        kind = getattr(fn, "per_class", None)
+        if kind is not None and kind not in ("image", "pixel"):
+            raise MoleflowError(f"metric '{name}' declares per_class={kind!r}; use 'image' or 'pixel'")
+        if kind is not None:
+            found.append((name, fn))
+    return found
+
+
 @dataclass
 class ScoredSet:
     task_id: int
@@ -72,6 +93,7 @@ class Evaluator:
         self.device = device
         self.batch_size = batch_size
         self._cache: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+        self.class_metrics = per_class_metrics()
 
     @torch.no_grad()
     def expert_scores(self, task_id: int, feats: torch.Tensor, expert: int) -> dict[str, torch.Tensor]:
@@ -126,22 +148,19 @@ class Evaluator:
             if suffix == "" and keep_maps:
                 scored.maps = maps
             maps_np = maps.numpy()
-            f1 = M.f1_max(labels, img)
-            out.update({
-                f"image_auroc{suffix}": M.image_auroc(labels, img),
-                f"image_ap{suffix}": M.image_ap(labels, img),
-                f"pixel_auroc{suffix}": M.pixel_auroc(masks, maps_np),
-                f"pixel_ap{suffix}": M.pixel_ap(masks, maps_np),
-                f"aupro{suffix}": M.aupro(masks, maps_np),
-                f"f1{suffix}": f1["f1"],
-                f"f1_threshold{suffix}": f1["threshold"],
-            })
+            for name, fn in self.class_metrics:
+                value = fn(labels, img) if fn.per_class == "image" else fn(masks, maps_np)
+                if isinstance(value, dict):  # stored under output_names where declared (only those), else name_key
+                    names = getattr(fn, "output_names", None) or {k: f"{name}_{k}" for k in value}
+                    out.update({f"{names[k]}{suffix}": v for k, v in value.items() if k in names})
+                else:
+                    out[f"{name}{suffix}"] = value
         for name, patch in scored.extras.items():
             extra = anomaly_maps(patch, self.img_size, self.cfg.blur_sigma)
             if keep_maps:
                 scored.extra_maps[name] = extra
             out[f"pixel_auroc_{name}"] = M.pixel_auroc(masks, extra.numpy())
         if routed_ok:  # identical scores: the oracle numbers are the routed numbers
-            for name in ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro", "f1"):
+            for name in [k for k in out if k != "routing_accuracy" and not k.startswith("pixel_auroc_")]:
                 out[f"{name}_oracle"] = out[name]
         return out

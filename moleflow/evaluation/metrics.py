@@ -331,3 +331,16 @@ def confusion_matrix(true_tasks: Any, pred_tasks: Any, num_tasks: int) -> np.nda
                                 f"0..{num_tasks - 1}; pass the total number of tasks as num_tasks")
     counts = np.bincount(true * num_tasks + pred, minlength=num_tasks * num_tasks)
     return counts.reshape(num_tasks, num_tasks).astype(np.int64)
+
+
+# ----- which registered metrics the evaluator computes per class (moleflow.metrics; a plugin metric too) -----
+# `per_class = "image"`: called as fn(labels, image_scores); `"pixel"`: fn(masks, anomaly_maps). A float result
+# is stored under the metric's registered name, a dict under `output_names` (only the keys named there; without
+# it, every key as "<name>_<key>"). F1-max keeps its two historical keys (f1, f1_threshold), as before.
+image_auroc.per_class = "image"  # type: ignore[attr-defined]
+image_ap.per_class = "image"  # type: ignore[attr-defined]
+f1_max.per_class = "image"  # type: ignore[attr-defined]
+f1_max.output_names = {"f1": "f1", "threshold": "f1_threshold"}  # type: ignore[attr-defined]
+pixel_auroc.per_class = "pixel"  # type: ignore[attr-defined]
+pixel_ap.per_class = "pixel"  # type: ignore[attr-defined]
+aupro.per_class = "pixel"  # type: ignore[attr-defined]

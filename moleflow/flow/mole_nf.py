@@ -18,8 +18,9 @@ context=flow_context(x')), v4 SC-LoRA (spatial_lora.py), v8 position baseline of
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +32,7 @@ from moleflow.flow.blocks import COUPLING_TYPES, build_coupling_flow
 from moleflow.flow.cpcf import make_context
 from moleflow.flow.fused_coupling import fusable, fused_flow
 from moleflow.flow.lora import LoRALinear, lora_scale
+from moleflow.flow.options import MoLEFlowOptions
 from moleflow.flow.patch_attention import PatchSelfAttention
 from moleflow.flow.score_baseline import PositionBaseline
 from moleflow.flow.spatial_lora import CornerGroups, SpatialLoRALinear, bilinear_corners
@@ -41,51 +43,51 @@ from moleflow.flow.task_state import TaskStateMixin
 class MoLEFlow(TaskStateMixin, nn.Module):
     """Shared flow + per-task LoRA experts and adapters; see the module docstring for ownership rules.
 
-    subnet_hidden=None uses 2*dim hidden units (the usual CFlow/MSFlow choice). coupling_type "glow" is
-    FrEIA's GLOWCouplingBlock (two affine couplings per block, no permutation, no global affine).
-    adapter="none" creates no adapter modules; otherwise task 0's adapter output is mixed as
-    (1 - task0_mix) * x + task0_mix * adapter(x) when task0_mix is not None. experts=False builds a
-    plain flow (no LoRA banks) for the fine-tune/joint strategies: then the base is trained by every
-    task and is never frozen by end_task; only the adapters are per task.
+    Built from `MoLEFlowOptions` (flow/options.py, the one declaration of its settings): `options` with
+    `changes` (option fields by their flag names) applied. subnet_hidden 0 uses 2*dim hidden units (the usual
+    CFlow/MSFlow choice); coupling_type "glow" is FrEIA's GLOWCouplingBlock (two affine couplings per block,
+    no permutation, no global affine); adapter "none" creates no adapter modules, otherwise task 0's adapter
+    output is mixed as (1 - task0_mix) * x + task0_mix * adapter(x) unless task0_mix is 0 / None.
+    Not options but how a strategy or a test uses the flow: experts=False builds a plain flow (no LoRA banks)
+    for the fine-tune/joint strategies, whose base is trained by every task and never frozen by end_task
+    (only the adapters are per task); fused=False computes the forward pass through FrEIA (fused_coupling.py).
     """
 
     #: the flow reads every flow and training-loop setting (inert_settings.py refuses them for models that don't)
     reads_settings = "all"
 
-    def __init__(
-        self,
-        dim: int,
-        grid: tuple[int, int],
-        *,
-        num_coupling_layers: int = 8,
-        coupling_type: str = "allinone",
-        clamp: float = 2.0,
-        subnet_hidden: int | None = None,
-        lora_rank: int = 8,
-        lora_alpha: float = 16.0,
-        lora_scaling: str = "alpha_over_rank",
-        task0_lora: bool = True,
-        adapter: str = "film",
-        adapter_hidden: int | None = None,
-        adapter_first_task: bool = True,
-        task0_mix: float | None = 0.1,
-        use_pos_embed: bool = True,
-        experts: bool = True,
-        standardize: bool = True,
-        use_patch_attention: bool = False,
-        use_cpcf: bool = False,
-        cpcf_context_kernel: int = 3,
-        cpcf_use_attention: bool = False,
-        cpcf_fixed_context: bool = False,
-        cpcf_context_gate: float = 0.3,
-        cpcf_include_center: bool = False,
-        use_spatial_lora: bool = False,
-        sc_lora_grid_size: int = 4,
-        position_baseline: bool = False,
-        position_std: bool = False,
-        fused: bool = True,
-    ) -> None:
+    @classmethod
+    def from_config(cls, cfg: Any, *, dim: int, grid: tuple[int, int], img_size: Any = None,
+                    overrides: dict[str, Any] | None = None) -> "MoLEFlow":
+        """The flow of a run: its `cfg.flow` options (preset values that cannot apply switched off) and the
+        strategy's `overrides` (e.g. experts=False, adapter="none" for one plain flow)."""
+        overrides = dict(overrides or {})
+        switches = {k: overrides.pop(k) for k in ("experts", "fused") if k in overrides}
+        return cls(dim, grid, MoLEFlowOptions.from_settings(cfg.flow).applicable(), **switches, **overrides)
+
+    @classmethod
+    def validate_config(cls, cfg: Any, *, img_size: Any = None) -> None:
+        if cfg.flow.model_opt:
+            raise MoleflowError(f"--model_opt {' '.join(cfg.flow.model_opt)}: model 'moleflow' takes no --model_opt "
+                                "options; its settings are flags (see `moleflow train --help`)")
+
+    def __init__(self, dim: int, grid: tuple[int, int], options: MoLEFlowOptions | None = None, *,
+                 experts: bool = True, fused: bool = True, **changes: Any) -> None:
         super().__init__()
+        try:
+            o = dataclasses.replace(options or MoLEFlowOptions(), **changes)
+        except TypeError as exc:  # an unknown option name
+            raise MoleflowError(f"MoLEFlow: {exc}; the options are the fields of MoLEFlowOptions") from None
+        self.options = o
+        num_coupling_layers, coupling_type, clamp = o.num_coupling_layers, o.coupling_type, o.clamp
+        lora_rank, lora_alpha, lora_scaling, task0_lora = o.lora_rank, o.lora_alpha, o.lora_scaling, o.task0_lora
+        adapter, adapter_first_task, use_pos_embed = o.adapter, o.adapter_first_task, o.use_pos_embed
+        adapter_hidden = None if o.adapter_hidden is None or o.adapter_hidden < 0 else o.adapter_hidden
+        task0_mix = o.task0_mix or None
+        subnet_hidden = o.subnet_hidden or None
+        standardize, use_patch_attention, use_cpcf = o.standardize_features, o.use_patch_attention, o.use_cpcf
+        use_spatial_lora, sc_lora_grid_size = o.use_spatial_lora, o.sc_lora_grid_size
+        position_baseline, position_std = o.position_baseline, o.position_std
         if dim < 2:
             raise MoleflowError(f"flow dim must be >= 2 (coupling splits channels in two), got {dim}")
         if num_coupling_layers < 1:
@@ -133,9 +135,9 @@ class MoLEFlow(TaskStateMixin, nn.Module):
         self.patch_attention = PatchSelfAttention(dim) if use_patch_attention else None
         self.context = None
         if use_cpcf:
-            self.context = make_context(dim, kernel=cpcf_context_kernel, use_attention=cpcf_use_attention,
-                                        fixed=cpcf_fixed_context, gate=cpcf_context_gate,
-                                        include_center=cpcf_include_center)
+            self.context = make_context(dim, kernel=o.cpcf_context_kernel, use_attention=o.cpcf_use_attention,
+                                        fixed=o.cpcf_fixed_context, gate=o.cpcf_context_gate,
+                                        include_center=o.cpcf_include_center)
         self._spatial_layers = [m for m in self._lora_layers if isinstance(m, SpatialLoRALinear)]
         # Bilinear corners of every patch position: deterministic from (grid, G), so never saved.
         corners = bilinear_corners(h, w, sc_lora_grid_size) if use_spatial_lora else (None, None)

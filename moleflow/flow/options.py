@@ -6,7 +6,7 @@ config.py puts these fields in the settings tree beside `--model` and `--model_o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from moleflow.setting import setting as _opt
@@ -48,6 +48,14 @@ class MoLEFlowOptions:
     use_spatial_lora: bool = _opt(False, "v4: SC-LoRA, each expert is a G x G grid of LoRA pairs blended "
                                          "bilinearly by patch position")
     sc_lora_grid_size: int = _opt(4, "v4: G, the SC-LoRA grid size (G*G LoRA pairs per layer and task)")
+
+    def applicable(self) -> "MoLEFlowOptions":
+        """These options with the values that cannot apply switched off: a version preset sets them for the
+        case they serve (v9's z-score for its position baseline, v8's FiLM width for a FiLM adapter), and
+        a run that turns that case off simply does not use them. (An explicit flag that would change nothing
+        is refused before this: inert_settings.py.)"""
+        return replace(self, position_std=self.position_std and self.position_baseline,
+                       adapter_hidden=self.adapter_hidden if self.adapter == "film" else -1)
 
     @classmethod
     def from_settings(cls, flow_settings: Any) -> "MoLEFlowOptions":
