@@ -12,7 +12,7 @@ from moleflow.config import resolve_config
 from moleflow.flow.options import MoLEFlowOptions
 from moleflow.errors import MoleflowError
 from moleflow.flow.cpcf import FixedContext, LearnedContext, NeighbourhoodAttention
-from moleflow.flow.lora import LoRALinear
+from moleflow.flow.lora import LoRALinear, active_expert
 from moleflow.flow.mole_nf import MoLEFlow
 from moleflow.flow.spatial_lora import CornerGroups, SpatialLoRALinear, bilinear_corners
 
@@ -51,26 +51,31 @@ def _spatial_layer(seed: int = 0) -> SpatialLoRALinear:
     layer = SpatialLoRALinear(6, 5, rank=2, alpha=4.0, grid_size=G)
     layer.add_expert(0)
     _perturb(layer.lora_B.values(), scale=0.5)
-    layer.active_task = 0
     return layer
 
 
-def _plain_copy(layer: SpatialLoRALinear, grid_point: int) -> LoRALinear:
+def _plain_copy(layer: SpatialLoRALinear, grid_point: int):
+    """A plain LoRA layer holding one grid point's expert, as a function run with task 0's expert."""
     plain = LoRALinear(6, 5, rank=2, alpha=4.0)
     plain.base.load_state_dict(layer.base.state_dict())
     plain.add_expert(0)
     with torch.no_grad():
         plain.lora_A["0"].copy_(layer.lora_A["0"][grid_point])
         plain.lora_B["0"].copy_(layer.lora_B["0"][grid_point])
-    plain.active_task = 0
-    return plain
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with active_expert(0):
+            return plain(x)
+
+    return run
 
 
 def _run_on_grid(layer: SpatialLoRALinear, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """x (images, h*w, in) -> layer output with each row at its patch position."""
     idx, w = bilinear_corners(*grid, layer.grid_size)
-    layer.corner_groups = CornerGroups.from_rows(idx.repeat(x.shape[0], 1), w.float().repeat(x.shape[0], 1))
-    return layer(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:2], -1)
+    groups = CornerGroups.from_rows(idx.repeat(x.shape[0], 1), w.float().repeat(x.shape[0], 1))
+    with active_expert(0, groups):
+        return layer(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:2], -1)
 
 
 # ----- SC-LoRA layer --------------------------------------------------------------------------------
@@ -103,7 +108,6 @@ def test_zero_b_is_exactly_the_base_layer():
     torch.manual_seed(0)
     layer = SpatialLoRALinear(6, 5, rank=2, alpha=4.0, grid_size=G)
     layer.add_expert(0)
-    layer.active_task = 0
     x = torch.randn(3, 49, 6)
     assert torch.equal(_run_on_grid(layer, x, GRID).reshape(-1, 5), layer.base(x.reshape(-1, 6)))
     _perturb(layer.lora_B.values())

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from moleflow.errors import MoleflowError
-from moleflow.flow.lora import LoRALinear
+from moleflow.flow.lora import LoRALinear, active_expert
 from moleflow.flow.subnet import make_subnet_constructor
 
 
@@ -18,9 +18,9 @@ def test_new_expert_with_zero_B_equals_base_exactly():
     layer = _layer()
     layer.add_expert(0)
     x = torch.randn(10, 6)
-    layer.active_task = 0
     assert torch.count_nonzero(layer.lora_A["0"]) > 0  # A is random, only B is zero
-    assert torch.equal(layer(x), layer.base(x))
+    with active_expert(0):
+        assert torch.equal(layer(x), layer.base(x))
 
 
 def test_no_active_task_or_missing_expert_uses_base_only():
@@ -31,10 +31,14 @@ def test_no_active_task_or_missing_expert_uses_base_only():
         layer.lora_B["1"].normal_()
     x = torch.randn(10, 6)
     for task in (None, 0, 7):
-        layer.active_task = task
-        assert torch.equal(layer(x), layer.base(x))
-    layer.active_task = 1
-    assert not torch.allclose(layer(x), layer.base(x))
+        with active_expert(task):
+            assert torch.equal(layer(x), layer.base(x))
+    assert torch.equal(layer(x), layer.base(x))  # outside any block: the base alone
+    with active_expert(1):
+        assert not torch.allclose(layer(x), layer.base(x))
+        with active_expert(None):  # re-entrant: an inner block wins, the outer one is back after it
+            assert torch.equal(layer(x), layer.base(x))
+        assert not torch.allclose(layer(x), layer.base(x))
 
 
 def test_forward_matches_lora_formula():
@@ -43,11 +47,11 @@ def test_forward_matches_lora_formula():
     layer.add_expert(2)
     with torch.no_grad():
         layer.lora_B["2"].normal_()
-    layer.active_task = 2
     x = torch.randn(7, 6)
     a, b = layer.lora_A["2"], layer.lora_B["2"]
     expected = x @ layer.base.weight.T + layer.base.bias + (6.0 / 3) * (x @ a.T @ b.T)
-    torch.testing.assert_close(layer(x), expected)
+    with active_expert(2):
+        torch.testing.assert_close(layer(x), expected)
 
 
 def test_scaling_variants_give_exact_ratio_of_delta():
@@ -58,14 +62,14 @@ def test_scaling_variants_give_exact_ratio_of_delta():
         layer.add_expert(0)
         nn.init.zeros_(layer.base.weight)  # output == the LoRA delta alone
         nn.init.zeros_(layer.base.bias)
-        layer.active_task = 0
     with torch.no_grad():
         b = torch.randn(5, 4)
         full.lora_B["0"].copy_(b)
         half.lora_B["0"].copy_(b)
         half.lora_A["0"].copy_(full.lora_A["0"])
     x = torch.randn(9, 6)
-    delta_full, delta_half = full(x), half(x)
+    with active_expert(0):
+        delta_full, delta_half = full(x), half(x)
     assert torch.count_nonzero(delta_half) > 0
     assert torch.equal(delta_full, 2 * delta_half)
 
@@ -79,15 +83,16 @@ def test_experts_of_different_tasks_are_independent():
         layer.lora_B["0"].normal_()
         layer.lora_B["1"].normal_()
     x = torch.randn(8, 6)
-    layer.active_task = 0
-    out0 = layer(x)
+    with active_expert(0):
+        out0 = layer(x)
     with torch.no_grad():  # changing expert 1 must not affect task 0
         layer.lora_A["1"].mul_(3.0)
         layer.lora_B["1"].add_(1.0)
-    assert torch.equal(layer(x), out0)
-
-    layer.active_task = 1
-    layer(x).sum().backward()
+    with active_expert(0):
+        assert torch.equal(layer(x), out0)
+    with active_expert(1):
+        out1 = layer(x)
+    out1.sum().backward()  # backward outside the block: the graph recorded the expert
     assert layer.lora_A["0"].grad is None and layer.lora_B["0"].grad is None
     assert layer.lora_A["1"].grad is not None and torch.count_nonzero(layer.lora_B["1"].grad) > 0
     assert set(map(id, layer.expert_parameters(1))) == {id(layer.lora_A["1"]), id(layer.lora_B["1"])}

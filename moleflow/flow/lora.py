@@ -3,11 +3,21 @@
 The base weight is shared by every task; each task adds its own pair (A, B) so that the layer computes
 `base(x) + scale * B A x` for the task that is active. B starts at zero, so a new expert starts as an
 exact no-op and the base keeps scoring earlier tasks unchanged.
+
+Which task is active: FrEIA calls a coupling's subnet as `subnet(x)`, so the task cannot be an argument.
+It is set for the duration of a pass with `with active_expert(task):` (a `contextvars.ContextVar`:
+re-entrant, restored on exit even on error, separate per thread), never parked on the layers. Outside any
+such block a layer computes its base alone.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +26,29 @@ from torch import Tensor, nn
 from moleflow.errors import MoleflowError
 
 SCALINGS = ("alpha_over_rank", "alpha_over_2rank")
+
+
+@dataclass(frozen=True)
+class ActiveExpert:
+    task: int | None
+    corner_groups: Any = None  # SC-LoRA: which grid points and weights each row uses (spatial_lora.py)
+
+
+_ACTIVE: ContextVar[ActiveExpert | None] = ContextVar("moleflow_active_expert", default=None)
+
+
+@contextmanager
+def active_expert(task: int | None, corner_groups: Any = None) -> Iterator[None]:
+    """LoRA layers run with task `task`'s expert inside the block (None: the base alone)."""
+    token = _ACTIVE.set(ActiveExpert(task, corner_groups))
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+def current_expert() -> ActiveExpert:
+    return _ACTIVE.get() or ActiveExpert(None)
 
 
 def lora_scale(alpha: float, rank: int, scaling: str) -> float:
@@ -28,11 +61,8 @@ def lora_scale(alpha: float, rank: int, scaling: str) -> float:
 
 
 class LoRALinear(nn.Module):
-    """nn.Linear plus experts keyed by str(task_id); `active_task` picks the expert used by forward.
-
-    `active_task` is set by the owning flow right before it runs (FrEIA calls subnets as `subnet(x)`
-    only). None, or a task without an expert, means the base layer alone.
-    """
+    """nn.Linear plus experts keyed by str(task_id); the active task (`active_expert`, module docstring)
+    picks the expert used by forward. None, or a task without an expert, means the base layer alone."""
 
     def __init__(
         self,
@@ -55,7 +85,6 @@ class LoRALinear(nn.Module):
         self.base = nn.Linear(in_features, out_features)
         self.lora_A = nn.ParameterDict()
         self.lora_B = nn.ParameterDict()
-        self.active_task: int | None = None
 
     def has_expert(self, task_id: int) -> bool:
         return str(task_id) in self.lora_A
@@ -80,7 +109,7 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.base(x)
-        task = self.active_task
+        task = current_expert().task
         if task is None or str(task) not in self.lora_A:
             return out
         a = self.lora_A[str(task)]

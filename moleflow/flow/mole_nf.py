@@ -31,7 +31,7 @@ from moleflow.flow.adapters import make_adapter
 from moleflow.flow.blocks import COUPLING_TYPES, build_coupling_flow
 from moleflow.flow.cpcf import make_context
 from moleflow.flow.fused_coupling import fusable, fused_flow
-from moleflow.flow.lora import LoRALinear, lora_scale
+from moleflow.flow.lora import LoRALinear, active_expert, lora_scale
 from moleflow.flow.options import MoLEFlowOptions
 from moleflow.flow.patch_attention import PatchSelfAttention
 from moleflow.flow.score_baseline import PositionBaseline
@@ -242,17 +242,8 @@ class MoLEFlow(TaskStateMixin, nn.Module):
                 raise MoleflowError(f"SC-LoRA needs whole {h}x{w} patch grids per image; got {num_rows} rows")
             groups = CornerGroups.from_rows(self.sc_corner_idx.repeat(images, 1),
                                             self.sc_corner_weights.repeat(images, 1))
-        for layer in self._lora_layers:
-            layer.active_task = task_id
-        for layer in self._spatial_layers:
-            layer.corner_groups = groups
-        try:
+        with active_expert(task_id, groups):
             yield
-        finally:
-            for layer in self._lora_layers:
-                layer.active_task = None
-            for layer in self._spatial_layers:
-                layer.corner_groups = None
 
     @property
     def supports_subgrid(self) -> bool:

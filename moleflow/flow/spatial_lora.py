@@ -12,8 +12,8 @@ A patch exactly on a grid point uses that point's (A, B) alone. A and B are not 
 
 Efficiency: rows are grouped by their 4 corners (every patch of one grid cell shares them), so the whole
 layer is two batched matmuls over (cells, rows per cell, 4*rank): 4x a plain LoRA's cost whatever G is,
-and no per-row matrix is ever built. The owning flow sets `corner_groups` right before it runs, exactly
-as it sets `active_task`.
+and no per-row matrix is ever built. The owning flow passes the rows' `corner_groups` with the active task
+(`with active_expert(task, corner_groups)`, lora.py).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from moleflow.errors import MoleflowError
-from moleflow.flow.lora import LoRALinear
+from moleflow.flow.lora import LoRALinear, current_expert
 
 
 def bilinear_corners(h: int, w: int, grid_size: int) -> tuple[Tensor, Tensor]:
@@ -97,7 +97,6 @@ class SpatialLoRALinear(LoRALinear):
         if grid_size < 1:
             raise MoleflowError(f"sc_lora_grid_size must be >= 1, got {grid_size}")
         self.grid_size = grid_size
-        self.corner_groups: CornerGroups | None = None
 
     def add_expert(self, task_id: int) -> None:
         key = str(task_id)
@@ -114,10 +113,11 @@ class SpatialLoRALinear(LoRALinear):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.base(x)
-        task = self.active_task
+        active = current_expert()
+        task = active.task
         if task is None or str(task) not in self.lora_A:
             return out
-        groups = self.corner_groups
+        groups = active.corner_groups
         if groups is None or groups.scatter.shape[0] != x.shape[0]:
             raise MoleflowError("SpatialLoRALinear needs corner_groups for these rows; run it through MoLEFlow")
         num_groups, slots, _ = groups.weights.shape
