@@ -134,7 +134,9 @@ def build_parser(model_flags: bool = True) -> argparse.ArgumentParser:
                     "a LoRA expert + input adapter + router prototype per task.",
         epilog=EPILOG,
     )
-    parser.add_argument("--version", action="version", version=f"moleflow {__version__}")
+    parser.add_argument("--version", action="version", version=f"moleflow {__version__}",
+                        help="print the moleflow package's version and exit (the method's version preset is "
+                             "`moleflow train --version vN`)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Callable, help: str) -> argparse.ArgumentParser:
