@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from moleflow.flow.mole_nf import MoLEFlow
+from moleflow.flow.model import MoLEFlow
 
 
 def ms_per_step(fused: bool, task: int, steps: int) -> float:

@@ -44,7 +44,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if given:
             raise MoleflowError(f"--resume takes every setting from the run folder; drop: "
                                 f"{' '.join('--' + k for k in given)}")
-        from moleflow.runs import RunFolder
+        from moleflow.run_folder import RunFolder
 
         cfg = Config.from_dict(RunFolder.open(args.resume).read_json("config.json"))
     else:
@@ -81,7 +81,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     text = compare_runs(args.runs, markdown=args.markdown, first_vs_last=args.first_vs_last)
     if args.out:
-        from moleflow.runs import atomic_write_text
+        from moleflow.run_folder import atomic_write_text
 
         atomic_write_text(args.out, text + "\n")
     print(text)

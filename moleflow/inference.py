@@ -19,7 +19,8 @@ from moleflow.errors import MoleflowError
 from moleflow.evaluation.evaluator import model_score_maps
 from moleflow.evaluation.maps import anomaly_maps, image_scores
 from moleflow.evaluation.visualize import overlay_png
-from moleflow.runs import RunFolder, TBLogger, atomic_write_bytes, atomic_write_text
+from moleflow.run_folder import RunFolder, atomic_write_bytes, atomic_write_text
+from moleflow.run_log import TBLogger
 
 
 def _open_finished(run_dir: str | Path) -> tuple[RunFolder, Config]:

@@ -4,8 +4,8 @@ Layout: `<runs_dir>/<experiment>/<version>/<YYYYmmdd-HHMMSS>-<shortid6>/` holdin
 metrics.json, results.csv, per_image.jsonl, heatmaps/<class>/, checkpoints/<name>.safetensors and the
 TensorBoard event files. Every file is written to a hidden temp file in the same directory and then
 renamed over the target, so a run killed at any moment leaves either the old file or the new one.
-Import from `moleflow.runs`, which re-exports this module beside the environment record and the
-TensorBoard logger; the comparison tables built from these folders live in `moleflow.compare`.
+The environment record and the TensorBoard logger are `moleflow.run_log`; the comparison tables built from
+these folders live in `moleflow.compare`.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from moleflow.errors import MoleflowError
 from moleflow.features.positional import sinusoidal_2d
 from moleflow.flow.adapters import FiLMAdapter, IdentityAdapter, InstanceNormAdapter, make_adapter
-from moleflow.flow.mole_nf import MoLEFlow
+from moleflow.flow.model import MoLEFlow
 
 DIM = 32
 

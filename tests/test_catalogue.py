@@ -16,7 +16,7 @@ from moleflow import registry
 from moleflow.errors import MoleflowError
 from moleflow.evaluation.detection import detection_from_decisions, detection_from_logits, pixel_statistics
 from moleflow.evaluation.metrics import MetricUndefinedWarning
-from moleflow.flow.mole_nf import MoLEFlow
+from moleflow.flow.model import MoLEFlow
 from moleflow.losses.compose import CompositeLoss
 
 LOSSES = ("bce", "deep_svdd_soft_boundary", "orthogonality", "iou", "distinctness",

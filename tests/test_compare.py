@@ -7,7 +7,7 @@ import pytest
 
 from moleflow.compare import compare_runs
 from moleflow.errors import MoleflowError
-from moleflow.runs import RunFolder
+from moleflow.run_folder import RunFolder
 
 CLASSES = ["leather", "grid", "transistor"]
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from moleflow.errors import MoleflowError
-from moleflow.evaluation.continual import accuracy_matrix, bwt, continual_summary, forgetting_measure
+from moleflow.evaluation.continual_metrics import accuracy_matrix, bwt, continual_summary, forgetting_measure
 from moleflow.evaluation.metrics import MetricUndefinedWarning
 
 NAN = float("nan")

@@ -13,7 +13,7 @@ from moleflow.flow.options import MoLEFlowOptions
 from moleflow.errors import MoleflowError
 from moleflow.flow.cpcf import FixedContext, LearnedContext, NeighbourhoodAttention
 from moleflow.flow.lora import LoRALinear, active_expert
-from moleflow.flow.mole_nf import MoLEFlow
+from moleflow.flow.model import MoLEFlow
 from moleflow.flow.spatial_lora import CornerGroups, SpatialLoRALinear, bilinear_corners
 
 DIM, GRID, G = 16, (7, 7), 4  # on a 7x7 patch grid, patches 0, 2, 4, 6 sit exactly on the 4x4 LoRA grid

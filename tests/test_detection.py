@@ -8,7 +8,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from moleflow.continual.fit import FitSettings, fit_task
-from moleflow.flow.mole_nf import MoLEFlow
+from moleflow.flow.model import MoLEFlow
 from moleflow.losses.compose import CompositeLoss
 
 D, H, W = 16, 4, 4

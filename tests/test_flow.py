@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 from helpers import train_steps
 from moleflow.errors import MoleflowError
 from moleflow.features.positional import sinusoidal_2d
-from moleflow.flow.mole_nf import MoLEFlow
+from moleflow.flow.model import MoLEFlow
 
 DIM, GRID = 32, (4, 4)
 V1 = dict(adapter="instancenorm", adapter_first_task=False, task0_lora=False, lora_scaling="alpha_over_2rank")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moleflow.flow.mole_nf import MoLEFlow
+from moleflow.flow.model import MoLEFlow
 
 DIM, GRID = 12, (4, 4)
 

@@ -153,7 +153,7 @@ def test_conflicting_switches_are_clear_errors(settings, message):
 
 
 def test_flags_change_the_loss_of_a_real_forward():
-    from moleflow.flow.mole_nf import MoLEFlow
+    from moleflow.flow.model import MoLEFlow
 
     torch.manual_seed(0)
     model = MoLEFlow(dim=8, grid=(2, 2), num_coupling_layers=2)

@@ -1,6 +1,6 @@
 """Packaging: every third-party module moleflow's own code imports is a declared dependency, so a plain
 `pip install moleflow` (plus any plugin) runs. scikit-image was once only a test extra while
-data/anomalies.py imported it at run time."""
+data/training_defects.py imported it at run time."""
 
 from __future__ import annotations
 

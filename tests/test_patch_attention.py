@@ -12,7 +12,7 @@ from helpers import train_steps
 from moleflow.config import resolve_config
 from moleflow.flow.options import MoLEFlowOptions
 from moleflow.errors import MoleflowError
-from moleflow.flow.mole_nf import MoLEFlow
+from moleflow.flow.model import MoLEFlow
 from moleflow.flow.patch_attention import PatchSelfAttention
 
 DIM, GRID = 16, (3, 4)

@@ -18,15 +18,8 @@ import torch
 
 from moleflow import run_folder
 from moleflow.errors import MoleflowError
-from moleflow.runs import (
-    RunFolder,
-    TBLogger,
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-    collect_env,
-    git_state,
-)
+from moleflow.run_folder import RunFolder, atomic_write_bytes, atomic_write_json, atomic_write_text
+from moleflow.run_log import TBLogger, collect_env, git_state
 
 RUN_NAME = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
 

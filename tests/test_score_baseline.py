@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from moleflow.errors import MoleflowError
-from moleflow.flow.mole_nf import MoLEFlow
+from moleflow.flow.model import MoLEFlow
 from moleflow.flow.score_baseline import PositionBaseline
 
 DIM, GRID = 8, (4, 4)

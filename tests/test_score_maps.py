@@ -93,7 +93,7 @@ def test_saved_extra_maps_and_overlays_in_the_report(tmp_path):
     """write_final_report puts extras in maps/<class>.npz and heatmaps/<class>/<name>/ (via the Students
     plugin this runs end to end in plugins/moleflow-students/tests; here the report alone)."""
     from moleflow.evaluation.report import write_final_report
-    from moleflow.runs import RunFolder
+    from moleflow.run_folder import RunFolder
 
     fs = _test_set()
     fs.paths = [f"/d/grid/test/{'good' if i < 3 else 'cut'}/{i:03d}.png" for i in range(6)]

@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 from helpers import tiny_config
 from moleflow.continual.trainer import ContinualRun, run_training
-from moleflow.runs import RunFolder
+from moleflow.run_folder import RunFolder
 
 
 @pytest.fixture(scope="session")

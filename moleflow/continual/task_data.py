@@ -13,7 +13,6 @@ import torch
 from moleflow import registry
 from moleflow.contract import model_traits
 from moleflow.data.dataset import AnomalyDataset, load_split, parse_img_size
-from moleflow.errors import MoleflowError
 from moleflow.features.cache import FeatureSet, extract_features
 
 

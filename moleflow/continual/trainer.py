@@ -21,7 +21,8 @@ from moleflow.evaluation.evaluator import Evaluator
 from moleflow.inert_settings import settings_read_by
 from moleflow.rng import seeded_rng
 from moleflow.losses.compose import CompositeLoss, loss_terms
-from moleflow.runs import RunFolder, TBLogger, collect_env
+from moleflow.run_folder import RunFolder
+from moleflow.run_log import TBLogger, collect_env
 
 MATRIX_METRICS = ("image_auroc", "pixel_auroc", "aupro")
 

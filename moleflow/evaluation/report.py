@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from moleflow.evaluation import metrics as M
-from moleflow.evaluation.continual import accuracy_matrix, continual_summary
+from moleflow.evaluation.continual_metrics import accuracy_matrix, continual_summary
 from moleflow.evaluation.visualize import overlay_png
 
 SUMMARY_KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "f1", "routing_accuracy",

@@ -9,7 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from moleflow.data.anomalies import AnomalySynthesizer
+from moleflow.data.training_defects import AnomalySynthesizer
 
 from moleflow_ae.options import AEOptions
 

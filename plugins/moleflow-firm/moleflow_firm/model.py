@@ -1,6 +1,6 @@
 """`firm`: a contrastive patch model. Per task, a projection head (MLP D -> hidden -> d_proj, L2-normalised)
 is trained with the FIRM loss on frozen backbone patch features, with patches of synthetic defects
-(moleflow.data.anomalies) as outliers; patches are then scored by kNN or Mahalanobis distance to a
+(moleflow.data.training_defects) as outliers; patches are then scored by kNN or Mahalanobis distance to a
 memory of the task's normal embeddings.
 
 Why input_kind "images": the outliers are defects painted on training *images*, so the model needs

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from moleflow.data.anomalies import METHODS
+from moleflow.data.training_defects import METHODS
 from moleflow.config import check_option_names
 from moleflow.errors import MoleflowError
 
@@ -26,7 +26,7 @@ class FIRMOptions:
     batch_patches: int = 128  # normal patches per step (as many outlier patches are drawn next to them)
     synth_per_image: int = 2  # synthetic-defect copies of each training image (drawn once per task)
     outlier_frac: float = 0.25  # a patch is an outlier when this fraction of its cell is defect
-    anomalies: tuple = ("masking", "noise", "cutpaste", "perlin")  # moleflow.data.anomalies methods
+    anomalies: tuple = ("masking", "noise", "cutpaste", "perlin")  # moleflow.data.training_defects methods
     view_noise: float = 0.1  # std of the Gaussian noise of a view, in units of the task's feature std
     view_dropout: float = 0.1  # probability of zeroing a (standardised) feature channel in a view
 

@@ -5,7 +5,7 @@ Design (the simplest one that is correct on features):
 * normal patches (label 0) come only from the clean training images: patches of a defect image
   outside the mask still see the defect through the backbone's receptive field, so they are not
   clean negatives of it;
-* each training image gets `synth_per_image` defect copies from moleflow.data.anomalies, drawn once
+* each training image gets `synth_per_image` defect copies from moleflow.data.training_defects, drawn once
   per task (a backbone pass per copy; redrawing every epoch would multiply the backbone cost);
 * a patch of a copy is an outlier (label -1) when at least `outlier_frac` of its grid cell is inside
   the defect mask; every copy also contributes its most-covered cell, so small defects still count;
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from moleflow.data.anomalies import AnomalySynthesizer
+from moleflow.data.training_defects import AnomalySynthesizer
 
 Extract = Callable[[torch.Tensor], torch.Tensor]  # images (B,3,H,W) -> patch features (B,h,w,D)
 

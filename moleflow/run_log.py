@@ -1,4 +1,5 @@
-"""Run-folder writer/reader (see `moleflow.run_folder`), the environment record and the TensorBoard logger.
+"""What a run records besides its files (those are `moleflow.run_folder`): the environment record (env.json:
+versions, git state, machine) and the TensorBoard logger.
 
 TensorBoard event files go wherever TBLogger is pointed; the trainer uses `<run>/tb/`, so
 `tensorboard --logdir runs/` lists every run (HPARAMS tab: each run's config beside its final metrics).
@@ -18,15 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from moleflow.run_folder import (  # noqa: F401 - re-exported: this module is the public entry point
-    CONFIG_FILE,
-    RunFolder,
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-    json_text,
-    to_jsonable,
-)
+from moleflow.run_folder import to_jsonable
+
 
 
 # ----------------------------------------------------------------------------------------- environment

@@ -10,7 +10,7 @@ import pytest
 import torch
 from skimage import data, transform
 
-from moleflow.data import anomalies as A
+from moleflow.data import training_defects as A
 from moleflow.errors import MoleflowError
 
 
