@@ -123,7 +123,9 @@ class MahalanobisRouter(PrototypeRouter):
     def _fit(self, x: Tensor) -> dict[str, Tensor]:
         lw = LedoitWolf(assume_centered=False).fit(x.numpy())
         cov = lw.covariance_
-        # only bites when every sample is identical (zero covariance): keeps the inverse finite
+        # Not lw.precision_ (a pseudo-inverse): when every sample of a task is identical the covariance is 0
+        # and its pseudo-inverse is 0 too, so that task would sit at distance 0 from every image and take
+        # them all. The floor below only bites then, and keeps the task's precision large and finite.
         floor = max(1e-6 * float(np.trace(cov)) / cov.shape[0], 1e-12)
         precision = np.linalg.inv(cov + floor * np.eye(cov.shape[0]))
         precision = 0.5 * (precision + precision.T)

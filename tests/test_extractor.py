@@ -311,3 +311,29 @@ def test_disk_cache_skips_backbone_and_invalidates_changed_files(resnet, tmp_pat
 def test_extract_features_of_empty_dataset(resnet, tmp_path):
     fs = extract_features(resnet, TinyImages(tmp_path, n=0), progress=False)
     assert isinstance(fs, FeatureSet) and len(fs) == 0 and fs.patch.shape == (0, 8, 8, 384)
+
+
+def test_weights_file_loader_unwraps_checkpoints_and_never_unpickles(tmp_path):
+    """load_state_dict_file (timm's loader, weights_only): EMA weights of a training checkpoint win, the
+    'module.' prefix of DataParallel goes, safetensors load as they are, and a pickled object is refused."""
+    import pickle
+
+    from safetensors.torch import save_file
+
+    from moleflow.errors import MoleflowError
+    from moleflow.features.weights import load_state_dict_file
+
+    ema, raw = {"module.w": torch.ones(2)}, {"module.w": torch.zeros(2)}
+    torch.save({"state_dict": raw, "state_dict_ema": ema, "epoch": 3}, tmp_path / "ckpt.pth")
+    loaded = load_state_dict_file(tmp_path / "ckpt.pth")
+    assert list(loaded) == ["w"] and torch.equal(loaded["w"], torch.ones(2))
+    save_file({"w": torch.full((2,), 5.0)}, str(tmp_path / "w.safetensors"))
+    assert torch.equal(load_state_dict_file(tmp_path / "w.safetensors")["w"], torch.full((2,), 5.0))
+
+    class Payload:  # unpickling this would run code a checkpoint author chose
+        def __reduce__(self):
+            return (print, ("executed",))
+
+    (tmp_path / "evil.pth").write_bytes(pickle.dumps({"w": Payload()}))
+    with pytest.raises(MoleflowError, match="cannot read backbone weights .*evil.pth"):
+        load_state_dict_file(tmp_path / "evil.pth")

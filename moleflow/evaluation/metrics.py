@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 from moleflow.errors import MoleflowError
 
@@ -329,8 +330,7 @@ def confusion_matrix(true_tasks: Any, pred_tasks: Any, num_tasks: int) -> np.nda
         if outside.size:
             raise MoleflowError(f"confusion_matrix: {name} contains task id {int(outside[0])} outside "
                                 f"0..{num_tasks - 1}; pass the total number of tasks as num_tasks")
-    counts = np.bincount(true * num_tasks + pred, minlength=num_tasks * num_tasks)
-    return counts.reshape(num_tasks, num_tasks).astype(np.int64)
+    return sk_confusion_matrix(true, pred, labels=np.arange(num_tasks)).astype(np.int64)
 
 
 # ----- which registered metrics the evaluator computes per class (moleflow.metrics; a plugin metric too) -----

@@ -68,31 +68,24 @@ def check_backbone_name(backbone_name: str) -> None:
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
-    """A safetensors file or a torch state dict, loaded without ever unpickling arbitrary objects."""
-    from safetensors.torch import load_file
-    from timm.models import clean_state_dict
+    """A safetensors file or a torch state dict, loaded without ever unpickling arbitrary objects: timm's own
+    loader (`weights_only=True`; unwraps training checkpoints' state_dict_ema / model_ema / state_dict / model
+    and strips DataParallel's 'module.' prefixes), with one clear error line for anything it cannot read."""
+    from timm.models import load_state_dict
 
     path = Path(path).expanduser()
     if not path.is_file():
         raise MoleflowError(f"backbone weights file not found: {path}; pass an existing safetensors/state-dict file")
     try:
-        if path.suffix == ".safetensors":
-            state: Any = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state: Any = load_state_dict(str(path), use_ema=True, device="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any parse failure is the same user problem
         raise MoleflowError(
             f"cannot read backbone weights {path} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
             "save it with safetensors.torch.save_file or torch.save(model.state_dict())"
         ) from exc
-    # training checkpoints often wrap the weights; take the same keys timm's own loader looks for
-    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise MoleflowError(f"backbone weights {path} is not a flat state dict of tensors; save model.state_dict()")
-    return clean_state_dict(state)  # strips DataParallel 'module.' prefixes
+    return dict(state)
 
 
 def _env_truthy(name: str) -> bool:
