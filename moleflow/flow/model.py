@@ -79,50 +79,45 @@ class MoLEFlow(TaskStateMixin, nn.Module):
         except TypeError as exc:  # an unknown option name
             raise MoleflowError(f"MoLEFlow: {exc}; the options are the fields of MoLEFlowOptions") from None
         self.options = o
-        num_coupling_layers, coupling_type, clamp = o.num_coupling_layers, o.coupling_type, o.clamp
-        lora_rank, lora_alpha, lora_scaling, task0_lora = o.lora_rank, o.lora_alpha, o.lora_scaling, o.task0_lora
-        adapter, adapter_first_task, use_pos_embed = o.adapter, o.adapter_first_task, o.use_pos_embed
+        # the three options whose stored value and meaning differ (0 / -1 / 0 stand for "default" / "off")
         adapter_hidden = None if o.adapter_hidden is None or o.adapter_hidden < 0 else o.adapter_hidden
         task0_mix = o.task0_mix or None
-        subnet_hidden = o.subnet_hidden or None
-        standardize, use_patch_attention, use_cpcf = o.standardize_features, o.use_patch_attention, o.use_cpcf
-        use_spatial_lora, sc_lora_grid_size = o.use_spatial_lora, o.sc_lora_grid_size
-        position_baseline, position_std = o.position_baseline, o.position_std
+        subnet_hidden = o.subnet_hidden or 2 * dim
         if dim < 2:
             raise MoleflowError(f"flow dim must be >= 2 (coupling splits channels in two), got {dim}")
-        if num_coupling_layers < 1:
-            raise MoleflowError(f"num_coupling_layers must be >= 1, got {num_coupling_layers}")
-        if coupling_type not in COUPLING_TYPES:
-            raise MoleflowError(f"unknown coupling_type '{coupling_type}'; use one of: {', '.join(COUPLING_TYPES)}")
+        if o.num_coupling_layers < 1:
+            raise MoleflowError(f"num_coupling_layers must be >= 1, got {o.num_coupling_layers}")
+        if o.coupling_type not in COUPLING_TYPES:
+            raise MoleflowError(f"unknown coupling_type '{o.coupling_type}'; use one of: {', '.join(COUPLING_TYPES)}")
         if task0_mix is not None and not 0.0 <= task0_mix <= 1.0:
             raise MoleflowError(f"task0_mix must be in [0, 1] or None, got {task0_mix}")
-        lora_scale(lora_alpha, lora_rank, lora_scaling)  # validates the scaling name early
-        make_adapter(adapter, dim, adapter_hidden)  # validates the adapter kind and width early
+        lora_scale(o.lora_alpha, o.lora_rank, o.lora_scaling)  # validates the scaling name early
+        make_adapter(o.adapter, dim, adapter_hidden)  # validates the adapter kind and width early
         h, w = (int(v) for v in grid)
         self.dim = dim
         self.grid = (h, w)
-        self.coupling_type = coupling_type
+        self.coupling_type = o.coupling_type
         self.experts = experts
-        self.task0_lora = task0_lora
-        self.adapter_kind = adapter
+        self.task0_lora = o.task0_lora
+        self.adapter_kind = o.adapter
         self.adapter_hidden = adapter_hidden
-        self.adapter_first_task = adapter_first_task
+        self.adapter_first_task = o.adapter_first_task
         self.task0_mix = task0_mix
-        self.use_pos_embed = use_pos_embed
+        self.use_pos_embed = o.use_pos_embed
 
-        if use_spatial_lora and sc_lora_grid_size < 1:
-            raise MoleflowError(f"sc_lora_grid_size must be >= 1, got {sc_lora_grid_size}")
+        if o.use_spatial_lora and o.sc_lora_grid_size < 1:
+            raise MoleflowError(f"sc_lora_grid_size must be >= 1, got {o.sc_lora_grid_size}")
         self.flow = build_coupling_flow(
             dim,
-            num_coupling_layers=num_coupling_layers,
-            coupling_type=coupling_type,
-            clamp=clamp,
-            subnet_hidden=subnet_hidden if subnet_hidden is not None else 2 * dim,
-            lora_rank=lora_rank,
-            lora_alpha=lora_alpha,
-            lora_scaling=lora_scaling,
-            cond_dim=dim if use_cpcf else 0,
-            spatial_grid=sc_lora_grid_size if use_spatial_lora else 0,
+            num_coupling_layers=o.num_coupling_layers,
+            coupling_type=o.coupling_type,
+            clamp=o.clamp,
+            subnet_hidden=subnet_hidden,
+            lora_rank=o.lora_rank,
+            lora_alpha=o.lora_alpha,
+            lora_scaling=o.lora_scaling,
+            cond_dim=dim if o.use_cpcf else 0,
+            spatial_grid=o.sc_lora_grid_size if o.use_spatial_lora else 0,
         )
         # FrEIA's fixed permutation matrices are nn.Parameter(requires_grad=False); remember them by name
         # now, because after end_task(0) requires_grad no longer tells them apart from the frozen base.
@@ -132,15 +127,15 @@ class MoLEFlow(TaskStateMixin, nn.Module):
         # flow exactly (1.4-1.6x faster per training step on CPU); fused=False keeps FrEIA's, for comparison.
         self.fused = fused and fusable(self.flow)
         # Built after the flow so the flow's random init is the same with and without it.
-        self.patch_attention = PatchSelfAttention(dim) if use_patch_attention else None
+        self.patch_attention = PatchSelfAttention(dim) if o.use_patch_attention else None
         self.context = None
-        if use_cpcf:
+        if o.use_cpcf:
             self.context = make_context(dim, kernel=o.cpcf_context_kernel, use_attention=o.cpcf_use_attention,
                                         fixed=o.cpcf_fixed_context, gate=o.cpcf_context_gate,
                                         include_center=o.cpcf_include_center)
         self._spatial_layers = [m for m in self._lora_layers if isinstance(m, SpatialLoRALinear)]
         # Bilinear corners of every patch position: deterministic from (grid, G), so never saved.
-        corners = bilinear_corners(h, w, sc_lora_grid_size) if use_spatial_lora else (None, None)
+        corners = bilinear_corners(h, w, o.sc_lora_grid_size) if o.use_spatial_lora else (None, None)
         self.register_buffer("sc_corner_idx", corners[0], persistent=False)
         self.register_buffer("sc_corner_weights", None if corners[1] is None else corners[1].float(),
                              persistent=False)
@@ -151,13 +146,13 @@ class MoLEFlow(TaskStateMixin, nn.Module):
         # Per-channel standardisation with statistics per task (standardize.py): backbone features are
         # often tiny (random-init ResNet: std ~0.05), so the clamped couplings would spend their steps on
         # the scale, and one task's statistics do not fit the next task's features. Saved with the task.
-        self.standardize = standardize
+        self.standardize = o.standardize_features
         self.input_stats = nn.ModuleDict()
-        if position_std and not position_baseline:
+        if o.position_std and not o.position_baseline:
             raise MoleflowError("position_std scales the position baseline: it needs position_baseline=True")
-        self.score_baselines = nn.ModuleDict() if position_baseline else None  # see score_baseline.py
-        self.position_std = position_std
-        self.register_buffer("pos_embed", sinusoidal_2d(h, w, dim) if use_pos_embed else None, persistent=False)  # deterministic: never saved
+        self.score_baselines = nn.ModuleDict() if o.position_baseline else None  # see score_baseline.py
+        self.position_std = o.position_std
+        self.register_buffer("pos_embed", sinusoidal_2d(h, w, dim) if o.use_pos_embed else None, persistent=False)  # deterministic: never saved
 
     # ----- task bookkeeping -------------------------------------------------------------------------
 
