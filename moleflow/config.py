@@ -279,8 +279,24 @@ def resolve_config(explicit: dict[str, Any], config_file: str | None = None) -> 
         for name, value in source.items():
             cfg.set(name, value)
     cfg.run.version = version
+    if "loss" not in explicit and "loss" not in file_given:
+        _apply_model_default_loss(cfg)
     refuse_inert(cfg, requested_settings(explicit, file_given, baseline.flat()))
     return cfg, preset
+
+
+def _apply_model_default_loss(cfg: Config) -> None:
+    """A model that declares `default_loss` (contract.py) gets it when --loss was not given."""
+    from moleflow import registry
+    from moleflow.contract import model_traits
+
+    try:
+        model_class = registry.get("models", cfg.flow.model)
+    except MoleflowError:
+        return  # an unknown model is reported, with the known names, where the model is checked
+    default = model_traits(model_class).default_loss
+    if default is not None:
+        cfg.train.loss = list(default)
 
 
 def _flatten_keys(data: dict) -> list[str]:

@@ -18,6 +18,8 @@ Optional, on the class (read with their defaults by `model_traits`):
     cli_flags = {flag: argparse spec}       its own `moleflow train` flags, spelling --model_opt KEY=VALUE
     from_config(cfg, *, dim, grid, img_size, overrides) -> model   build from the run config (plugins)
     validate_config(cfg, *, img_size)       check its options before any image is read
+    default_loss = ("NAME=W", ...)          what --loss means when it is not given (moleflow's own default,
+                                           nll=1.0, reads flow outputs); applied in config.resolve_config
 
 Optional, on the instance (`ModelHooks.of(model)`: the method, or a default that does what the trainer does
 for a model without it):
@@ -66,6 +68,7 @@ class ModelTraits:
     cli_flags: dict
     from_config: Callable | None
     validate_config: Callable | None
+    default_loss: tuple[str, ...] | None
 
 
 def model_traits(model_class: Any) -> ModelTraits:
@@ -78,6 +81,7 @@ def model_traits(model_class: Any) -> ModelTraits:
         cli_flags=dict(getattr(model_class, "cli_flags", None) or {}),
         from_config=getattr(model_class, "from_config", None),
         validate_config=getattr(model_class, "validate_config", None),
+        default_loss=tuple(getattr(model_class, "default_loss", None) or ()) or None,
     )
 
 

@@ -8,7 +8,7 @@ forgetting by construction; the price is one AE of parameters per task, nothing 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,10 +20,6 @@ from moleflow_ae.networks import ReconstructionNet, build_network, count_paramet
 from moleflow_ae.options import ARCHS, SCORES, AEOptions
 from moleflow_ae.scoring import combine, score_maps, training_means
 
-OUTPUT_KEYS = ("reconstruction", "target")
-#: moleflow's --loss default is the flow's NLL; it means "nothing chosen" for this model (see fit_task)
-DEFAULT_LOSS = ["nll=1.0"]
-FALLBACK_LOSS = ["mse=1"]
 
 
 class TaskAE(nn.Module):
@@ -39,6 +35,8 @@ class ReconstructionAE(nn.Module):
     input_kind = "images"
     #: its fit_task reads these run settings (Adam without weight decay); any other flow/loop flag is refused
     reads_settings = ("num_epochs", "batch_size", "lr", "grad_clip", "loss")
+    #: what --loss means when it is not given (moleflow's own default, the flow's NLL, reads no AE output)
+    default_loss = ("mse=1",)
     # `moleflow train --ae_score both` etc.: spellings of --model_opt score=both (see moleflow/model_flags.py)
     cli_flags = {
         "ae_score": {"option": "score", "choices": list(SCORES), "help": "anomaly map: reconstruction error, "
@@ -50,20 +48,18 @@ class ReconstructionAE(nn.Module):
         "ae_scale": {"option": "scale", "metavar": "S", "help": "augmentation: zoom in [1-S, 1+S]"},
     }
 
-    def __init__(self, *, fallback_loss: bool = False, **options: Any) -> None:
+    def __init__(self, **options: Any) -> None:
         super().__init__()
         self.opts = AEOptions.from_dict(options)
-        self.fallback_loss = fallback_loss
         self.tasks = nn.ModuleDict()
         # follows model.to(device), so networks created later in begin_task land on the run's device
         self.register_buffer("_anchor", torch.zeros(0), persistent=False)
-        self.loss_used: list[str] | None = None  # the terms the last fit_task trained with
 
     @classmethod
     def from_config(cls, cfg, *, dim, grid, img_size, overrides):
         from moleflow.config import parse_options
 
-        return cls(fallback_loss=list(cfg.train.loss) == DEFAULT_LOSS, **parse_options(cfg.flow.model_opt))
+        return cls(**parse_options(cfg.flow.model_opt))
 
     @classmethod
     def validate_config(cls, cfg, *, img_size):
@@ -91,19 +87,6 @@ class ReconstructionAE(nn.Module):
                                 " train that task first or load its checkpoint")
         return self.tasks[key]
 
-    def _resolve_loss(self, loss_fn: Callable) -> Callable:
-        """The --loss default (nll=1.0) reads flow outputs; with it, and only with it, train with mse=1.
-        Any other configuration is used as given, so a wrong term fails with CompositeLoss's clear error."""
-        terms = getattr(loss_fn, "terms", [])
-        foreign = [key for term in terms for key in getattr(term.fn, "reads", ()) if key not in OUTPUT_KEYS]
-        if foreign and self.fallback_loss:
-            from moleflow.losses.compose import CompositeLoss
-
-            self.loss_used = list(FALLBACK_LOSS)
-            return CompositeLoss(FALLBACK_LOSS, model_name="ae")
-        self.loss_used = [f"{t.name}={t.weight!r}" for t in terms] or None
-        return loss_fn
-
     # --- the continual contract --------------------------------------------------------------------
     def begin_task(self, task_id: int, class_name: str = "") -> None:
         if str(task_id) not in self.tasks:
@@ -128,7 +111,6 @@ class ReconstructionAE(nn.Module):
         if inputs.shape[0] == 0:
             raise MoleflowError(f"{label}: no training images")
         task = self._task(task_id)
-        loss = self._resolve_loss(loss_fn)
         images = self.to_model_channels(inputs).cpu()
         corruption = TrainingCorruption(self.opts, settings.seed)
         for p in params:
@@ -137,7 +119,7 @@ class ReconstructionAE(nn.Module):
         def step_loss(idx: torch.Tensor, _generator: torch.Generator) -> tuple[torch.Tensor, int]:
             corrupted, clean, masks = (t.to(settings.device) for t in corruption(images[idx]))
             outputs = {"reconstruction": task.net(corrupted), "target": clean}
-            value, _ = loss(outputs, {"input": corrupted, "target": clean, "anomaly_mask": masks})
+            value, _ = loss_fn(outputs, {"input": corrupted, "target": clean, "anomaly_mask": masks})
             return value, len(idx)
 
         start = time.perf_counter()

@@ -243,26 +243,16 @@ def test_options_are_validated():
     assert ReconstructionAE(rotate=5).opts.rotate == 5.0
 
 
-# ------------------------------------------------------------------------------------------- loss fallback
-def test_default_nll_loss_falls_back_to_mse_only_when_allowed():
+# ------------------------------------------------------------------------------------------- default loss
+def test_default_loss_is_mse_only_when_loss_is_not_given(tmp_path):
+    assert _cfg(tmp_path, tmp_path).train.loss == ["mse=1"]
+    assert _cfg(tmp_path, tmp_path, "--loss", "nll=1.0", "--loss", "mse=1").train.loss == ["nll=1.0", "mse=1"]
     images = _images(4)
-    for fallback in (False, True):
-        model = ReconstructionAE(width=4, depth=2, latent=4, fallback_loss=fallback)
-        model.begin_task(0)
-        call = lambda: model.fit_task(0, images, model.trainable_parameters(0), CompositeLoss(["nll=1.0"], "ae"),
-                                      _settings(1), label="task 0")
-        if fallback:
-            assert call().epoch_losses and model.loss_used == ["mse=1"]
-        else:
-            with pytest.raises(MoleflowError, match="needs model output 'patch_score'"):
-                call()
-
-
-def test_from_config_enables_the_fallback_only_for_the_default_loss(tmp_path):
-    cfgs = [_cfg(tmp_path, tmp_path), _cfg(tmp_path, tmp_path, "--loss", "nll=1.0", "--loss", "mse=1")]
-    flags = [ReconstructionAE.from_config(c, dim=0, grid=(0, 0), img_size=(64, 64), overrides={}).fallback_loss
-             for c in cfgs]
-    assert flags == [True, False]
+    model = ReconstructionAE(width=4, depth=2, latent=4)
+    model.begin_task(0)
+    with pytest.raises(MoleflowError, match="needs model output 'patch_score'"):  # given, so never replaced
+        model.fit_task(0, images, model.trainable_parameters(0), CompositeLoss(["nll=1.0"], "ae"), _settings(1),
+                       label="task 0")
 
 
 # ------------------------------------------------------------------------------------------- continual
