@@ -33,7 +33,7 @@ def train_config(args: argparse.Namespace) -> "Config":
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from moleflow.config import Config, explicit_settings
+    from moleflow.config import explicit_settings
     from moleflow.continual.trainer import run_training
     from moleflow.compare import compare_runs
     from moleflow.model_flags import given_model_flags
@@ -46,7 +46,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                 f"{' '.join('--' + k for k in given)}")
         from moleflow.run_folder import RunFolder
 
-        cfg = Config.from_dict(RunFolder.open(args.resume).read_json("config.json"))
+        cfg = RunFolder.open(args.resume).read_config()
     else:
         cfg = train_config(args)
     run = run_training(cfg, progress=not args.quiet, resume=args.resume)

@@ -12,11 +12,28 @@ import dataclasses
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from numbers import Integral
+from typing import Any, Sequence
 
 from moleflow.errors import MoleflowError
 from moleflow.flow.options import MoLEFlowOptions
 from moleflow.setting import setting as _opt
+
+
+def parse_img_size(value: int | Sequence[int]) -> tuple[int, int]:
+    """The one parse of --img_size (callers use `cfg.data.size`): N -> (N, N); [N] -> (N, N); [H, W] -> (H, W);
+    anything else -> MoleflowError."""
+    items = [value] if isinstance(value, Integral) else value
+    try:
+        items = list(items)
+    except TypeError:
+        items = None
+    if (items is None or len(items) not in (1, 2)
+            or not all(isinstance(v, Integral) and not isinstance(v, bool) and v > 0 for v in items)):
+        raise MoleflowError(f"--img_size must be N or H W (positive integers); got {value!r}")
+    h, w = int(items[0]), int(items[-1])
+    return h, w
+
 
 
 @dataclass
@@ -28,6 +45,11 @@ class DataConfig:
                                   "256 or more)", nargs="+", type=int)
     split_percent: list = _opt([70, 15, 15], "train/val/test %% for folder/csv formats", nargs=3, type=int)
     split_seed: int = _opt(0, "seed of the anomaly-aware split (folder/csv formats)")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) of --img_size, checked: what every consumer uses instead of parsing img_size itself."""
+        return parse_img_size(self.img_size)
 
 
 @dataclass

@@ -13,7 +13,6 @@ from moleflow.contract import model_traits
 from moleflow.config import Config
 from moleflow.continual.task_data import build_extractor, prepare_tasks, resolve_device
 from moleflow.continual.trainer import ContinualRun
-from moleflow.data.dataset import parse_img_size
 from moleflow.data.image_io import load_image
 from moleflow.errors import MoleflowError
 from moleflow.evaluation.evaluator import model_score_maps
@@ -25,7 +24,7 @@ from moleflow.run_log import TBLogger
 
 def _open_finished(run_dir: str | Path) -> tuple[RunFolder, Config]:
     run = RunFolder.open(run_dir)
-    cfg = Config.from_dict(run.read_json("config.json"))
+    cfg = run.read_config()
     done = run.read_json("progress.json").get("completed_tasks", 0) if (run.path / "progress.json").exists() else 0
     if done < len(cfg.data.task_classes):
         raise MoleflowError(f"{run.path}: only {done} of {len(cfg.data.task_classes)} tasks completed; "
@@ -65,7 +64,7 @@ def predict_images(run_dir: str | Path, images: list[str], out_dir: str | Path, 
     if missing:
         raise MoleflowError(f"image not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     device = resolve_device(cfg.train.device)
-    size = parse_img_size(cfg.data.img_size)
+    size = cfg.data.size
     extractor = build_extractor(cfg, device)
     state = ContinualRun(cfg, [], extractor.dim, extractor.grid, device, progress)
     state.restore(run, len(cfg.data.task_classes))

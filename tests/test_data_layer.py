@@ -14,7 +14,8 @@ from PIL import Image, ImageFile
 
 from moleflow import registry
 from moleflow.data import mvtec
-from moleflow.data.dataset import AnomalyDataset, list_classes, load_split, parse_img_size
+from moleflow.config import parse_img_size
+from moleflow.data.dataset import AnomalyDataset, list_classes, load_split
 from moleflow.data.image_io import load_image, load_pair, to_float_rgb
 from moleflow.data.samples import Sample
 from moleflow.data.splits import anomaly_aware_split
@@ -87,7 +88,7 @@ def test_mvtec_lists_train_test_and_masks_in_sorted_order(tmp_path):
 
 def test_load_split_mvtec_yields_tensors_with_aligned_masks(tmp_path):
     root = make_mvtec(tmp_path, size=(32, 32))
-    ds = load_split("mvtec", root, "widget", "test", [8, 12])
+    ds = load_split("mvtec", root, "widget", "test", (8, 12))
     assert len(ds) == 4 and ds.has_masks
     assert ds.labels.tolist() == [0, 0, 1, 1]
     for i in range(len(ds)):
@@ -114,7 +115,7 @@ def test_load_split_goes_through_the_registry_entry_point(tmp_path, monkeypatch)
         return real_get(group, name)
 
     monkeypatch.setattr(registry, "get", spy)
-    ds = load_split("mvtec", root, "widget", "train", 8)
+    ds = load_split("mvtec", root, "widget", "train", (8, 8))
     assert ("datasets", "mvtec") in calls
     assert real_get("datasets", "mvtec") is mvtec.list_mvtec
     assert len(ds) == 3
@@ -134,7 +135,7 @@ def test_a_plugin_format_is_loaded_like_a_builtin(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(site))
     data = tmp_path / "data"
     save(data / "bolt" / "a.png", noise(10, 10, 0))
-    ds = load_split("toyfmt", data, "bolt", "train", 4)
+    ds = load_split("toyfmt", data, "bolt", "train", (4, 4))
     assert ds[0]["image"].shape == (3, 4, 4)
     assert list_classes("toyfmt", data) == ["bolt"]  # no `classes` hook: subfolders are the classes
 
@@ -256,11 +257,11 @@ def test_visa_anomaly_without_mask_and_bad_label_are_named(tmp_path):
     rows[3][4] = ""
     write_csv(csv_path, header, rows)
     with pytest.raises(MoleflowError, match=r"1cls\.csv line 5: anomalous image .*0003\.JPG has no mask"):
-        load_split("visa", root, "candle", "test", 8)
+        load_split("visa", root, "candle", "test", (8, 8))
     rows[1][2] = "ok"  # file line 3
     write_csv(csv_path, header, rows)
     with pytest.raises(MoleflowError, match=r"1cls\.csv line 3: label 'ok'"):
-        load_split("visa", root, "candle", "train", 8)
+        load_split("visa", root, "candle", "train", (8, 8))
 
 
 # ---------------------------------------------------------------- folder format
@@ -278,7 +279,7 @@ def make_folder(root: Path, n_good: int = 10, n_defect: int = 6, masks: str | No
 @pytest.mark.parametrize("suffix", ["_mask", ""])
 def test_folder_format_split_is_anomaly_aware(tmp_path, suffix):
     root = make_folder(tmp_path, masks=suffix)
-    parts = {s: load_split("folder", root, "cable", s, 8, split_percent=(60, 20, 20), seed=1).samples
+    parts = {s: load_split("folder", root, "cable", s, (8, 8), split_percent=(60, 20, 20), seed=1).samples
              for s in ("train", "val", "test")}
     assert not any(s.label for s in parts["train"]) and len(parts["train"]) == 6
     assert sum(s.label for s in parts["val"]) == 3 and sum(s.label for s in parts["test"]) == 3
@@ -294,7 +295,7 @@ def test_folder_format_split_is_anomaly_aware(tmp_path, suffix):
 
 def test_folder_without_masks_dir_gives_all_zero_masks(tmp_path):
     root = make_folder(tmp_path, masks=None)
-    ds = load_split("folder", root, "cable", "test", 8)
+    ds = load_split("folder", root, "cable", "test", (8, 8))
     assert not ds.has_masks
     assert all(ds[i]["mask"].sum() == 0 for i in range(len(ds)))
 
@@ -303,7 +304,7 @@ def test_folder_masks_dir_with_a_missing_mask_is_an_error(tmp_path):
     root = make_folder(tmp_path)
     (root / "cable" / "masks" / "d03_mask.png").unlink()
     with pytest.raises(MoleflowError, match=r"d03\.png has no mask: expected .*masks/d03\.png or .*d03_mask\.png"):
-        load_split("folder", root, "cable", "train", 8)
+        load_split("folder", root, "cable", "train", (8, 8))
 
 
 # ---------------------------------------------------------------- csv format
@@ -325,8 +326,8 @@ def make_csv_class(root: Path, rows: list[list[str]] | None = None) -> Path:
 def test_csv_format_lists_and_splits(tmp_path):
     root = make_csv_class(tmp_path)
     assert list_classes("csv", root) == ["gear"]
-    train = load_split("csv", root, "gear", "train", 8, split_percent=(50, 25, 25), seed=4)
-    test = load_split("csv", root, "gear", "test", 8, split_percent=(50, 25, 25), seed=4)
+    train = load_split("csv", root, "gear", "train", (8, 8), split_percent=(50, 25, 25), seed=4)
+    test = load_split("csv", root, "gear", "test", (8, 8), split_percent=(50, 25, 25), seed=4)
     assert len(train) == 4 and not any(s.label for s in train.samples)
     assert sum(s.label for s in test.samples) == 2 and test.has_masks
     anomalous = next(s for s in test.samples if s.label)
@@ -338,7 +339,7 @@ def test_csv_absolute_path_inside_root_is_accepted(tmp_path):
     make_csv_class(root)
     rows = [[str((root / "gear" / "img" / f"n{i}.png").resolve()), "false", ""] for i in range(8)]
     write_csv(root / "gear" / "labels.csv", ["filename", "is_anomalous"], rows)
-    assert len(load_split("csv", root, "gear", "train", 8)) == 6
+    assert len(load_split("csv", root, "gear", "train", (8, 8))) == 6
 
 
 @pytest.mark.parametrize("bad_name, fragment", [
@@ -352,7 +353,7 @@ def test_csv_rows_naming_missing_or_escaping_files_are_errors(tmp_path, bad_name
     name = str(outside) if bad_name == "ABSOLUTE" else bad_name
     make_csv_class(root, [["img/n0.png", "0", ""], [name, "0", ""], ["img/n1.png", "0", ""]])
     with pytest.raises(MoleflowError, match=fragment):
-        load_split("csv", root, "gear", "train", 8)
+        load_split("csv", root, "gear", "train", (8, 8))
 
 
 def test_csv_masks_all_or_none_and_flag_values(tmp_path):
@@ -360,10 +361,10 @@ def test_csv_masks_all_or_none_and_flag_values(tmp_path):
             + [["img/a0.png", "1", "gt/a0.png"], ["img/a1.png", "yes", ""]])
     root = make_csv_class(tmp_path, rows)
     with pytest.raises(MoleflowError, match=r"line 11 \(.*a1\.png\): anomalous image without mask_path"):
-        load_split("csv", root, "gear", "test", 8)
+        load_split("csv", root, "gear", "test", (8, 8))
     make_csv_class(tmp_path, [["img/n0.png", "maybe", ""]])
     with pytest.raises(MoleflowError, match=r"line 2: is_anomalous 'maybe'"):
-        load_split("csv", root, "gear", "test", 8)
+        load_split("csv", root, "gear", "test", (8, 8))
 
 
 # ---------------------------------------------------------------- bad input, one clear line each
@@ -376,7 +377,7 @@ def one_line(exc_info) -> str:
 
 def test_missing_data_path(tmp_path):
     with pytest.raises(MoleflowError) as e:
-        load_split("mvtec", tmp_path / "nowhere", "widget", "train", 8)
+        load_split("mvtec", tmp_path / "nowhere", "widget", "train", (8, 8))
     assert f"data path {tmp_path / 'nowhere'} does not exist" in one_line(e)
 
 
@@ -388,14 +389,14 @@ def test_unknown_class_lists_the_classes_found(tmp_path, fmt):
     found = ", ".join(list_classes(fmt, tmp_path))
     assert found
     with pytest.raises(MoleflowError) as e:
-        load_split(fmt, tmp_path, "zipper", "train", 8)
+        load_split(fmt, tmp_path, "zipper", "train", (8, 8))
     assert "unknown class 'zipper'" in one_line(e) and f"classes found: {found}" in one_line(e)
 
 
 def test_data_path_pointing_at_a_class_folder_names_the_parent(tmp_path):
     make_mvtec(tmp_path)
     with pytest.raises(MoleflowError) as e:
-        load_split("mvtec", tmp_path / "widget", "widget", "train", 8)
+        load_split("mvtec", tmp_path / "widget", "widget", "train", (8, 8))
     assert f"pass its parent {tmp_path} as --data_path" in one_line(e)
 
 
@@ -403,7 +404,7 @@ def test_empty_train_good(tmp_path):
     root = make_mvtec(tmp_path, n_train=0)
     (root / "widget" / "train" / "good").mkdir(parents=True)
     with pytest.raises(MoleflowError) as e:
-        load_split("mvtec", root, "widget", "train", 8)
+        load_split("mvtec", root, "widget", "train", (8, 8))
     assert f"no training images in {root / 'widget' / 'train' / 'good'}" in one_line(e)
 
 
@@ -412,7 +413,7 @@ def test_corrupt_image_fails_before_loading(tmp_path):
     bad = root / "widget" / "train" / "good" / "001.png"
     bad.write_bytes(b"this is not a png")
     with pytest.raises(MoleflowError) as e:
-        load_split("mvtec", root, "widget", "train", 8)
+        load_split("mvtec", root, "widget", "train", (8, 8))
     assert f"cannot read image {bad}" in one_line(e)
 
 
@@ -421,7 +422,7 @@ def test_truncated_image_is_named_when_read(tmp_path):
     bad = root / "widget" / "train" / "good" / "002.png"
     data = bad.read_bytes()
     bad.write_bytes(data[: len(data) // 2])
-    ds = load_split("mvtec", root, "widget", "train", 8)  # the header is intact
+    ds = load_split("mvtec", root, "widget", "train", (8, 8))  # the header is intact
     with pytest.raises(MoleflowError) as e:
         ds[2]
     assert f"cannot read image {bad}" in one_line(e)
@@ -432,11 +433,11 @@ def test_mask_with_another_size_than_its_image(tmp_path):
     root = make_mvtec(tmp_path)
     mask = save(root / "widget" / "ground_truth" / "scratch" / "001_mask.png", left_half_mask(16, 18))
     with pytest.raises(MoleflowError) as e:
-        load_split("mvtec", root, "widget", "test", 16)
+        load_split("mvtec", root, "widget", "test", (16, 16))
     assert f"mask {mask} is 18x16" in one_line(e) and "is 16x16" in one_line(e)
     # the same check guards direct loading, before any resize
     with pytest.raises(MoleflowError, match="18x16"):
-        AnomalyDataset([Sample(mask.parents[2] / "test/scratch/001.png", 1, mask, "scratch", "widget")], 16)[0]
+        AnomalyDataset([Sample(mask.parents[2] / "test/scratch/001.png", 1, mask, "scratch", "widget")], (16, 16))[0]
 
 
 def test_defect_image_without_mask_names_the_expected_mask(tmp_path):
@@ -444,23 +445,23 @@ def test_defect_image_without_mask_names_the_expected_mask(tmp_path):
     expected = root / "widget" / "ground_truth" / "scratch" / "000_mask.png"
     expected.unlink()
     with pytest.raises(MoleflowError) as e:
-        load_split("mvtec", root, "widget", "test", 8)
+        load_split("mvtec", root, "widget", "test", (8, 8))
     assert f"expected {expected}" in one_line(e)
 
 
 def test_percentages_not_summing_to_100(tmp_path):
     root = make_folder(tmp_path)
     with pytest.raises(MoleflowError) as e:
-        load_split("folder", root, "cable", "train", 8, split_percent=(70, 20, 20))
+        load_split("folder", root, "cable", "train", (8, 8), split_percent=(70, 20, 20))
     assert "--split_percent 70 20 20 sums to 110" in one_line(e)
 
 
 def test_unknown_format_lists_the_known_ones(tmp_path):
     with pytest.raises(MoleflowError) as e:
-        load_split("imagenet", tmp_path, "widget", "train", 8)
+        load_split("imagenet", tmp_path, "widget", "train", (8, 8))
     assert "unknown dataset 'imagenet'" in one_line(e) and "mvtec" in one_line(e) and "visa" in one_line(e)
 
 
 def test_unknown_split_name(tmp_path):
     with pytest.raises(MoleflowError, match="unknown split 'validation'"):
-        load_split("mvtec", make_mvtec(tmp_path), "widget", "validation", 8)
+        load_split("mvtec", make_mvtec(tmp_path), "widget", "validation", (8, 8))

@@ -82,6 +82,27 @@ def test_plugin_image_model_runs_through_the_same_trainer(bench, tmp_path):
     assert evaluate_run(run.path, progress=False).read_json("metrics.json")["final"]["per_class"] == before
 
 
+def test_an_image_model_run_decodes_each_image_once(bench, tmp_path, monkeypatch):
+    """The images decoded for the backbone are the model's inputs and the overlays' pixels: no file is
+    decoded a second time (the run writes every overlay: --heatmaps -1)."""
+    import collections
+
+    import moleflow.data.dataset as dataset
+    from moleflow.continual.trainer import run_training
+
+    decoded = collections.Counter()
+    real = dataset.load_pair
+
+    def counting(path, mask_path, size):
+        decoded[str(path)] += 1
+        return real(path, mask_path, size)
+
+    monkeypatch.setattr(dataset, "load_pair", counting)
+    run = run_training(_cfg(bench, tmp_path, "--heatmaps", "-1"), progress=False, log=lambda *_: None)
+    assert len(decoded) == 3 * (12 + 15) and set(decoded.values()) == {1}, decoded.most_common(2)
+    assert len(list((run.path / "heatmaps").rglob("*.png"))) == 3 * 15
+
+
 def test_model_opt_reaches_the_plugin_model(bench, tmp_path):
     from moleflow.continual.task_data import prepare_tasks
     from moleflow.continual.trainer import ContinualRun

@@ -100,8 +100,8 @@ def test_saved_extra_maps_and_overlays_in_the_report(tmp_path):
     ev = _evaluator(TwoMapModel(), torch.zeros(6, dtype=torch.long))
     scored = ev.score(0, "grid", fs)
     metrics = ev.metrics(scored, fs, keep_maps=True)
-    task = SimpleNamespace(class_name="grid", task_id=0, test=fs,
-                           test_dataset=[{"image": torch.rand(3, 8, 8)} for _ in range(6)])
+    images = torch.rand(6, 3, 8, 8)
+    task = SimpleNamespace(class_name="grid", task_id=0, test=fs, test_image=lambda i: images[i])
     cfg = SimpleNamespace(eval=SimpleNamespace(save_maps=True, heatmaps=2, score_aggregation="max", topk=1,
                                                blur_sigma=0.0),
                           train=SimpleNamespace(router="mahalanobis"), flat=lambda: {"x": 1})

@@ -12,7 +12,7 @@ import torch
 
 from moleflow import registry
 from moleflow.contract import model_traits
-from moleflow.data.dataset import AnomalyDataset, load_split, parse_img_size
+from moleflow.data.dataset import AnomalyDataset, load_split
 from moleflow.features.cache import FeatureSet, extract_features
 
 
@@ -22,7 +22,7 @@ class TaskData:
     class_name: str
     train: FeatureSet
     test: FeatureSet
-    test_dataset: AnomalyDataset  # kept to draw heatmap overlays from the original pixels
+    test_dataset: AnomalyDataset  # overlays are drawn from its pixels (decoded again unless test.images holds them)
     # what the model consumes: the patch features (default) or, for models with input_kind "images",
     # the images themselves (N,3,H,W in [0,1]); the router always uses the pooled backbone features
     train_inputs: torch.Tensor | None = None
@@ -34,14 +34,15 @@ class TaskData:
         if self.test_inputs is None:
             self.test_inputs = self.test.patch
 
+    def test_image(self, i: int) -> torch.Tensor:
+        """Test image i, (3,H,W) in [0,1]: the array already in memory when the model reads pixels, else
+        decoded from its file (feature-only runs do not keep every test image in memory)."""
+        return self.test.images[i] if self.test.images is not None else self.test_dataset[i]["image"]
+
 
 def model_input_kind(cfg: Any) -> str:
     """'features' or 'images', declared by the registered model class (default: features)."""
     return model_traits(registry.get("models", cfg.flow.model)).input_kind
-
-
-def stack_images(dataset: AnomalyDataset) -> torch.Tensor:
-    return torch.stack([dataset[i]["image"] for i in range(len(dataset))])
 
 
 def resolve_device(name: str) -> torch.device:
@@ -56,7 +57,7 @@ def build_extractor(cfg: Any, device: torch.device) -> torch.nn.Module:
         "extractors",
         b.extractor,
         b.backbone_name,
-        parse_img_size(cfg.data.img_size),
+        cfg.data.size,
         pretrained=b.pretrained,
         weights_path=b.backbone_weights or None,
         vit_blocks=b.vit_blocks or None,
@@ -70,7 +71,7 @@ def build_extractor(cfg: Any, device: torch.device) -> torch.nn.Module:
 def load_datasets(cfg: Any) -> list[tuple[AnomalyDataset, AnomalyDataset]]:
     d = cfg.data
     opts = {"split_percent": tuple(d.split_percent), "seed": d.split_seed}
-    size = parse_img_size(d.img_size)
+    size = d.size
     # folder/csv formats have a val split; the test split is what every format reports on
     return [
         (load_split(d.dataset_format, d.data_path, cls, "train", size, **opts),
@@ -88,13 +89,9 @@ def prepare_tasks(cfg: Any, device: torch.device, progress: bool = True) -> tupl
     start = time.perf_counter()
     tasks = []
     for t, (cls, (train_ds, test_ds)) in enumerate(zip(cfg.data.task_classes, datasets)):
-        kw = dict(batch_size=16, cache_dir=cache, device=device, progress=progress)
-        tasks.append(TaskData(
-            t, cls,
-            extract_features(extractor, train_ds, desc=f"features {cls}/train", **kw),
-            extract_features(extractor, test_ds, desc=f"features {cls}/test", **kw),
-            test_ds,
-            stack_images(train_ds) if wants_images else None,
-            stack_images(test_ds) if wants_images else None,
-        ))
+        # a model that reads pixels gets the images decoded for the backbone, not decoded a second time
+        kw = dict(batch_size=16, cache_dir=cache, device=device, progress=progress, keep_images=wants_images)
+        train = extract_features(extractor, train_ds, desc=f"features {cls}/train", **kw)
+        test = extract_features(extractor, test_ds, desc=f"features {cls}/test", **kw)
+        tasks.append(TaskData(t, cls, train, test, test_ds, train.images, test.images))
     return tasks, extractor, time.perf_counter() - start

@@ -15,7 +15,6 @@ from moleflow.contract import ModelHooks, describe, model_traits
 from moleflow.continual.fit import FitSettings, check_ema_decay
 from moleflow.continual.strategies import strategy_class
 from moleflow.continual.task_data import TaskData, prepare_tasks, resolve_device
-from moleflow.data.dataset import parse_img_size
 from moleflow.errors import MoleflowError
 from moleflow.evaluation.evaluator import Evaluator
 from moleflow.inert_settings import settings_read_by
@@ -35,7 +34,7 @@ def build_model(cfg: Config, dim: int, grid: tuple[int, int], overrides: dict[st
     if from_config is None:
         raise MoleflowError(f"model '{cfg.flow.model}' ({factory!r}) has no from_config(cfg, *, dim, grid, img_size, "
                             "overrides) classmethod; see moleflow/contract.py")
-    return from_config(cfg, dim=dim, grid=grid, img_size=parse_img_size(cfg.data.img_size), overrides=overrides)
+    return from_config(cfg, dim=dim, grid=grid, img_size=cfg.data.size, overrides=overrides)
 
 
 class ContinualRun:
@@ -52,8 +51,7 @@ class ContinualRun:
         self.classes = list(cfg.data.task_classes)
         self.strategy = strategy_cls(self.model, len(self.classes))
         self.loss: CompositeLoss | None = None  # the current task's loss: train_task builds a fresh one
-        size = parse_img_size(cfg.data.img_size)
-        self.evaluator = Evaluator(self.model, self.strategy, self.router, cfg.eval, size, device)
+        self.evaluator = Evaluator(self.model, self.strategy, self.router, cfg.eval, cfg.data.size, device)
         self.results: dict[int, dict[str, dict[str, float]]] = {}  # after task i -> class -> metrics
         self.fit_log: list[dict] = []
 
@@ -152,7 +150,7 @@ def check_components(cfg: Config) -> None:
         raise MoleflowError(f"model '{cfg.flow.model}' has no from_config(cfg, *, dim, grid, img_size, overrides) "
                             "classmethod; see moleflow/contract.py")
     if traits.validate_config is not None:
-        traits.validate_config(cfg, img_size=parse_img_size(cfg.data.img_size))
+        traits.validate_config(cfg, img_size=cfg.data.size)
     if cfg.train.token_stride < 1:
         raise MoleflowError(f"--token_stride must be >= 1 (1 = every patch), got {cfg.train.token_stride}")
     check_ema_decay(cfg.train.ema_decay)

@@ -8,7 +8,6 @@ it, the subfolders of root are taken as the classes.
 
 from __future__ import annotations
 
-from numbers import Integral
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,20 +18,6 @@ from moleflow import registry
 from moleflow.data.image_io import check_same_size, image_size, load_pair
 from moleflow.data.samples import Sample, check_split, require_root, subfolder_classes
 from moleflow.errors import MoleflowError
-
-
-def parse_img_size(value: int | Sequence[int]) -> tuple[int, int]:
-    """N -> (N, N); [N] -> (N, N); [H, W] -> (H, W); anything else -> MoleflowError."""
-    items = [value] if isinstance(value, Integral) else value
-    try:
-        items = list(items)
-    except TypeError:
-        items = None
-    if (items is None or len(items) not in (1, 2)
-            or not all(isinstance(v, Integral) and not isinstance(v, bool) and v > 0 for v in items)):
-        raise MoleflowError(f"--img_size must be N or H W (positive integers); got {value!r}")
-    h, w = int(items[0]), int(items[-1])
-    return h, w
 
 
 def list_classes(fmt: str, root: str | Path) -> list[str]:
@@ -56,9 +41,9 @@ class AnomalyDataset(Dataset):
     """Samples loaded at a fixed size: image float32 (3,H,W) in [0,1] (not normalised), mask float32
     (1,H,W) in {0,1}, label int, path str, index int."""
 
-    def __init__(self, samples: list[Sample], img_size: int | Sequence[int]):
+    def __init__(self, samples: list[Sample], img_size: tuple[int, int]):
         self.samples = list(samples)
-        self.img_size = parse_img_size(img_size)
+        self.img_size = (int(img_size[0]), int(img_size[1]))  # (H, W), parsed once: Config.data.size
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -80,12 +65,11 @@ class AnomalyDataset(Dataset):
 
 
 def load_split(fmt: str, root: str | Path, class_name: str, split: str,
-               img_size: int | Sequence[int], **opts: Any) -> AnomalyDataset:
+               img_size: tuple[int, int], **opts: Any) -> AnomalyDataset:
     """One class and split of a data set in format `fmt`, checked and ready to iterate.
 
     opts go to the lister (split_percent, seed). train and test must not be empty; val may be (the
     pre-split layouts have none)."""
-    size = parse_img_size(img_size)
     check_split(split)
     lister = registry.get("datasets", fmt)
     samples = lister(root, class_name, split, **opts)
@@ -93,4 +77,4 @@ def load_split(fmt: str, root: str | Path, class_name: str, split: str,
         raise MoleflowError(f"no {split} images for class '{class_name}' in {root} ({fmt} format); "
                             "add images or change --split_percent")
     check_files(samples)
-    return AnomalyDataset(samples, size)
+    return AnomalyDataset(samples, img_size)

@@ -12,7 +12,7 @@ import torch
 
 from moleflow.evaluation import metrics as M
 from moleflow.evaluation.continual_metrics import accuracy_matrix, continual_summary
-from moleflow.evaluation.visualize import overlay_png
+from moleflow.evaluation.visualize import encode_png, overlay_png, overlay_rgb
 
 SUMMARY_KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "f1", "routing_accuracy",
                 "image_auroc_oracle", "pixel_auroc_oracle", "aupro_oracle")
@@ -90,16 +90,16 @@ def write_final_report(run: Any, state: Any, scored: dict[str, Any], timing: dic
             score, label = float(s.image[i]), int(fs.labels[i])
             heat, extra_heat = None, {}
             if n_maps < 0 or i < n_maps:
-                rgb, mask = _uint8_image(task.test_dataset[i]["image"]), fs.masks[i, 0].numpy().astype(bool)
+                rgb, mask = _uint8_image(task.test_image(i)), fs.masks[i, 0].numpy().astype(bool)
                 title = f"{c} gt={label} task={int(s.pred_task[i])}"
-                png = overlay_png(rgb, maps[i], mask, score, vmin=vmin, vmax=vmax, title=title)
-                heat = run.save_heatmap(c, path, png)
+                overlay = overlay_rgb(rgb, maps[i], mask, score, vmin=vmin, vmax=vmax, title=title)
+                heat = run.save_heatmap(c, path, encode_png(overlay))
                 for name, m in extras.items():
                     extra_png = overlay_png(rgb, m[i], mask, score, vmin=extra_range[name][0],
                                             vmax=extra_range[name][1], title=f"{title} [{name}]")
                     extra_heat[f"heatmap_{name}"] = run.save_heatmap(c, path, extra_png, kind=name)
                 if len([x for x in tb_images if x[0] == c]) < TB_IMAGES_PER_CLASS and label == 1:
-                    tb_images.append((c, png))
+                    tb_images.append((c, overlay))  # the array itself: TensorBoard encodes it
             prediction = int(score >= thr) if not math.isnan(thr) else None
             per_image.append({"filename": path, "class": c, "task": task.task_id, "routed_task": int(s.pred_task[i]),
                               "ground_truth": label, "prediction": prediction, "score": score,
@@ -116,17 +116,15 @@ def write_final_report(run: Any, state: Any, scored: dict[str, Any], timing: dic
 
 
 def _log_tensorboard(tb: Any, cfg: Any, classes: list[str], per_class: dict, mean: dict, metrics: dict,
-                     images: list[tuple[str, bytes]]) -> None:
-    from PIL import Image
-
+                     images: list[tuple[str, np.ndarray]]) -> None:
     last = len(classes) - 1
     for c in classes:
         for k in ("image_auroc", "pixel_auroc", "aupro", "routing_accuracy"):
             tb.scalar(f"final/{c}/{k}", per_class[c][k], last)
     for k, v in mean.items():
         tb.scalar(f"final/mean/{k}", v, last)
-    for i, (c, png) in enumerate(images):
-        tb.image(f"heatmaps/{c}/{i}", np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), last)
+    for i, (c, rgb) in enumerate(images):
+        tb.image(f"heatmaps/{c}/{i}", rgb, last)
     final = {f"hparam/mean_{k}": mean[k] for k in ("image_auroc", "pixel_auroc", "aupro", "routing_accuracy")}
     final["hparam/bwt_image_auroc"] = metrics["continual"]["bwt"]["image_auroc"]
     final["hparam/fm_image_auroc"] = metrics["continual"]["fm"]["image_auroc"]

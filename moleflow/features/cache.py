@@ -27,6 +27,7 @@ class FeatureSet:
     labels: Tensor  # (N,) long, 0 good / 1 anomalous
     masks: Tensor  # (N,1,H,W) uint8 0/1 at image size
     paths: list[str]
+    images: Tensor | None = None  # (N,3,H,W) in [0,1], only when extract_features(keep_images=True)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -41,7 +42,8 @@ class FeatureSet:
                 index = index.nonzero().flatten()
             index = index.long().flatten()
         return FeatureSet(self.patch[index], self.pooled[index], self.labels[index], self.masks[index],
-                          [self.paths[i] for i in index.tolist()])
+                          [self.paths[i] for i in index.tolist()],
+                          None if self.images is None else self.images[index])
 
 
 class FeatureCache:
@@ -111,12 +113,14 @@ def extract_features(
     desc: str = "features",
     progress: bool = True,
     num_workers: int = 0,
+    keep_images: bool = False,
 ) -> FeatureSet:
-    """Features of every item of `dataset` (dicts with image, mask, label, path), in dataset order."""
+    """Features of every item of `dataset` (dicts with image, mask, label, path), in dataset order.
+    keep_images: also return the decoded images (for models that read pixels), so nobody decodes them again."""
     extractor = extractor.to(device)
     cache = FeatureCache(cache_dir, extractor.identity) if cache_dir else None
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    patches, pooled, labels, masks, paths = [], [], [], [], []
+    patches, pooled, labels, masks, paths, kept = [], [], [], [], [], []
     hits = 0
     with tqdm(total=len(dataset), desc=desc, unit="img", disable=not progress) as bar:
         for batch in loader:
@@ -138,6 +142,8 @@ def extract_features(
             labels.append(torch.as_tensor(batch["label"]).long().flatten())
             masks.append(_binary_masks(batch["mask"]))
             paths.extend(batch_paths)
+            if keep_images:
+                kept.append(images)
             bar.update(len(images))
             if cache:
                 bar.set_postfix(cached=hits)
@@ -145,5 +151,7 @@ def extract_features(
         h, w = extractor.grid
         H, W = getattr(extractor, "img_size", (0, 0))
         return FeatureSet(torch.zeros(0, h, w, extractor.dim), torch.zeros(0, extractor.dim),
-                          torch.zeros(0, dtype=torch.long), torch.zeros(0, 1, H, W, dtype=torch.uint8), [])
-    return FeatureSet(torch.cat(patches), torch.cat(pooled), torch.cat(labels), torch.cat(masks), paths)
+                          torch.zeros(0, dtype=torch.long), torch.zeros(0, 1, H, W, dtype=torch.uint8), [],
+                          torch.zeros(0, 3, H, W) if keep_images else None)
+    return FeatureSet(torch.cat(patches), torch.cat(pooled), torch.cat(labels), torch.cat(masks), paths,
+                      torch.cat(kept) if keep_images else None)
