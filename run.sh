@@ -84,7 +84,8 @@ COMMON=(--data_path "$DATA_PATH" --heatmaps 10 --quiet)
 # The v1..v7 history keeps the training settings it was measured with (v8/v9 change them: see UPDATE_NOTES.md).
 HISTORY=(--embed_dim 128 --num_epochs 30 --batch_size 8)
 SWEEP_ITEMS="v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint knn v9 v9-seeds knn-seeds knn-embed128 v8-seeds \
-v9-ema v9-embed128 v9-batch8 v9-lr2e-4 v9-v3experts v9-nobaseline v9-stride1 v9-epochs20 v9-160px knn-160px"
+v9-ema v9-embed128 v9-batch8 v9-lr2e-4 v9-v3experts v9-nobaseline v9-stride1 v9-epochs20 v9-160px knn-160px \
+discriminator-seeds catalogue-seeds"
 DEFAULT_ITEMS="v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint knn"
 
 sweep() {
@@ -140,6 +141,10 @@ sweep() {
       v9-epochs20)  moleflow train --num_epochs 20 "${ablation[@]}" ;;    # 2/3 of the steps
       v9-160px)     moleflow train --img_size 160 "${ablation[@]}" ;;
       knn-160px)    moleflow train --model knn --img_size 160 "${ablation[@]}" ;;
+      # --- the patch discriminator, home of the catalogue losses (its default loss: bce + iou) ---------
+      discriminator-seeds) for seed in 0 1 2; do moleflow train --model discriminator --seed "$seed" "${ablation[@]}"; done ;;
+      catalogue-seeds)     for seed in 0 1 2; do moleflow train --model discriminator --seed "$seed" --loss bce=1 iou=1 \
+                             orthogonality=0.01 selector_entropy=0.1 selector_diversity=0.1 distinctness=0.1 "${ablation[@]}"; done ;;
       *) log "error: unknown sweep item '$item' (known: $SWEEP_ITEMS)"; exit 2 ;;
     esac
   done
