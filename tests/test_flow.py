@@ -48,7 +48,7 @@ def _names(model: MoLEFlow) -> dict[int, str]:
 
 
 @pytest.mark.parametrize("dim", [8, 12, 6, 7, 5, 1])
-def test_sinusoidal_2d_is_sin_y_sin_x_cos_y_cos_x_and_zero_past_a_multiple_of_4(dim):
+def test_sinusoidal_2d_is_sin_y_cos_y_sin_x_cos_x_and_zero_past_a_multiple_of_4(dim):
     import math
 
     emb = sinusoidal_2d(3, 5, dim)
@@ -56,8 +56,8 @@ def test_sinusoidal_2d_is_sin_y_sin_x_cos_y_cos_x_and_zero_past_a_multiple_of_4(
     q = dim // 4
     for y, x in [(0, 0), (2, 4), (1, 3)]:  # timm's layout, written out: frequency k is 1/10000^(k/q)
         freqs = [10000.0 ** (-k / q) for k in range(q)]
-        expected = ([math.sin(y * f) for f in freqs] + [math.sin(x * f) for f in freqs]
-                    + [math.cos(y * f) for f in freqs] + [math.cos(x * f) for f in freqs] + [0.0] * (dim % 4))
+        expected = ([math.sin(y * f) for f in freqs] + [math.cos(y * f) for f in freqs]
+                    + [math.sin(x * f) for f in freqs] + [math.cos(x * f) for f in freqs] + [0.0] * (dim % 4))
         assert emb[y, x].tolist() == pytest.approx(expected, abs=1e-6)
     if dim >= 4:
         assert torch.unique(emb.reshape(15, dim), dim=0).shape[0] == 15  # every position distinct
