@@ -145,13 +145,17 @@ _NOT_RECIPE = {"data_path", "runs_dir", "experiment_name", "heatmaps", "feature_
 def _off_preset(config: dict) -> dict[str, str] | None:
     """The settings of a saved config.json that differ from its version preset applied to today's defaults:
     what tells the rows of an ablation apart (several runs of one version)."""
-    from moleflow.config import Config
+    from moleflow.config import Config, apply_model_default_loss
     from moleflow.versions import version_overrides
 
     try:
         reference = Config()
         for name, value in version_overrides(_config_value(config, "version")).items():
             reference.set(name, value)
+        preset_model = reference.flow.model
+        reference.set("model", _config_value(config, "model", preset_model))
+        apply_model_default_loss(reference)  # a model's own default loss is not a setting off the preset
+        reference.set("model", preset_model)
         wanted = reference.flat()
         for section, values in config.items():  # a key the file lacks counts as the preset's value
             for name, value in (values.items() if isinstance(values, dict) else [(section, values)]):

@@ -302,12 +302,12 @@ def resolve_config(explicit: dict[str, Any], config_file: str | None = None) -> 
             cfg.set(name, value)
     cfg.run.version = version
     if "loss" not in explicit and "loss" not in file_given:
-        _apply_model_default_loss(cfg)
+        apply_model_default_loss(cfg)
     refuse_inert(cfg, requested_settings(explicit, file_given, baseline.flat()))
     return cfg, preset
 
 
-def _apply_model_default_loss(cfg: Config) -> None:
+def apply_model_default_loss(cfg: Config) -> None:
     """A model that declares `default_loss` (contract.py) gets it when --loss was not given."""
     from moleflow import registry
     from moleflow.contract import model_traits

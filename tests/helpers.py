@@ -39,6 +39,29 @@ def tiny_config(data: Path, runs: Path, **overrides) -> Config:
     return cfg
 
 
+def run_per_task_model(cfg: Config, tiny_tasks) -> dict:
+    """A model whose tasks own everything (knn, discriminator) through the trainer: training task 1 leaves
+    task 0's scores bitwise equal, a whole run routes perfectly with FM 0, and `moleflow eval` reproduces its
+    metrics. Returns the run's final mean metrics."""
+    import torch
+
+    from moleflow.continual.trainer import ContinualRun, run_training
+    from moleflow.inference import evaluate_run
+
+    tasks, extractor = tiny_tasks
+    state = ContinualRun(cfg, tasks, extractor.dim, extractor.grid, torch.device("cpu"), progress=False)
+    state.train_task(0, None)
+    before = state.model.patch_scores(tasks[0].test.patch, 0)
+    state.train_task(1, None)
+    assert torch.equal(state.model.patch_scores(tasks[0].test.patch, 0), before)
+
+    run = run_training(cfg, progress=False, log=lambda *_: None)
+    metrics = run.read_json("metrics.json")
+    assert metrics["routing"]["accuracy"] == 1.0 and metrics["continual"]["fm"]["image_auroc"] == 0.0
+    assert evaluate_run(run.path, progress=False).read_json("metrics.json")["final"] == metrics["final"]
+    return metrics["final"]["mean"]
+
+
 def train_steps(model, task: int, feats, *, steps: int, weight_decay: float = 0.0, params: list | None = None) -> None:
     """A few AdamW steps on the per-dimension NLL of `model` (a MoLEFlow) for `task`."""
     import torch

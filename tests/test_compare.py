@@ -228,6 +228,17 @@ def test_seed_table_groups_runs_that_differ_only_in_seed_and_lists_off_preset_se
     assert "lr=0.1 | 3 |" not in text  # the lone run is not averaged with the seeds
 
 
+def test_a_models_own_default_loss_is_not_a_setting_off_the_preset(tmp_path):
+    own = _make_run(tmp_path, "v9", _metrics(**NEW))
+    own.write_json("config.json", {"run": {"version": "v9"}, "train": {"loss": ["bce=1.0", "iou=1.0"]},
+                                   "flow": {"model": "discriminator"}})
+    other = _make_run(tmp_path, "v9", _metrics(**OLD))
+    other.write_json("config.json", {"run": {"version": "v9"}, "train": {"loss": ["bce=1.0"]},
+                                     "flow": {"model": "discriminator"}})
+    summary = compare_runs([tmp_path], markdown=True).split("**over seeds")[0]
+    assert "| model=discriminator |" in summary and "| loss=bce=1.0, model=discriminator |" in summary
+
+
 def test_wall_time_is_a_column_and_its_seed_mean_is_reported(tmp_path):
     for seed, wall in ((0, 50.0), (1, 70.0)):
         metrics = _metrics(**NEW)

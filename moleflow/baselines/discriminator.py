@@ -178,7 +178,8 @@ class PatchDiscriminator(nn.Module):
             self.tasks[str(task_id)] = TaskDiscriminator(self.dim, self.opts).to(self._anchor.device)
 
     def trainable_parameters(self, task_id: int) -> list:
-        return [p for p in self._task(task_id).parameters() if p.requires_grad]
+        # all of them, also after end_task froze them: under finetune/joint every round retrains task 0
+        return list(self._task(task_id).parameters())
 
     def fit_task(self, task_id: int, inputs: Tensor, params: list, loss_fn: Any, settings: Any, *, label: str,
                  on_epoch: Any = None) -> Any:
@@ -190,6 +191,8 @@ class PatchDiscriminator(nn.Module):
         if n == 0:
             raise MoleflowError(f"{label}: no training images")
         task = self._task(task_id)
+        for p in params:
+            p.requires_grad_(True)
         rows = inputs.reshape(-1, self.dim).float()
         task.mean.copy_(rows.mean(0))
         task.std.copy_(rows.std(0).clamp_min(1e-6))  # noise is in units of each channel's spread
