@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Sequence
 
-from moleflow.data.samples import (NORMAL_DEFECT_TYPE, Sample, check_split, path_inside, require_class,
+from moleflow.data.samples import (NORMAL_DEFECT_TYPE, Sample, path_inside, require_class,
                                    require_root, subfolder_classes)
-from moleflow.data.splits import anomaly_aware_split
+from moleflow.data.splits import splitting_lister
 from moleflow.errors import MoleflowError
 
 LABEL_FILE = "labels.csv"
@@ -74,12 +73,4 @@ def list_all_csv(root: str | Path, class_name: str) -> list[Sample]:
     return samples
 
 
-def list_csv(root: str | Path, class_name: str, split: str, *,
-             split_percent: Sequence[int] = (70, 15, 15), seed: int = 0) -> list[Sample]:
-    """One split of a csv-format class (anomaly-aware, deterministic from `seed`)."""
-    check_split(split)
-    return anomaly_aware_split(list_all_csv(root, class_name), split_percent, seed)[split]
-
-
-list_csv.uses_split_percent = True  # type: ignore[attr-defined]  # reads --split_percent/--split_seed
-list_csv.classes = csv_classes  # type: ignore[attr-defined]
+list_csv = splitting_lister(list_all_csv, csv_classes, "csv")

@@ -15,11 +15,10 @@ image-level metrics are meaningful. train/val/test come from `splits.anomaly_awa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
 
-from moleflow.data.samples import (NORMAL_DEFECT_TYPE, Sample, check_split, list_images, require_class,
+from moleflow.data.samples import (NORMAL_DEFECT_TYPE, Sample, list_images, require_class,
                                    require_root, subfolder_classes)
-from moleflow.data.splits import anomaly_aware_split
+from moleflow.data.splits import splitting_lister
 from moleflow.errors import MoleflowError
 
 
@@ -63,12 +62,4 @@ def list_all_folder(root: str | Path, class_name: str) -> list[Sample]:
     return samples
 
 
-def list_folder(root: str | Path, class_name: str, split: str, *,
-                split_percent: Sequence[int] = (70, 15, 15), seed: int = 0) -> list[Sample]:
-    """One split of a folder-format class (anomaly-aware, deterministic from `seed`)."""
-    check_split(split)
-    return anomaly_aware_split(list_all_folder(root, class_name), split_percent, seed)[split]
-
-
-list_folder.uses_split_percent = True  # type: ignore[attr-defined]  # reads --split_percent/--split_seed
-list_folder.classes = folder_classes  # type: ignore[attr-defined]
+list_folder = splitting_lister(list_all_folder, folder_classes, "folder")

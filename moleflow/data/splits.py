@@ -16,11 +16,12 @@ path, so it depends on the seed and the set of files, never on the order the fil
 from __future__ import annotations
 
 from numbers import Integral
-from typing import Sequence
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
-from moleflow.data.samples import Sample, sorted_samples
+from moleflow.data.samples import Sample, check_split, sorted_samples
 from moleflow.errors import MoleflowError
 
 
@@ -66,3 +67,19 @@ def anomaly_aware_split(samples: Sequence[Sample], percent: Sequence[int] = (70,
         "test": rest[n_val_normal:] + anomalous[n_val_anomalous:],
     }
     return {name: sorted_samples(part) for name, part in parts.items()}
+
+
+def splitting_lister(list_all: Callable[[str | Path, str], list[Sample]], classes: Callable, fmt: str) -> Callable:
+    """A data-set lister (the `moleflow.datasets` contract) for a layout that does not come pre-split: every
+    sample of a class from `list_all(root, class_name)`, split by `anomaly_aware_split` (deterministic from
+    `seed`). The lister says that it reads --split_percent/--split_seed (`uses_split_percent`)."""
+    def lister(root: str | Path, class_name: str, split: str, *,
+               split_percent: Sequence[int] = (70, 15, 15), seed: int = 0) -> list[Sample]:
+        check_split(split)
+        return anomaly_aware_split(list_all(root, class_name), split_percent, seed)[split]
+
+    lister.__name__ = lister.__qualname__ = f"list_{fmt}"
+    lister.__doc__ = f"One split of a {fmt}-format class (anomaly-aware, deterministic from `seed`)."
+    lister.uses_split_percent = True  # type: ignore[attr-defined]
+    lister.classes = classes  # type: ignore[attr-defined]
+    return lister
