@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from numbers import Integral
@@ -65,7 +66,7 @@ class BackboneConfig:
                             nargs="*", type=int)
     cnn_layers: list = _opt(["2", "3"], "CNN feature stages (indices or module names) aggregated "
                                         "PatchCore-style; 2 3 = stride 8 and 16 (ResNet's layer2, layer3)", nargs="+")
-    embed_dim: int = _opt(128, "feature width after parameter-free channel pooling (0 = keep)")
+    embed_dim: int = _opt(128, "feature width after parameter-free channel pooling (0 = keep)", minimum=0)
     feature_cache: str = _opt("", "directory of an on-disk feature cache (empty = memory only)")
 
 
@@ -87,15 +88,16 @@ class TrainConfig:
     strategy: str = _opt("moleflow", "continual strategy: a name registered in moleflow.strategies (built-in: "
                                      "moleflow, finetune = one flow trained on, joint = one flow on all data)")
     router: str = _opt("mahalanobis", "task router: a name registered in moleflow.routers")
-    num_epochs: int = _opt(40, "training epochs per task")
-    batch_size: int = _opt(16, "images per optimisation step (all their patches)")
-    lr: float = _opt(2e-4, "AdamW learning rate (cosine schedule per task)")
+    num_epochs: int = _opt(40, "training epochs per task", minimum=1)
+    batch_size: int = _opt(16, "images per optimisation step (all their patches)", minimum=1)
+    lr: float = _opt(2e-4, "AdamW learning rate (cosine schedule per task)", above=0)
     token_stride: int = _opt(1, "train each step on every s-th patch row and column of its images (random offset "
-                                "per step; 1/s^2 of the flow's cost); scoring always uses every patch")
-    weight_decay: float = _opt(1e-5, "AdamW weight decay")
+                                "per step; 1/s^2 of the flow's cost); scoring always uses every patch", minimum=1)
+    weight_decay: float = _opt(1e-5, "AdamW weight decay", minimum=0)
     ema_decay: float = _opt(0.0, "end each task with an exponential moving average of its trained parameters over "
-                                 "the optimiser steps, decay d (weights the last ~1/(1-d) steps); 0 = the last step's")
-    grad_clip: float = _opt(1.0, "gradient-norm clip (0 = off)")
+                                 "the optimiser steps, decay d (weights the last ~1/(1-d) steps); 0 = the last step's",
+                                minimum=0)
+    grad_clip: float = _opt(1.0, "gradient-norm clip (0 = off)", minimum=0)
     loss: list = _opt(["nll=1.0"], "loss terms NAME=WEIGHT (registered in moleflow.losses); repeatable; replaces "
                       "the default. Under AdamW only the ratio of weights matters",
                       nargs="+", action="extend")
@@ -103,8 +105,8 @@ class TrainConfig:
                               "they parse), e.g. bce.pos_weight=5 or deep_svdd_soft_boundary.nu=0.05. "
                               "In a --config file also a table: loss_opt = {bce = {pos_weight = 5}}",
                       nargs="+", action="extend", key_value=True)
-    center_loss_weight: float = _opt(0.0, "v5: weight λ of the center loss on z; 0 = off")
-    focal_gamma: float = _opt(0.0, "v7: focal NLL exponent γ; 0 = plain NLL")
+    center_loss_weight: float = _opt(0.0, "v5: weight λ of the center loss on z; 0 = off", minimum=0)
+    focal_gamma: float = _opt(0.0, "v7: focal NLL exponent γ; 0 = plain NLL", minimum=0)
     seed: int = _opt(0, "seed of everything random in the run")
     device: str = _opt("auto", "auto | cpu | cuda")
 
@@ -113,10 +115,10 @@ class TrainConfig:
 class EvalConfig:
     score_aggregation: str = _opt("max", "image score: max patch score, mean of the top k, or map_max (max of "
                                           "the blurred anomaly map)", choices=["max", "topk", "map_max"])
-    topk: int = _opt(10, "k for --score_aggregation topk")
-    blur_sigma: float = _opt(4.0, "Gaussian blur of the upsampled anomaly map (0 = none)")
+    topk: int = _opt(10, "k for --score_aggregation topk", minimum=1)
+    blur_sigma: float = _opt(4.0, "Gaussian blur of the upsampled anomaly map (0 = none)", minimum=0)
     save_maps: bool = _opt(False, "write maps/<class>.npz with float maps, masks, labels, scores, paths")
-    heatmaps: int = _opt(-1, "heatmap overlays per class to write (-1 = all, 0 = none)")
+    heatmaps: int = _opt(-1, "heatmap overlays per class to write (-1 = all, 0 = none)", minimum=-1)
 
 
 @dataclass
@@ -304,7 +306,28 @@ def resolve_config(explicit: dict[str, Any], config_file: str | None = None) -> 
     if "loss" not in explicit and "loss" not in file_given:
         apply_model_default_loss(cfg)
     refuse_inert(cfg, requested_settings(explicit, file_given, baseline.flat()))
+    check_ranges(cfg)
     return cfg, preset
+
+
+def check_ranges(cfg: Config) -> None:
+    """Every number inside the range its setting declares (`minimum`, `maximum`, `above` in the field's
+    metadata), checked before any image is read: a negative batch size is one error line, not a traceback
+    from deep inside torch, and 0 epochs is not a run that silently trains nothing."""
+    flat = cfg.flat()
+    for name, (_, f) in FIELD_SPECS.items():
+        value, meta = flat[name], f.metadata
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        lo, hi, above = meta.get("minimum"), meta.get("maximum"), meta.get("above")
+        if lo is None and hi is None and above is None:
+            continue
+        wrong = (not math.isfinite(value) or (lo is not None and value < lo) or (hi is not None and value > hi)
+                 or (above is not None and value <= above))
+        if wrong:
+            need = (f"in [{lo}, {hi}]" if lo is not None and hi is not None else
+                    f">= {lo}" if lo is not None else f"> {above}" if above is not None else f"<= {hi}")
+            raise MoleflowError(f"--{name} {value}: must be {need} ({meta['help']})")
 
 
 def apply_model_default_loss(cfg: Config) -> None:

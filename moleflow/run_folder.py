@@ -45,15 +45,18 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, fsync: bool = True) -> 
     the write completes), only not against power loss; worth it for hundreds of heatmap PNGs.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
-        try:
-            # os.open with 0o666 honours the umask, unlike mkstemp's 0o600.
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-            break
-        except FileExistsError:
-            continue
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
+            try:
+                # os.open with 0o666 honours the umask, unlike mkstemp's 0o600.
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+                break
+            except FileExistsError:
+                continue
+    except OSError as exc:
+        raise _write_error(target, exc) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -61,9 +64,18 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, fsync: bool = True) -> 
                 fh.flush()
                 os.fsync(fh.fileno())
         os.replace(tmp, target)
+    except OSError as exc:  # a full disk, a quota, a vanished mount: one line, the old file intact
+        tmp.unlink(missing_ok=True)
+        raise _write_error(target, exc) from None
     except BaseException:  # includes KeyboardInterrupt: never leave the temp file behind
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _write_error(target: Path, exc: OSError) -> MoleflowError:
+    return MoleflowError(f"cannot write {target} ({exc.strerror or exc}); the previous version of that file, if "
+                         "any, is unchanged: free disk space or fix permissions, then run again "
+                         "(`moleflow train --resume RUN_DIR` continues a stopped training run)")
 
 
 def atomic_write_text(path: str | Path, text: str, *, fsync: bool = True) -> None:

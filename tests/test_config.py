@@ -72,3 +72,27 @@ def test_every_setting_has_exactly_one_flag():
 def test_loss_flag_is_repeatable():
     assert parse_train("--loss", "nll=1", "--loss", "center=0.5")["loss"] == ["nll=1", "center=0.5"]
     assert parse_train("--loss", "nll=1", "center=0.5")["loss"] == ["nll=1", "center=0.5"]
+
+
+def test_every_declared_range_refuses_the_value_just_outside_and_accepts_its_bound():
+    from moleflow.config import FIELD_SPECS, Config, check_ranges
+
+    checked = []
+    for name, (_, f) in FIELD_SPECS.items():
+        lo, hi, above = (f.metadata.get(k) for k in ("minimum", "maximum", "above"))
+        if lo is None and hi is None and above is None:
+            continue
+        step = 1 if f.type in (int, "int") else 0.5
+        inside, outside = ((lo, lo - step) if lo is not None else (above + step, above))
+        cases = [(inside, True), (outside, False)] + ([(hi, True), (hi + step, False)] if hi is not None else [])
+        for value, ok in cases:
+            cfg = Config()
+            cfg.set(name, value)
+            shown = cfg.flat()[name]  # as the setting holds it (a float setting shows 0 as 0.0)
+            if ok:
+                check_ranges(cfg)
+            else:
+                with pytest.raises(MoleflowError, match=f"--{name} {shown}: must be"):
+                    check_ranges(cfg)
+        checked.append(name)
+    assert {"num_epochs", "batch_size", "lr", "lora_rank", "clamp", "task0_mix"} <= set(checked)

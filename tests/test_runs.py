@@ -41,7 +41,7 @@ def test_failed_replace_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypatch)
         raise OSError("disk gone")
 
     monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(MoleflowError, match=f"cannot write {target} \\(disk gone\\); the previous version"):
         atomic_write_json(target, {"new": 1})
     assert target.read_text() == "old"
     assert os.listdir(tmp_path) == ["metrics.json"]

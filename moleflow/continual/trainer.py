@@ -151,8 +151,6 @@ def check_components(cfg: Config) -> None:
                             "classmethod; see moleflow/contract.py")
     if traits.validate_config is not None:
         traits.validate_config(cfg, img_size=cfg.data.size)
-    if cfg.train.token_stride < 1:
-        raise MoleflowError(f"--token_stride must be >= 1 (1 = every patch), got {cfg.train.token_stride}")
     check_ema_decay(cfg.train.ema_decay)
     registry.get("routers", cfg.train.router)
     strategy_class(cfg.train.strategy)

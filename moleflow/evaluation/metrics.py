@@ -330,6 +330,8 @@ def confusion_matrix(true_tasks: Any, pred_tasks: Any, num_tasks: int) -> np.nda
         if outside.size:
             raise MoleflowError(f"confusion_matrix: {name} contains task id {int(outside[0])} outside "
                                 f"0..{num_tasks - 1}; pass the total number of tasks as num_tasks")
+    if num_tasks == 1:  # every image is task 0; sklearn warns about "a single label" even with labels= given
+        return np.array([[true.size]], dtype=np.int64)
     return sk_confusion_matrix(true, pred, labels=np.arange(num_tasks)).astype(np.int64)
 
 

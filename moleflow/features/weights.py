@@ -62,9 +62,13 @@ def check_backbone_name(backbone_name: str) -> None:
         return
     arch, _ = split_model_name_tag(name)
     if not timm.is_model(arch):
+        from moleflow import registry
+
         close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
-        hint = f"; close matches: {', '.join(close)}" if close else "; see timm.list_models()"
-        raise MoleflowError(f"unknown timm backbone '{backbone_name}'{hint}")
+        hint = f"; close matches: {', '.join(close)}" if close else ""
+        offline = ", ".join(registry.names("weights"))
+        raise MoleflowError(f"unknown timm backbone '{backbone_name}'{hint}; with ImageNet weights offline: {offline}; "
+                            "every architecture timm knows: python -c 'import timm; print(timm.list_models())'")
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
