@@ -137,15 +137,12 @@ def load_summary(path: str | Path) -> RunSummary:
     )
 
 
-#: settings that say where/how a run was stored or shown, not what it computed
-_NOT_RECIPE = {"data_path", "runs_dir", "experiment_name", "heatmaps", "feature_cache", "device", "quiet", "version",
-               "save_maps"}
 
 
 def _off_preset(config: dict) -> dict[str, str] | None:
     """The settings of a saved config.json that differ from its version preset applied to today's defaults:
     what tells the rows of an ablation apart (several runs of one version)."""
-    from moleflow.config import Config, apply_model_default_loss
+    from moleflow.config import NOT_RECIPE, Config, apply_model_default_loss
     from moleflow.versions import version_overrides
 
     try:
@@ -168,7 +165,7 @@ def _off_preset(config: dict) -> dict[str, str] | None:
         return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
     return {name: shown(value) for name, value in sorted(ran.items())
-            if name not in _NOT_RECIPE and value != wanted.get(name)}
+            if name not in NOT_RECIPE and value != wanted.get(name)}
 
 
 def _settings_cell(settings: dict[str, str] | None) -> str:

@@ -262,6 +262,16 @@ def check_option_names(raw: dict[str, Any], options_class: type, model: str) -> 
     return known
 
 
+#: settings that say where/how a run was stored or shown, not what it computed
+NOT_RECIPE = frozenset({"data_path", "runs_dir", "experiment_name", "heatmaps", "feature_cache", "device", "quiet",
+                        "version", "save_maps"})
+
+
+def recipe(cfg: Config) -> dict[str, Any]:
+    """The settings that decide what a run computes (every setting but NOT_RECIPE), by flag name."""
+    return {name: value for name, value in cfg.flat().items() if name not in NOT_RECIPE}
+
+
 def explicit_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The settings given on the command line (flags default to SUPPRESS, so only given ones exist)."""
     return {k: v for k, v in vars(args).items() if k in FIELD_SPECS}

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from moleflow.config import Config
 
 CONFIG_FILE = "config.json"
+#: checkpoint metadata key of the SHA-256 of its tensors (names, dtypes, shapes and bytes)
+CHECKSUM_KEY = "moleflow.sha256"
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._+-]+")
 
 
@@ -76,6 +78,18 @@ def _write_error(target: Path, exc: OSError) -> MoleflowError:
     return MoleflowError(f"cannot write {target} ({exc.strerror or exc}); the previous version of that file, if "
                          "any, is unchanged: free disk space or fix permissions, then run again "
                          "(`moleflow train --resume RUN_DIR` continues a stopped training run)")
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def atomic_write_text(path: str | Path, text: str, *, fsync: bool = True) -> None:
@@ -243,6 +257,7 @@ class RunFolder:
         # Cloning breaks shared storage (safetensors refuses aliased tensors) and detaches from live params.
         plain = {k: t.detach().to("cpu").contiguous().clone() for k, t in tensors.items()}
         meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+        meta[CHECKSUM_KEY] = tensor_digest(plain)  # load_checkpoint refuses a file whose tensors changed since
         path = self.checkpoint_path(name)
         atomic_write_bytes(path, save(plain, metadata=meta))
         return path
@@ -260,6 +275,9 @@ class RunFolder:
                 tensors = {k: fh.get_tensor(k) for k in fh.keys()}
         except Exception as exc:  # noqa: BLE001 - safetensors raises several error types for damaged files
             raise MoleflowError(f"cannot read checkpoint {path} ({exc}); delete it or re-run training") from None
+        if CHECKSUM_KEY in meta and tensor_digest(tensors) != meta[CHECKSUM_KEY]:
+            raise MoleflowError(f"checkpoint {path} does not match the checksum written with it (its tensors were "
+                                "changed afterwards); restore the file from a copy or re-run training")
         return tensors, meta
 
     def checkpoint_names(self) -> list[str]:

@@ -246,6 +246,44 @@ def test_two_runs_started_at_once_get_distinct_folders(tmp_path):
     assert len(set(paths)) == 4 and all(Path(p).is_dir() for p in paths)
 
 
+# ------------------------------------------------------------------------------------------- safe loading
+
+def _finished(data: Path, runs: Path, *flags: object) -> Path:
+    assert run("train", "--data_path", data, "--runs_dir", runs, *FAST, *flags)[0] == 0
+    return run_folders(runs)[-1]
+
+
+def _refused_command(*argv: object) -> str:
+    code, _, err = run(*argv)
+    assert code == 2 and "Traceback" not in err and err.count("\n") == 1, err
+    return err.strip()
+
+
+def test_eval_and_resume_refuse_truncated_tampered_and_foreign_checkpoints(clean, tmp_path):
+    both = ["--task_classes", "widget", "gadget"]
+    mine = _finished(clean, tmp_path / "a", *both)
+    other = _finished(clean, tmp_path / "b", *both, "--img_size", "48", "--model_opt", "k=2")
+    ckpt = mine / "checkpoints" / "task_1.safetensors"
+    original = ckpt.read_bytes()
+
+    shutil.copy(other / "checkpoints" / "task_1.safetensors", ckpt)  # another configuration's file
+    line = _refused_command("eval", "--run", mine, "--quiet")
+    assert str(ckpt) in line and "img_size: [48] in the checkpoint, [32] in this run" in line
+    assert "model_opt: ['k=2'] in the checkpoint, [] in this run" in line
+
+    data = bytearray(original)
+    data[-1] ^= 0x01  # tampered: still a well-formed file
+    ckpt.write_bytes(bytes(data))
+    assert f"checkpoint {ckpt} does not match the checksum" in _refused_command("eval", "--run", mine, "--quiet")
+    assert f"checkpoint {ckpt} does not match the checksum" in _refused_command("train", "--resume", mine, "--quiet")
+
+    ckpt.write_bytes(original[: len(original) // 2])  # truncated
+    assert f"cannot read checkpoint {ckpt}" in _refused_command("eval", "--run", mine, "--quiet")
+
+    ckpt.write_bytes(original)
+    assert run("eval", "--run", mine, "--quiet")[0] == 0  # the run's own file loads again
+
+
 # ------------------------------------------------------------------------------------------------ predict
 
 def test_predict_on_an_unreadable_image(data, tmp_path):

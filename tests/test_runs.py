@@ -18,7 +18,8 @@ import torch
 
 from moleflow import run_folder
 from moleflow.errors import MoleflowError
-from moleflow.run_folder import RunFolder, atomic_write_bytes, atomic_write_json, atomic_write_text
+from moleflow.run_folder import (CHECKSUM_KEY, RunFolder, atomic_write_bytes, atomic_write_json, atomic_write_text,
+                                 tensor_digest)
 from moleflow.run_log import TBLogger, collect_env, git_state
 
 RUN_NAME = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
@@ -185,7 +186,7 @@ def test_checkpoint_round_trip_is_bitwise_with_metadata(tmp_path):
     path = run.save_checkpoint("task_0", tensors, {"task": "0", "class": "leather"})
     assert path == run.path / "checkpoints" / "task_0.safetensors"
     loaded, meta = run.load_checkpoint("task_0")
-    assert meta == {"task": "0", "class": "leather"}
+    assert meta == {"task": "0", "class": "leather", CHECKSUM_KEY: tensor_digest(tensors)}
     assert set(loaded) == set(tensors)
     for name, t in tensors.items():
         got = loaded[name]
@@ -195,6 +196,19 @@ def test_checkpoint_round_trip_is_bitwise_with_metadata(tmp_path):
             assert torch.equal(got.contiguous().view(bits), t.contiguous().view(bits)), name
         else:
             assert torch.equal(got, t), name
+
+
+def test_a_checkpoint_changed_after_writing_or_truncated_is_refused(tmp_path):
+    run = RunFolder.create(tmp_path, "e", "v1")
+    path = run.save_checkpoint("task_0", {"w": torch.arange(1000, dtype=torch.float32)})
+    data = bytearray(path.read_bytes())
+    data[-4] ^= 0x01  # one bit of the last float: still a valid safetensors file
+    path.write_bytes(bytes(data))
+    with pytest.raises(MoleflowError, match=f"checkpoint {path} does not match the checksum"):
+        run.load_checkpoint("task_0")
+    path.write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(MoleflowError, match=f"cannot read checkpoint {path}"):
+        run.load_checkpoint("task_0")
 
 
 def test_checkpoint_names_and_missing_checkpoint(tmp_path):

@@ -3,14 +3,16 @@ checkpoint -> evaluate every task seen so far. Knows models only through the con
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from moleflow import registry
-from moleflow.config import Config
+from moleflow.config import Config, recipe
 from moleflow.contract import ModelHooks, describe, model_traits
 from moleflow.continual.fit import FitSettings, check_ema_decay
 from moleflow.continual.strategies import strategy_class
@@ -117,29 +119,56 @@ class ContinualRun:
         tensors = {f"model.{k}": v for k, v in self.model.task_state(self.strategy.model_task(t)).items()} \
             if self.strategy.frozen_after_task else {}
         tensors.update({f"router.{k}": v for k, v in self.router.task_state(t).items()})
-        run.save_checkpoint(f"task_{t}", tensors, {"task": str(t), "class": self.classes[t]})
+        recipe_meta = {RECIPE_KEY: json.dumps(recipe(self.cfg), sort_keys=True)}
+        run.save_checkpoint(f"task_{t}", tensors, {"task": str(t), "class": self.classes[t], **recipe_meta})
         if self.strategy.shared_changes(t) or not self.strategy.frozen_after_task:
             state = self.model.shared_state() if self.strategy.frozen_after_task else self.model.state_dict()
-            run.save_checkpoint(f"shared_{t}", dict(state), {"after_task": str(t)})
+            run.save_checkpoint(f"shared_{t}", dict(state), {"after_task": str(t), **recipe_meta})
 
     def restore(self, run: RunFolder, completed: int) -> None:
-        latest_shared = None
-        for t in range(completed):
-            self.strategy.begin_task(t, self.classes[t])
-            tensors, _ = run.load_checkpoint(f"task_{t}")
-            model_part = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-            if model_part:
-                self.model.load_task_state(self.strategy.model_task(t), model_part)
-            self.router.load_task_state(t, {k[7:]: v for k, v in tensors.items() if k.startswith("router.")})
-            self.strategy.end_task(t)
-            if f"shared_{t}" in run.checkpoint_names():
-                latest_shared = f"shared_{t}"
-        if latest_shared is not None:
-            state, _ = run.load_checkpoint(latest_shared)
-            if self.strategy.frozen_after_task:
-                self.model.load_shared_state(state)
-            else:
-                self.model.load_state_dict(state)
+        """Load the checkpoints of the first `completed` tasks. Every file is read and checked first (readable,
+        its checksum, written by a run with this run's settings); only then is anything loaded into the model."""
+        names = [f"task_{t}" for t in range(completed)]
+        shared = [f"shared_{t}" for t in range(completed) if f"shared_{t}" in run.checkpoint_names()]
+        loaded = {name: run.load_checkpoint(name) for name in names + shared[-1:]}
+        for name, (_, meta) in loaded.items():
+            check_recipe(run.checkpoint_path(name), meta, self.cfg)
+        try:
+            for t in range(completed):
+                self.strategy.begin_task(t, self.classes[t])
+                tensors = loaded[f"task_{t}"][0]
+                model_part = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+                if model_part:
+                    self.model.load_task_state(self.strategy.model_task(t), model_part)
+                self.router.load_task_state(t, {k[7:]: v for k, v in tensors.items() if k.startswith("router.")})
+                self.strategy.end_task(t)
+            if shared:
+                state = loaded[shared[-1]][0]
+                if self.strategy.frozen_after_task:
+                    self.model.load_shared_state(state)
+                else:
+                    self.model.load_state_dict(state)
+        except (RuntimeError, KeyError, ValueError) as exc:  # a checkpoint written before recipes were recorded
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise MoleflowError(f"the checkpoints in {run.path / 'checkpoints'} do not fit this run's model "
+                                f"({first}); they come from another configuration") from None
+
+
+#: checkpoint metadata key of the settings (config.recipe) of the run that wrote it
+RECIPE_KEY = "moleflow.recipe"
+
+
+def check_recipe(path: Path, meta: dict[str, str], cfg: Config) -> None:
+    """Refuse a checkpoint written by a run with other settings, naming the file and the settings."""
+    if RECIPE_KEY not in meta:
+        return  # written before recipes were recorded: the load itself still checks names and shapes
+    theirs, ours = json.loads(meta[RECIPE_KEY]), json.loads(json.dumps(recipe(cfg)))
+    differ = sorted(name for name in set(theirs) | set(ours) if theirs.get(name) != ours.get(name))
+    if differ:
+        shown = "; ".join(f"{n}: {theirs.get(n)!r} in the checkpoint, {ours.get(n)!r} in this run" for n in differ[:4])
+        more = f" (and {len(differ) - 4} more)" if len(differ) > 4 else ""
+        raise MoleflowError(f"checkpoint {path} was written by a run with other settings ({shown}{more}); it does "
+                            "not belong to this run folder: put the run's own checkpoints back or start a new run")
 
 
 def check_components(cfg: Config) -> None:
@@ -198,7 +227,8 @@ def run_training(cfg: Config, *, progress: bool = True, resume: str | None = Non
         state.results = {int(k): v for k, v in progress_doc.get("results", {}).items()}
         state.fit_log = progress_doc.get("fit", [])
         timing = progress_doc.get("timing", {"train_s": 0.0, "eval_s": 0.0})
-        log(f"resuming {run.path} after {completed} completed task(s)")
+        log(f"resuming {run.path} after {completed} completed task(s)" if completed else
+            f"resuming {run.path}: it stopped before its first task finished, so it starts again from task 0")
     else:
         run = RunFolder.create(cfg.run.runs_dir, cfg.run.experiment_name, cfg.run.version)
         run.write_json("config.json", cfg.to_dict())
