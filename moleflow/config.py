@@ -127,6 +127,9 @@ class RunConfig:
                               "them; explicit flags override it); not the package version (`moleflow --version`)")
     experiment_name: str = _opt("default", "runs/<experiment>/<version>/<run>")
     runs_dir: str = _opt("runs", "where run folders are created")
+    deterministic: bool = _opt(False, "CUDA runs: deterministic algorithms only (torch.use_deterministic_algorithms, "
+                                      "CUBLAS_WORKSPACE_CONFIG=:4096:8, no cuDNN autotuning); slower. CPU runs are "
+                                      "deterministic without it (same machine, same thread count)")
 
 
 SECTIONS = {

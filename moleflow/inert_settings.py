@@ -74,6 +74,12 @@ def _is_vit(cfg: Config) -> bool:
     return backbone_is_vit(cfg.backbone.backbone_name)
 
 
+def _uses_cuda(cfg: Config) -> bool:
+    from moleflow.continual.task_data import resolve_device
+
+    return resolve_device(cfg.train.device).type == "cuda"
+
+
 def _single_flow(cfg: Config) -> bool:
     from moleflow.continual.strategies import strategy_class
 
@@ -101,6 +107,8 @@ RULES: tuple[Rule, ...] = (
          "--dataset_format splits the data itself (folder or csv; mvtec, mpdd and visa come pre-split)",
          flow_only=False),
     Rule(("topk",), lambda c: c.eval.score_aggregation == "topk", "--score_aggregation is topk", flow_only=False),
+    Rule(("deterministic",), _uses_cuda, "the run uses CUDA (--device cuda, or auto with a GPU); CPU runs are "
+         "deterministic already", flow_only=False),
     Rule(("pretrained",), lambda c: not c.backbone.backbone_weights,
          "--backbone_weights is empty (a weights file replaces the backbone's initialisation)", flow_only=False),
     Rule(("cnn_layers",), lambda c: not _is_vit(c), "the backbone is a CNN (this one is a ViT: use --vit_blocks)",

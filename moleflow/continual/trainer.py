@@ -20,7 +20,7 @@ from moleflow.continual.task_data import TaskData, prepare_tasks, resolve_device
 from moleflow.errors import MoleflowError
 from moleflow.evaluation.evaluator import Evaluator
 from moleflow.inert_settings import settings_read_by
-from moleflow.rng import seeded_rng
+from moleflow.rng import deterministic_cuda, seeded_rng
 from moleflow.losses.compose import CompositeLoss, loss_terms
 from moleflow.run_folder import RunFolder
 from moleflow.run_log import TBLogger, collect_env
@@ -209,6 +209,8 @@ def run_training(cfg: Config, *, progress: bool = True, resume: str | None = Non
 
     started = time.perf_counter()  # wall_s: everything this call does but writing the final report
     check_components(cfg)
+    if cfg.run.deterministic:
+        deterministic_cuda()
     device = resolve_device(cfg.train.device)
     if len(set(cfg.data.task_classes)) != len(cfg.data.task_classes):
         raise MoleflowError(f"--task_classes lists a class twice: {' '.join(cfg.data.task_classes)}")
