@@ -176,6 +176,13 @@ class RunFolder:
             raise MoleflowError(f"{p} is not a run folder (no {CONFIG_FILE}); pass a folder made by `moleflow train`")
         return cls(p)
 
+    def remove_temp_files(self) -> list[Path]:
+        """Delete the hidden temp files a killed write leaves (`.<name>.<hex>.tmp`; never read as results)."""
+        stale = [p for p in self.path.rglob(".*.tmp") if p.is_file()]
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return stale
+
     @staticmethod
     def is_run_folder(path: str | Path) -> bool:
         return (Path(path) / CONFIG_FILE).is_file()

@@ -223,6 +223,7 @@ def run_training(cfg: Config, *, progress: bool = True, resume: str | None = Non
 
     if resume:
         run = RunFolder.open(resume)
+        run.remove_temp_files()  # what a write killed halfway left behind
         progress_doc = run.read_json("progress.json") if (run.path / "progress.json").exists() else {}
         completed = int(progress_doc.get("completed_tasks", 0))
         state.restore(run, completed)

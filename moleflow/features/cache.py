@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+
+from moleflow.run_folder import atomic_write_bytes
 
 
 @dataclass
@@ -85,17 +86,11 @@ class FeatureCache:
         return patch, pooled
 
     def save(self, key: str, patch: Tensor, pooled: Tensor, path: str) -> None:
-        file = self._file(key)
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=".tmp-", suffix=".safetensors")
-        os.close(fd)
-        try:
-            save_file({"patch": patch.contiguous().clone(), "pooled": pooled.contiguous().clone()}, tmp,
-                      metadata={"identity": self.identity, "path": os.path.abspath(path)})
-            os.replace(tmp, file)  # readers see the old entry or the complete new one, never half a file
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # atomic: readers see the old entry or the complete new one, never half a file (a killed run leaves at
+        # most a hidden temp file, which no key names); no fsync: a lost entry is only a cache miss
+        data = save({"patch": patch.contiguous().clone(), "pooled": pooled.contiguous().clone()},
+                    metadata={"identity": self.identity, "path": os.path.abspath(path)})
+        atomic_write_bytes(self._file(key), data, fsync=False)
 
 
 def _binary_masks(masks: Tensor) -> Tensor:
