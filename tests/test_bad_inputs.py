@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_data_layer import left_half_mask, make_csv_class, make_mvtec, noise, save
+from test_data_layer import left_half_mask, make_csv_class, make_mvtec_classes, noise, save
 
 from moleflow.cli import main
 
@@ -30,10 +30,7 @@ FAST = ["--img_size", "32", "--no_pretrained", "--model", "knn", "--quiet", "--d
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory) -> Path:
     """Two tiny MVTec-layout classes, widget and gadget, 32 px, that train fine."""
-    root = tmp_path_factory.mktemp("bad_inputs") / "data"
-    for cls in ("widget", "gadget"):
-        make_mvtec(root, cls, n_train=3, n_good=2, size=(32, 32))
-    return root
+    return make_mvtec_classes(tmp_path_factory.mktemp("bad_inputs") / "data", ("widget", "gadget"), n_train=3)
 
 
 @pytest.fixture

@@ -52,6 +52,13 @@ def make_mvtec(root: Path, cls: str = "widget", n_train: int = 3, n_good: int = 
     return root
 
 
+def make_mvtec_classes(root: Path, classes: tuple[str, ...], *, n_train: int, size: tuple[int, int] = (32, 32)) -> Path:
+    """Several classes of `make_mvtec` (2 good and 2 scratched test images each) under one root."""
+    for cls in classes:
+        make_mvtec(root, cls, n_train=n_train, n_good=2, size=size)
+    return root
+
+
 def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_data_layer import make_mvtec
+from test_data_layer import make_mvtec_classes
 
 from moleflow import registry
 from moleflow.testing import train_config
@@ -34,10 +34,7 @@ MODEL_FLAGS = {"moleflow": FLOW, "knn": [], "pixel_gauss": [], "firm": ["--num_e
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("determinism") / "data"
-    for cls in ("widget", "gadget"):
-        make_mvtec(root, cls, n_train=4, n_good=2, size=(32, 32))
-    return root
+    return make_mvtec_classes(tmp_path_factory.mktemp("determinism") / "data", ("widget", "gadget"), n_train=4)
 
 
 def results(metrics: dict) -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_data_layer import make_mvtec
+from test_data_layer import make_mvtec_classes
 from test_determinism import results
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL")
@@ -106,9 +106,7 @@ def assert_no_truncated_file(folder: Path) -> None:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("kill")
-    data = root / "data"
-    for cls in CLASSES:
-        make_mvtec(data, cls, n_train=4, n_good=2, size=(32, 32))
+    data = make_mvtec_classes(root / "data", CLASSES, n_train=4)
     reference = moleflow("train", "--data_path", data, "--runs_dir", root / "reference", *FLAGS)
     assert reference.returncode == 0, reference.stderr
     (metrics,) = (root / "reference").rglob("metrics.json")
