@@ -1,0 +1,60 @@
+"""Exploration (issue 9): other per-position score definitions on trained v9 flows, without retraining.
+
+For each finished flow run folder given: restore it, take the raw patch NLL of every task's training and test
+images, and score the test images under each variant (v9 z-score, v8 mean, std shrunk toward the median std,
+3x3-smoothed mean/std maps, median/MAD), image score = max or mean of the top 3 patches; prints mean image
+AUROC per run and over runs.
+
+    python benchmarks/score_variants.py runs/final11-v9/v9/<run>/ ...
+"""
+import sys, glob, json
+from pathlib import Path
+import torch, numpy as np
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+from moleflow.run_folder import RunFolder
+from moleflow.continual.task_data import prepare_tasks, resolve_device
+from moleflow.continual.trainer import ContinualRun
+
+def smooth(m):  # (h,w) 3x3 mean with replicate padding
+    x = m[None, None]
+    return F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, 1)[0, 0]
+
+def variants(train, test):
+    mu, sd = train.mean(0), train.std(0).clamp_min(1e-3)
+    med = sd.median()
+    out = {
+        "v9_z": (test - mu) / sd,
+        "v8_mean": test - mu,
+        "shrink50": (test - mu) / torch.sqrt(0.5 * sd**2 + 0.5 * med**2),
+        "shrink25": (test - mu) / torch.sqrt(0.75 * sd**2 + 0.25 * med**2),
+        "smooth_musd": (test - smooth(mu)) / smooth(sd**2).sqrt(),
+        "smooth_sd": (test - mu) / smooth(sd**2).sqrt(),
+    }
+    q = train.median(0).values; mad = (train - q).abs().median(0).values.clamp_min(1e-3) * 1.4826
+    out["robust"] = (test - q) / mad
+    return out
+
+rows = {}
+for folder in sys.argv[1:]:
+    run = RunFolder.open(folder); cfg = run.read_config()
+    dev = resolve_device("cpu")
+    tasks, ex, _ = prepare_tasks(cfg, dev, progress=False)
+    st = ContinualRun(cfg, tasks, ex.dim, ex.grid, dev, progress=False); st.restore(run, len(tasks))
+    per = {}
+    with torch.no_grad():
+        for t in tasks:
+            raw_tr = st.model(t.train_inputs, t.task_id)["patch_score"].double()
+            raw_te = st.model(t.test_inputs, t.task_id)["patch_score"].double()
+            labels = t.test.labels.numpy()
+            for name, m in variants(raw_tr, raw_te).items():
+                for agg in ("max", "top3"):
+                    flat = m.flatten(1)
+                    s = flat.max(1).values if agg == "max" else flat.topk(3, 1).values.mean(1)
+                    per.setdefault(f"{name}/{agg}", []).append(roc_auc_score(labels, s.numpy()))
+    for k, v in per.items():
+        rows.setdefault(k, []).append(float(np.mean(v)))
+    print(folder, {k: round(float(np.mean(v)), 4) for k, v in per.items() if k.endswith("/max")}, flush=True)
+print()
+for k, v in sorted(rows.items(), key=lambda kv: -np.mean(kv[1])):
+    print(f"{k:22s} mean {np.mean(v):.4f} ± {np.std(v, ddof=1):.4f}  per seed {[round(x, 4) for x in v]}")
