@@ -7,20 +7,29 @@ AUROC per run and over runs.
 
     python benchmarks/score_variants.py runs/final11-v9/v9/<run>/ ...
 """
-import sys, glob, json
-from pathlib import Path
-import torch, numpy as np
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
+
 from moleflow.run_folder import RunFolder
 from moleflow.continual.task_data import prepare_tasks, resolve_device
 from moleflow.continual.trainer import ContinualRun
 
-def smooth(m):  # (h,w) 3x3 mean with replicate padding
+
+def smooth(m: torch.Tensor) -> torch.Tensor:
+    """(h, w) map -> its 3x3 mean, replicate padding."""
     x = m[None, None]
     return F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, 1)[0, 0]
 
-def variants(train, test):
+
+def variants(train: torch.Tensor, test: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(N, h, w) raw train / test patch NLL -> test score maps under each definition."""
     mu, sd = train.mean(0), train.std(0).clamp_min(1e-3)
     med = sd.median()
     out = {
@@ -31,16 +40,20 @@ def variants(train, test):
         "smooth_musd": (test - smooth(mu)) / smooth(sd**2).sqrt(),
         "smooth_sd": (test - mu) / smooth(sd**2).sqrt(),
     }
-    q = train.median(0).values; mad = (train - q).abs().median(0).values.clamp_min(1e-3) * 1.4826
+    q = train.median(0).values
+    mad = (train - q).abs().median(0).values.clamp_min(1e-3) * 1.4826
     out["robust"] = (test - q) / mad
     return out
 
-rows = {}
+
+rows: dict[str, list[float]] = {}
 for folder in sys.argv[1:]:
-    run = RunFolder.open(folder); cfg = run.read_config()
+    run = RunFolder.open(folder)
+    cfg = run.read_config()
     dev = resolve_device("cpu")
     tasks, ex, _ = prepare_tasks(cfg, dev, progress=False)
-    st = ContinualRun(cfg, tasks, ex.dim, ex.grid, dev, progress=False); st.restore(run, len(tasks))
+    st = ContinualRun(cfg, tasks, ex.dim, ex.grid, dev, progress=False)
+    st.restore(run, len(tasks))
     per = {}
     with torch.no_grad():
         for t in tasks:
