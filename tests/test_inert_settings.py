@@ -24,6 +24,8 @@ VIT = "vit_tiny_patch16_224"
 
 #: (flags, the error's start) for every listed no-op combination and the other ones the rule table covers
 REFUSED = {
+    "deterministic on cpu": (["--device", "cpu", "--deterministic"],
+                             "--deterministic changes nothing unless the run uses CUDA"),
     "v4.1 gate without include_center": (["--version", "v4.1", "--cpcf_context_gate", "0.5"],
                                          "--cpcf_context_gate changes nothing unless --use_cpcf, --cpcf_fixed_context"),
     "cpcf kernel without cpcf": (["--cpcf_context_kernel", "5"], "--cpcf_context_kernel changes nothing unless --use_cpcf"),
