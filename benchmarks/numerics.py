@@ -19,13 +19,14 @@ from pathlib import Path
 import torch
 
 
-def check_run(folder: Path) -> dict:
+def check_run(folder: Path, feature_cache: str) -> dict:
     from moleflow.continual.task_data import prepare_tasks, resolve_device
     from moleflow.continual.trainer import ContinualRun
     from moleflow.run_folder import RunFolder
 
     run = RunFolder.open(folder)
     cfg = run.read_config()
+    cfg.backbone.feature_cache = feature_cache  # runs of one recipe share their backbone features
     device = resolve_device("cpu")
     tasks, extractor, _ = prepare_tasks(cfg, device, progress=False)
     state = ContinualRun(cfg, tasks, extractor.dim, extractor.grid, device, progress=False)
@@ -51,9 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", help="a folder holding finished moleflow (flow) run folders")
     parser.add_argument("--out", required=True, help="markdown table to write; the JSON goes beside it")
+    parser.add_argument("--feature_cache", default=".numerics-cache", help="backbone feature cache shared by the runs")
     args = parser.parse_args(argv)
     folders = sorted(p.parent for p in Path(args.runs).rglob("metrics.json"))
-    rows = [check_run(folder) for folder in folders]
+    rows = [check_run(folder, args.feature_cache) for folder in folders]
     rows.sort(key=lambda r: (r["version"], r["seed"]))
     lines = ["| version | seed | non-finite z | non-finite log\\|det J\\| | max \\|z\\| | log\\|det J\\| range |",
              "|---|---:|---:|---:|---:|---:|"]
