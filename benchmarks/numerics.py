@@ -55,13 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--feature_cache", default=".numerics-cache", help="backbone feature cache shared by the runs")
     args = parser.parse_args(argv)
     folders = sorted(p.parent for p in Path(args.runs).rglob("metrics.json"))
-    rows = [check_run(folder, args.feature_cache) for folder in folders]
+    out = Path(args.out)
+    # a second call on a folder that has grown checks only the new runs
+    rows = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").is_file() else []
+    done = {r["run"] for r in rows}
+    rows += [check_run(folder, args.feature_cache) for folder in folders if str(folder) not in done]
     rows.sort(key=lambda r: (r["version"], r["seed"]))
     lines = ["| version | seed | non-finite z | non-finite log\\|det J\\| | max \\|z\\| | log\\|det J\\| range |",
              "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['version']} | {r['seed']} | {r['nonfinite_z']} | {r['nonfinite_logdet']} | {r['max_abs_z']:.1f} "
               f"| [{r['logdet_min']:.1f}, {r['logdet_max']:.1f}] |" for r in rows]
-    out = Path(args.out)
     out.write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
     print("\n".join(lines))
