@@ -17,7 +17,7 @@ from moleflow import registry
 from moleflow.cli import main
 from moleflow.config import FIELD_SPECS
 from moleflow.errors import MoleflowError
-from moleflow.inert_settings import LOOP_SETTINGS, MODEL_SETTINGS, RULES, settings_read_by
+from moleflow.inert_settings import MODEL_SETTINGS, RULES, settings_read_by
 from moleflow.testing import train_config
 
 VIT = "vit_tiny_patch16_224"
