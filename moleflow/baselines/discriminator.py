@@ -11,10 +11,13 @@ supervised and structural losses of the catalogue read, so each of them trains s
 |------------------------|-----------------------|-------------------------------------------------------------|
 | `bce`                  | `logits`, targets = m | each patch: noised (1) or not (0)                           |
 | `iou`                  | `anomaly_map`, m      | the noised region as a whole (soft IoU of sigmoid(logits))  |
-| `orthogonality`        | `weight` = A          | keeps A near-orthogonal: an adaptor that shrinks features makes the fixed noise trivially separable and normal test features collapse onto each other (SimpleNet's failure mode) |
+| `orthogonality`        | `weight` = A          | keeps A near-orthogonal (see below)                         |
 | `selector_entropy`     | `selector_probs` = p  | keeps the gate from committing to one expert too early      |
 | `selector_diversity`   | `selector_probs`      | different images of the task use different experts          |
 | `distinctness`         | `prototypes` = keys   | the experts' gate keys point in different directions        |
+
+Why orthogonality: an adaptor that shrinks the features makes the fixed noise trivially separable while the
+normal test features collapse onto each other (SimpleNet's failure mode); a near-orthogonal A keeps distances.
 
 Default loss (`default_loss`, used when `--loss` is not given): bce=1 + iou=1. Scoring: the patch logit on
 clean features, no noise. Continual contract: each task owns its adaptor, keys and experts (nothing shared),
@@ -56,8 +59,10 @@ class DiscriminatorOptions:
         known = check_option_names(raw, cls, "discriminator")
         for key, value in raw.items():
             wants_int = known[key].type in (int, "int")
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (wants_int and not isinstance(value, int)):
-                raise MoleflowError(f"--model_opt {key}={value!r}: expected {'a whole number' if wants_int else 'a number'}")
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or (wants_int and not isinstance(value, int)):
+                kind = "a whole number" if wants_int else "a number"
+                raise MoleflowError(f"--model_opt {key}={value!r}: expected {kind}")
         opts = cls(**raw)
         if opts.experts < 1 or opts.hidden < 1 or opts.regions < 1:
             raise MoleflowError(f"--model_opt experts={opts.experts} hidden={opts.hidden} regions={opts.regions}: "
