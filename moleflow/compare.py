@@ -137,8 +137,6 @@ def load_summary(path: str | Path) -> RunSummary:
     )
 
 
-
-
 def _off_preset(config: dict) -> dict[str, str] | None:
     """The settings of a saved config.json that differ from its version preset applied to today's defaults:
     what tells the rows of an ablation apart (several runs of one version)."""

@@ -36,7 +36,6 @@ def parse_img_size(value: int | Sequence[int]) -> tuple[int, int]:
     return h, w
 
 
-
 @dataclass
 class DataConfig:
     data_path: str = _opt("data/synth", "root of the data set (MVTec-style layout for mvtec/mpdd)")
@@ -83,6 +82,8 @@ def _flow_config() -> type:
 
 
 FlowConfig = _flow_config()
+
+
 @dataclass
 class TrainConfig:
     strategy: str = _opt("moleflow", "continual strategy: a name registered in moleflow.strategies (built-in: "

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from moleflow import registry
 from moleflow.config import Config, recipe
-from moleflow.contract import ModelHooks, describe, model_traits
+from moleflow.contract import ModelHooks, model_traits
 from moleflow.continual.fit import FitSettings, check_ema_decay
 from moleflow.continual.strategies import strategy_class
 from moleflow.continual.task_data import TaskData, prepare_tasks, resolve_device
@@ -31,12 +31,16 @@ MATRIX_METRICS = ("image_auroc", "pixel_auroc", "aupro")
 def build_model(cfg: Config, dim: int, grid: tuple[int, int], overrides: dict[str, Any]) -> torch.nn.Module:
     """The registered model, built by its own `from_config` from the run config (the built-in flow as any
     plugin); `overrides` are the strategy's (e.g. one plain flow for finetune/joint)."""
-    factory = registry.get("models", cfg.flow.model)
-    from_config = model_traits(factory).from_config
+    return model_builder(cfg)(cfg, dim=dim, grid=grid, img_size=cfg.data.size, overrides=overrides)
+
+
+def model_builder(cfg: Config) -> Any:
+    """The registered model's `from_config`, or one error saying the model cannot be built from a run config."""
+    from_config = model_traits(registry.get("models", cfg.flow.model)).from_config
     if from_config is None:
-        raise MoleflowError(f"model '{cfg.flow.model}' ({factory!r}) has no from_config(cfg, *, dim, grid, img_size, "
-                            "overrides) classmethod; see moleflow/contract.py")
-    return from_config(cfg, dim=dim, grid=grid, img_size=cfg.data.size, overrides=overrides)
+        raise MoleflowError(f"model '{cfg.flow.model}' has no from_config(cfg, *, dim, grid, img_size, overrides) "
+                            "classmethod; see moleflow/contract.py")
+    return from_config
 
 
 class ContinualRun:
@@ -128,8 +132,8 @@ class ContinualRun:
     def restore(self, run: RunFolder, completed: int) -> None:
         """Load the checkpoints of the first `completed` tasks. Every file is read and checked first (readable,
         its checksum, written by a run with this run's settings); only then is anything loaded into the model."""
-        names = [f"task_{t}" for t in range(completed)]
-        shared = [f"shared_{t}" for t in range(completed) if f"shared_{t}" in run.checkpoint_names()]
+        names, present = [f"task_{t}" for t in range(completed)], set(run.checkpoint_names())
+        shared = [f"shared_{t}" for t in range(completed) if f"shared_{t}" in present]
         loaded = {name: run.load_checkpoint(name) for name in names + shared[-1:]}
         for name, (_, meta) in loaded.items():
             check_recipe(run.checkpoint_path(name), meta, self.cfg)
@@ -174,10 +178,8 @@ def check_recipe(path: Path, meta: dict[str, str], cfg: Config) -> None:
 def check_components(cfg: Config) -> None:
     """Fail on unknown component names and bad options in seconds, before any image is read or feature
     computed. A model class may check its own options (--model_opt) in an optional `validate_config`."""
+    model_builder(cfg)
     traits = model_traits(registry.get("models", cfg.flow.model))
-    if traits.from_config is None:
-        raise MoleflowError(f"model '{cfg.flow.model}' has no from_config(cfg, *, dim, grid, img_size, overrides) "
-                            "classmethod; see moleflow/contract.py")
     if traits.validate_config is not None:
         traits.validate_config(cfg, img_size=cfg.data.size)
     check_ema_decay(cfg.train.ema_decay)
@@ -197,12 +199,6 @@ def peak_rss_mb() -> float | None:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def model_description(model: object) -> str:
-    """Optional contract hook `describe() -> str`: what a model wants every run to say about itself (e.g. which
-    pretrained network a plugin's teacher distils from); "" when it has none."""
-    return describe(model)
-
-
 def run_training(cfg: Config, *, progress: bool = True, resume: str | None = None, log=print) -> RunFolder:
     """Train the whole task stream and write the run folder. Returns it."""
     from moleflow.evaluation.report import write_final_report
@@ -218,8 +214,9 @@ def run_training(cfg: Config, *, progress: bool = True, resume: str | None = Non
     log(f"backbone: {cfg.backbone.backbone_name}, {extractor.weights_description}, "
         f"grid {extractor.grid[0]}x{extractor.grid[1]}, dim {extractor.dim}, features in {backbone_s:.1f}s")
     state = ContinualRun(cfg, tasks, extractor.dim, extractor.grid, device, progress)
-    if model_description(state.model):
-        log(f"model {cfg.flow.model}: {model_description(state.model)}")
+    description = state.hooks.describe()  # the contract's optional describe() hook, "" without one
+    if description:
+        log(f"model {cfg.flow.model}: {description}")
 
     if resume:
         run = RunFolder.open(resume)

@@ -40,7 +40,7 @@ def _uint8_image(tensor: torch.Tensor) -> np.ndarray:
 
 
 def write_final_report(run: Any, state: Any, scored: dict[str, Any], timing: dict, tb: Any) -> dict:
-    from moleflow.continual.trainer import model_description
+    from moleflow.contract import describe
 
     cfg, tasks = state.cfg, state.tasks
     classes = [t.class_name for t in tasks]
@@ -59,7 +59,7 @@ def write_final_report(run: Any, state: Any, scored: dict[str, Any], timing: dic
         "continual": continual_block(state.results, classes, ("image_auroc", "pixel_auroc", "aupro")),
         "routing": routing,
         "params": state.model.param_counts(),
-        "model_description": model_description(state.model),
+        "model_description": describe(state.model),
         "timing": timing,
         "fit": state.fit_log,
         "definitions": {
