@@ -74,6 +74,11 @@ def test_gate_losses_refused_with_one_expert_and_bad_options_before_any_image(tm
                        "--loss", "bce=1", "distinctness=0.1")
     with pytest.raises(MoleflowError, match="distinctness.*one expert"):
         PatchDiscriminator.validate_config(cfg, img_size=(64, 64))
+    cfg = train_config("--data_path", "x", "--model", "discriminator", "--model_opt", "experts=1", "temperature=0.5")
+    with pytest.raises(MoleflowError, match="temperature changes nothing"):
+        PatchDiscriminator.validate_config(cfg, img_size=(64, 64))
+    PatchDiscriminator.validate_config(train_config("--data_path", "x", "--model", "discriminator", "--model_opt",
+                                                    "experts=2", "temperature=0.5"), img_size=(64, 64))
     assert "noise" in model_opt_error("discriminator", "noise=-1", tmp_path)
     assert "unknown option" in model_opt_error("discriminator", "width=3", tmp_path / "b")
 

@@ -113,7 +113,11 @@ class PatchDiscriminator(nn.Module):
         from moleflow.config import parse_options
         from moleflow.losses.compose import parse_loss_terms
 
-        opts = DiscriminatorOptions.parse(parse_options(cfg.flow.model_opt))
+        raw = parse_options(cfg.flow.model_opt)
+        opts = DiscriminatorOptions.parse(raw)
+        if opts.experts == 1 and "temperature" in raw:
+            raise MoleflowError("--model_opt temperature: with one expert (experts=1) the gate is constant and its "
+                                "temperature changes nothing; use experts >= 2 or drop temperature")
         gate_terms = [n for n, _ in parse_loss_terms(list(cfg.train.loss)) if n in GATE_LOSSES]
         if opts.experts == 1 and gate_terms:
             raise MoleflowError(f"--loss {gate_terms[0]}: with one expert (--model_opt experts=1) the gate is "
