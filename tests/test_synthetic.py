@@ -84,6 +84,23 @@ def test_images_do_not_depend_on_which_classes_are_generated(tmp_path):
     assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["transistor"]
 
 
+def test_all_writes_the_15_mvtec_classes_in_parallel_byte_identical_to_one_process(tmp_path):
+    from moleflow.data.streams import MVTEC15
+
+    tiny = {**SMALL, "size": 32, "n_train": 1, "n_test_good": 1, "n_test_defect": 2}
+    summary = generate_benchmark(tmp_path / "par", classes="all", workers=2, **tiny)
+    assert list(summary) == list(MVTEC15) and list(CLASSES) == list(MVTEC15)
+    assert all(len(info["defects"]) == 2 for info in summary.values())  # 2 defects over >= 2 types
+    assert all(len(CLASSES[name].defects) >= 2 for name in MVTEC15)
+    assert sorted(p.name for p in (tmp_path / "par").iterdir()) == sorted(MVTEC15)
+    some = ["screw", "pill", "leather"]
+    generate_benchmark(tmp_path / "one", classes=some, workers=1, **tiny)
+    for name in some:
+        assert tree_hashes(tmp_path / "par" / name) == tree_hashes(tmp_path / "one" / name)
+    for name in ("grid", "screw", "zipper"):  # single-channel as in real MVTec
+        assert Image.open(tmp_path / "par" / name / "train/good/000.png").mode == "L"
+
+
 def test_classes_may_be_a_comma_separated_string(tmp_path):
     summary = generate_benchmark(tmp_path, classes="transistor, grid,transistor", **SMALL)
     assert list(summary) == ["transistor", "grid"]
@@ -93,8 +110,8 @@ def test_classes_may_be_a_comma_separated_string(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, fragment",
     [
-        ({"classes": ["leather", "carpet"]}, "'carpet'; known classes: leather, grid, transistor"),
-        ({"classes": []}, "choose from: leather, grid, transistor"),
+        ({"classes": ["leather", "carpets"]}, "'carpets'; known classes: bottle, cable, capsule, carpet, grid"),
+        ({"classes": []}, "choose from: bottle, cable"),
         ({"size": 16}, "size"),
         ({"size": True}, "size"),
         ({"size": 64.0}, "size"),

@@ -15,7 +15,10 @@ grown by one pixel and with pin-holes filled, so it is exact up to a pixel and n
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import shutil
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -26,7 +29,10 @@ from PIL import Image
 from scipy import ndimage
 from tqdm import tqdm
 
-from moleflow.data import synthetic_grid, synthetic_leather, synthetic_transistor
+from moleflow.data import (synthetic_bottle, synthetic_cable, synthetic_capsule, synthetic_carpet, synthetic_grid,
+                           synthetic_hazelnut, synthetic_leather, synthetic_metal_nut, synthetic_pill, synthetic_screw,
+                           synthetic_tile, synthetic_toothbrush, synthetic_transistor, synthetic_wood, synthetic_zipper)
+from moleflow.data.streams import MVTEC15
 from moleflow.errors import MoleflowError
 
 GENERATOR_VERSION = 1  # bump when rendering changes, so stale folders are regenerated instead of reused
@@ -51,11 +57,36 @@ class ClassSpec:
     grayscale: bool = False  # stored as L-mode PNG (the renderer still returns 3 equal channels)
 
 
-CLASSES: Mapping[str, ClassSpec] = MappingProxyType({
-    "leather": ClassSpec(0, synthetic_leather.render_leather, MappingProxyType(synthetic_leather.DEFECTS)),
-    "grid": ClassSpec(1, synthetic_grid.render_grid, MappingProxyType(synthetic_grid.DEFECTS), grayscale=True),
-    "transistor": ClassSpec(2, synthetic_transistor.render_transistor, MappingProxyType(synthetic_transistor.DEFECTS)),
-})
+# MVTec AD's 15 classes in its alphabetical order: the 1x15 stream of the continual-AD literature.
+MVTEC_CLASSES = MVTEC15
+# Part of every image's seed, so fixed forever: the first three classes keep the index they were born with.
+CLASS_INDEX = MappingProxyType({"leather": 0, "grid": 1, "transistor": 2, **{
+    name: 3 + i for i, name in enumerate(n for n in MVTEC_CLASSES if n not in ("leather", "grid", "transistor"))}})
+
+
+def _spec(name: str, module: Any) -> tuple[str, ClassSpec]:
+    """A class module exposes render_<name>(rng, size) -> scene, DEFECTS and optionally GRAYSCALE."""
+    return name, ClassSpec(CLASS_INDEX[name], getattr(module, f"render_{name}"), MappingProxyType(module.DEFECTS),
+                           grayscale=getattr(module, "GRAYSCALE", False))
+
+
+CLASSES: Mapping[str, ClassSpec] = MappingProxyType(dict(sorted([
+    _spec("leather", synthetic_leather),
+    _spec("grid", synthetic_grid),
+    _spec("transistor", synthetic_transistor),
+    _spec("bottle", synthetic_bottle),
+    _spec("cable", synthetic_cable),
+    _spec("hazelnut", synthetic_hazelnut),
+    _spec("carpet", synthetic_carpet),
+    _spec("tile", synthetic_tile),
+    _spec("wood", synthetic_wood),
+    _spec("capsule", synthetic_capsule),
+    _spec("pill", synthetic_pill),
+    _spec("metal_nut", synthetic_metal_nut),
+    _spec("screw", synthetic_screw),
+    _spec("toothbrush", synthetic_toothbrush),
+    _spec("zipper", synthetic_zipper),
+], key=lambda item: MVTEC_CLASSES.index(item[0]))))
 
 
 @dataclass(frozen=True)
@@ -142,6 +173,8 @@ def _check_range(name: str, value: Sequence[float], low: float, high: float) -> 
 def _check_classes(classes: Sequence[str] | str) -> list[str]:
     names = classes.split(",") if isinstance(classes, str) else list(classes)
     names = list(dict.fromkeys(str(name).strip() for name in names if str(name).strip()))
+    if names == ["all"]:  # every class, in MVTec's alphabetical order
+        names = list(CLASSES)
     if not names:
         raise MoleflowError(f"no synthetic class given; choose from: {', '.join(CLASSES)}")
     unknown = [name for name in names if name not in CLASSES]
@@ -179,20 +212,25 @@ def _is_current(class_dir: Path, record: dict, plan: list) -> bool:
     return all((class_dir / rel).is_file() for rel in paths)
 
 
-def _clear_class_dir(class_dir: Path) -> None:
-    """Remove a previous generation; refuse to touch a folder this generator did not write."""
+def _check_class_dir(class_dir: Path) -> None:
+    """Refuse a file, or a non-empty folder this generator did not write (nothing is deleted)."""
     if not class_dir.exists():
         return
     if not class_dir.is_dir():
         raise MoleflowError(f"{class_dir} is a file; pass an --out folder without it or remove it")
+    if not (class_dir / MARKER).is_file() and any(class_dir.iterdir()):
+        raise MoleflowError(
+            f"{class_dir} exists and was not written by `moleflow synth`; pass an empty or new output folder"
+        )
+
+
+def _clear_class_dir(class_dir: Path) -> None:
+    """Remove a previous generation (after _check_class_dir)."""
+    _check_class_dir(class_dir)
     if (class_dir / MARKER).is_file():
         for sub in SUBDIRS:
             shutil.rmtree(class_dir / sub, ignore_errors=True)
         (class_dir / MARKER).unlink()
-    elif any(class_dir.iterdir()):
-        raise MoleflowError(
-            f"{class_dir} exists and was not written by `moleflow synth`; pass an empty or new output folder"
-        )
 
 
 def _write_marker(class_dir: Path, record: dict) -> None:
@@ -213,7 +251,7 @@ def _stored(class_name: str, image: np.ndarray) -> np.ndarray:
     return image[..., 0] if CLASSES[class_name].grayscale else image
 
 
-def _write_class(class_dir: Path, name: str, plan: list, size: int, seed: int, bar: tqdm,
+def _write_class(class_dir: Path, name: str, plan: list, size: int, seed: int, bar: tqdm | None,
                  ranges: tuple[tuple[float, float], tuple[float, float]]) -> None:
     for kind, defect, index, relative in plan:
         if kind == "defect":
@@ -223,7 +261,8 @@ def _write_class(class_dir: Path, name: str, plan: list, size: int, seed: int, b
         else:
             split = SPLIT_TRAIN if kind == "train" else SPLIT_TEST_GOOD
             _save_png(_stored(name, render_good(name, size, seed, index, split)), class_dir / relative)
-        bar.update(1)
+        if bar is not None:
+            bar.update(1)
 
 
 def generate_benchmark(
@@ -237,6 +276,7 @@ def generate_benchmark(
     progress: bool = True,
     extent_range: Sequence[float] = EXTENT_RANGE,
     contrast_range: Sequence[float] = CONTRAST_RANGE,
+    workers: int | None = None,
 ) -> dict:
     """Write the benchmark under `out` and return {class: {"train": n, "test_good": n, "defects": {name: n}}}.
 
@@ -245,6 +285,7 @@ def generate_benchmark(
 
     A class folder already holding the same generation is kept as is; one from a different generation is
     replaced; a non-empty folder this generator did not write is an error (nothing is deleted).
+    Classes are written by `workers` processes (default: one per CPU core, at most one per class).
     """
     names = _check_classes(classes)
     size = _check_int("size", size, *SIZE_RANGE)
@@ -263,26 +304,46 @@ def generate_benchmark(
         for name in names
     }
     plans = {name: _class_plan(summary[name]) for name in names}
+    records = {}
+    for name in names:
+        records[name] = {"generator": GENERATOR_VERSION, "class": name, "size": size, "seed": seed,
+                         "counts": summary[name], "complete": True}
+        if ranges != (EXTENT_RANGE, CONTRAST_RANGE):  # default generations keep their original marker
+            records[name]["ranges"] = [list(r) for r in ranges]
+    todo = [name for name in names if not _is_current(out / name, records[name], plans[name])]
+    for name in todo:  # refuse a foreign folder before anything is written or deleted
+        _check_class_dir(out / name)
+    workers = min(len(todo), _check_int("workers", workers, 1) if workers else os.cpu_count() or 1)
     with tqdm(total=sum(len(plan) for plan in plans.values()), desc="synth", unit="img", disable=not progress) as bar:
-        for name in names:
-            class_dir = out / name
-            record = {"generator": GENERATOR_VERSION, "class": name, "size": size, "seed": seed,
-                      "counts": summary[name], "complete": True}
-            if ranges != (EXTENT_RANGE, CONTRAST_RANGE):  # default generations keep their original marker
-                record["ranges"] = [list(r) for r in ranges]
-            bar.set_description(f"synth {name}")
-            if _is_current(class_dir, record, plans[name]):
-                bar.update(len(plans[name]))
-                continue
-            try:
-                _clear_class_dir(class_dir)
-                # Marker first (claims the folder, so an interrupted run is cleaned up next time), then
-                # rewritten with complete=True once every file is there.
-                _write_marker(class_dir, {**record, "complete": False})
-                _write_class(class_dir, name, plans[name], size, seed, bar, ranges)
-                _write_marker(class_dir, record)
-            except OSError as error:
-                raise MoleflowError(
-                    f"cannot write the synthetic benchmark to {class_dir}: {error}; choose a writable --out folder"
-                ) from error
+        bar.update(sum(len(plans[name]) for name in names if name not in todo))
+        if workers <= 1:
+            for name in todo:
+                bar.set_description(f"synth {name}")
+                _generate_class(out / name, name, plans[name], records[name], size, seed, ranges, bar)
+        else:
+            # one class per process: every image has its own seed, so the bytes do not depend on the split;
+            # spawn, not fork: the parent may hold torch's thread pools
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(workers, mp_context=context) as pool:
+                jobs = {pool.submit(_generate_class, out / name, name, plans[name], records[name], size, seed,
+                                    ranges): name for name in todo}
+                for job in as_completed(jobs):
+                    job.result()  # a worker's MoleflowError is raised here, as in-process
+                    bar.set_description(f"synth {jobs[job]}")
+                    bar.update(len(plans[jobs[job]]))
     return summary
+
+
+def _generate_class(class_dir: Path, name: str, plan: list, record: dict, size: int, seed: int,
+                    ranges: tuple[tuple[float, float], tuple[float, float]], bar: tqdm | None = None) -> None:
+    try:
+        _clear_class_dir(class_dir)
+        # Marker first (claims the folder, so an interrupted run is cleaned up next time), then
+        # rewritten with complete=True once every file is there.
+        _write_marker(class_dir, {**record, "complete": False})
+        _write_class(class_dir, name, plan, size, seed, bar, ranges)
+        _write_marker(class_dir, record)
+    except OSError as error:
+        raise MoleflowError(
+            f"cannot write the synthetic benchmark to {class_dir}: {error}; choose a writable --out folder"
+        ) from error

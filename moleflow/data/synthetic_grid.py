@@ -165,4 +165,5 @@ def contamination(scene: GridScene, rng: np.random.Generator, extent: float, con
     return np.clip(lerp(scene.image, np.broadcast_to(target, scene.image.shape), alpha), 0, 1).astype(np.float32)
 
 
+GRAYSCALE = True  # stored single-channel, as real MVTec stores grid
 DEFECTS = {"broken": broken, "bent": bent, "contamination": contamination}
