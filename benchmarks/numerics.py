@@ -36,7 +36,7 @@ def check_run(folder: Path, feature_cache: str) -> dict:
     with torch.no_grad():
         for task in tasks:
             model_task = state.strategy.model_task(task.task_id)
-            for feats in (task.train_inputs, task.test_inputs):
+            for feats in (task.train_inputs, task.tests[0].inputs):
                 out = state.model(feats, model_task)
                 z, logdet = out["z"], out["log_jac_det"]
                 bad_z += int((~torch.isfinite(z)).sum())

@@ -58,8 +58,8 @@ for folder in sys.argv[1:]:
     with torch.no_grad():
         for t in tasks:
             raw_tr = st.model(t.train_inputs, t.task_id)["patch_score"].double()
-            raw_te = st.model(t.test_inputs, t.task_id)["patch_score"].double()
-            labels = t.test.labels.numpy()
+            raw_te = st.model(t.tests[0].inputs, t.task_id)["patch_score"].double()
+            labels = t.tests[0].test.labels.numpy()
             for name, m in variants(raw_tr, raw_te).items():
                 for agg in ("max", "top3"):
                     flat = m.flatten(1)

@@ -1,4 +1,4 @@
-"""`moleflow` command line: train, eval, predict, compare, synth, plugins, versions.
+"""`moleflow` command line: train, eval, predict, compare, synth, plugins, versions, sweep.
 
 Every user-facing failure is a MoleflowError, printed as one `error: ...` line with exit status 2.
 """
@@ -94,7 +94,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     summary = generate_benchmark(args.out, classes=args.classes, size=args.size, n_train=args.n_train,
                                  n_test_good=args.n_test_good, n_test_defect=args.n_test_defect, seed=args.seed,
                                  progress=not args.quiet, extent_range=args.defect_extent,
-                                 contrast_range=args.defect_contrast)
+                                 contrast_range=args.defect_contrast, workers=args.workers)
     for cls, info in summary.items():
         defects = ", ".join(f"{d}={n}" for d, n in info["defects"].items())
         print(f"{cls}: train={info['train']} test_good={info['test_good']} {defects}")
@@ -118,6 +118,12 @@ def cmd_versions(args: argparse.Namespace) -> int:
             for preset in chain(name)[-1:]:
                 print(f"       overrides: {preset.overrides}")
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from moleflow.sweep import run_sweep
+
+    return run_sweep(args)
 
 
 def build_parser(model_flags: bool = True) -> argparse.ArgumentParser:
@@ -170,12 +176,15 @@ def build_parser(model_flags: bool = True) -> argparse.ArgumentParser:
 
     p = add("synth", cmd_synth, "generate the embedded MVTec-layout benchmark (real PNGs, deterministic)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--classes", nargs="+", default=DataConfig().task_classes)
+    p.add_argument("--classes", nargs="+", default=DataConfig().task_classes,
+                   help="classes to write, or `all` for the 15 MVTec-named classes")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--n_train", type=int, default=60)
     p.add_argument("--n_test_good", type=int, default=20)
     p.add_argument("--n_test_defect", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes writing classes in parallel (default: one per CPU core, at most one per class)")
     p.add_argument("--defect_extent", type=float, nargs=2, default=list(EXTENT_RANGE), metavar=("LOW", "HIGH"),
                    help="defect size range as a fraction of the image side")
     p.add_argument("--defect_contrast", type=float, nargs=2, default=list(CONTRAST_RANGE), metavar=("LOW", "HIGH"),
@@ -185,6 +194,11 @@ def build_parser(model_flags: bool = True) -> argparse.ArgumentParser:
     add("plugins", cmd_plugins, "list every registered component (group, name, distribution, version, status)")
     p = add("versions", cmd_versions, "list the version presets")
     p.add_argument("--verbose", action="store_true", help="show each version's overrides")
+
+    from moleflow.sweep import add_arguments as add_sweep_arguments
+
+    add_sweep_arguments(add("sweep", cmd_sweep, "versions x seeds x task orders: one `moleflow train` subprocess "
+                                                "per trial, locally or on Ray; summary + COMPARE.md"))
     return parser
 
 

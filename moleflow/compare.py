@@ -27,7 +27,7 @@ COLUMNS = (
     ("pixel_auroc", "pixel AUROC"),
     ("aupro", "AUPRO"),
 )
-CONTINUAL_METRICS = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"))
+CONTINUAL_METRICS = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"))
 #: per-class keys of metrics.json every run has (the built-in metrics); any other is shown as an extra column
 STANDARD_PER_CLASS = frozenset({"routing_accuracy", "image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro",
                                 "f1", "f1_threshold"})
@@ -50,6 +50,11 @@ class RunSummary:
     mean: dict[str, float | None]
     bwt: dict[str, float | None] = field(default_factory=dict)
     fm: dict[str, float | None] = field(default_factory=dict)
+    #: Avalanche's forgetting, R[j][j] - R[T][j] averaged over j < T (metrics.json continual.forgetting_avalanche)
+    forgetting_avalanche: dict[str, float | None] = field(default_factory=dict)
+    tasks: list[str] = field(default_factory=list)  # task names (classes joined by '+'), in order
+    #: R[i][j] of image AUROC (after task i, on task j); None entries not evaluated
+    image_matrix: list[list[float | None]] = field(default_factory=list)
     growth_per_task: float | None = None  # mean parameters added per task, as a fraction of the shared ones
     params_per_task: float | None = None  # mean parameters added per task (absolute)
     timing: dict[str, float | None] = field(default_factory=dict)  # seconds, keyed by TIMING_KEYS
@@ -98,7 +103,8 @@ def load_summary(path: str | Path) -> RunSummary:
     final = metrics.get("final") or {}
     raw_per_class = final.get("per_class") or {}
     tasks = metrics.get("tasks")
-    classes = [str(c) for c in tasks] if isinstance(tasks, list) else list(raw_per_class)
+    listed = metrics.get("classes", tasks)  # runs from before N-M tasks list their classes under "tasks"
+    classes = [str(c) for c in listed] if isinstance(listed, list) else list(raw_per_class)
     per_class = {c: {k: _number((raw_per_class.get(c) or {}).get(k)) for k, _ in COLUMNS} for c in classes}
     raw_mean = final.get("mean") or {}
     mean: dict[str, float | None] = {}
@@ -126,6 +132,11 @@ def load_summary(path: str | Path) -> RunSummary:
         mean=mean,
         bwt={k: _number((continual.get("bwt") or {}).get(k)) for k, _ in CONTINUAL_METRICS},
         fm={k: _number((continual.get("fm") or {}).get(k)) for k, _ in CONTINUAL_METRICS},
+        forgetting_avalanche={k: _number((continual.get("forgetting_avalanche") or {}).get(k))
+                              for k, _ in CONTINUAL_METRICS},
+        tasks=[str(t) for t in tasks] if isinstance(tasks, list) else classes,
+        image_matrix=[[_number(v) for v in row] for row in
+                      ((continual.get("matrix") or {}).get("image_auroc") or []) if isinstance(row, list)],
         growth_per_task=_growth(metrics.get("params") or {}),
         params_per_task=_mean_per_task(metrics.get("params") or {}),
         timing={k: _number((metrics.get("timing") or {}).get(k)) for k in TIMING_KEYS},
@@ -288,13 +299,25 @@ def _run_section(index: int, run: RunSummary, markdown: bool) -> str:
     header = ["class"] + [title for _, title in COLUMNS] + [
         f"pixel AUROC ({n.removeprefix('pixel_auroc_')} map)" if n.startswith("pixel_auroc_") else n for n in names]
     table = render_table(header, rows, markdown)
-    continual = [f"BWT ({title}) {_fmt(run.bwt[key])}, FM ({title}) {_fmt(run.fm[key])}"
+    continual = [f"BWT ({title}) {_fmt(run.bwt[key])}, FM ({title}) {_fmt(run.fm[key])}, "
+                 f"Avalanche forgetting ({title}) {_fmt(run.forgetting_avalanche.get(key))}"
                  for key, title in CONTINUAL_METRICS if key == "image_auroc" or run.bwt[key] is not None]
     if any(v is not None for _, v in run.final_losses):  # models without epochs (knn) have none
         continual.append("final training loss per task: "
                          + ", ".join(f"{c} {'n/a' if v is None else f'{v:.4g}'}" for c, v in run.final_losses))
     tail = ("  \n" if markdown else "\n").join(continual)
-    return f"{head}\n\n{table}\n\n{tail}"
+    matrix = _matrix_table(run, markdown)
+    return f"{head}\n\n{table}\n\n{tail}" + (f"\n\n{matrix}" if matrix else "")
+
+
+def _matrix_table(run: RunSummary, markdown: bool) -> str | None:
+    """The image-AUROC accuracy matrix R[i][j] (rows: after task i; columns: task j), for 2+ tasks."""
+    if len(run.image_matrix) < 2 or len(run.tasks) != len(run.image_matrix):
+        return None
+    header = ["after task / on task"] + [str(j) for j in range(len(run.tasks))]
+    rows = [[f"{i} {name}"] + ["" if v is None else f"{v:.3f}" for v in row]
+            for i, (name, row) in enumerate(zip(run.tasks, run.image_matrix))]
+    return "image AUROC accuracy matrix R[i][j]\n\n" + render_table(header, rows, markdown)
 
 
 def _change_section(old: RunSummary, new: RunSummary, markdown: bool) -> str:
@@ -316,11 +339,11 @@ def _change_section(old: RunSummary, new: RunSummary, markdown: bool) -> str:
 def _summary_section(runs: list[RunSummary], markdown: bool) -> str:
     """One row per run: the means, BWT/FM (image AUROC) and the parameters each task adds."""
     header = (["run", "version", "strategy/model"] + [f"mean {t}" for _, t in COLUMNS]
-              + ["BWT", "FM", "params/task", "backbone s", "train s", "eval s", "wall s", "peak RSS MB",
+              + ["BWT", "FM", "forgetting (Avalanche)", "params/task", "backbone s", "train s", "eval s", "wall s", "peak RSS MB",
                  "settings off the version preset"])
     rows = [[run.path.name, run.version, f"{run.strategy}/{run.model}"] + [_fmt(run.mean[k]) for k, _ in COLUMNS]
             + [_fmt(run.bwt.get("image_auroc")), _fmt(run.fm.get("image_auroc")),
-               _params_cell(run)]
+               _fmt(run.forgetting_avalanche.get("image_auroc")), _params_cell(run)]
             + ["n/a" if run.timing.get(k) is None else f"{run.timing[k]:.1f}" for k in TIMING_KEYS]
             + ["n/a" if run.peak_rss_mb is None else f"{run.peak_rss_mb:.0f}", _settings_cell(run.off_preset)]
             for run in runs]

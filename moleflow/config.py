@@ -40,7 +40,11 @@ def parse_img_size(value: int | Sequence[int]) -> tuple[int, int]:
 class DataConfig:
     data_path: str = _opt("data/synth", "root of the data set (MVTec-style layout for mvtec/mpdd)")
     dataset_format: str = _opt("mvtec", "data set format: a name registered in moleflow.datasets")
-    task_classes: list = _opt(["leather", "grid", "transistor"], "classes in task order, one task each", nargs="+")
+    task_classes: list = _opt(["leather", "grid", "transistor"], "classes in task order, one task each; A+B puts "
+                              "classes A and B in one task; mvtec15 / visa12 name the 1x15 / 1x12 streams",
+                              nargs="+")
+    scenario: str = _opt("", "base-plus-increment split of --task_classes (default with it: mvtec15), "
+                             "[BASE-]SIZE[xSTEPS]: 14-1, 10-5, 3x5 (five tasks of 3), 10-1x5; empty = as listed")
     img_size: list = _opt([128], "image size: N, or H W (128 keeps CPU runs short; real MVTec papers use "
                                   "256 or more)", nargs="+", type=int)
     split_percent: list = _opt([70, 15, 15], "train/val/test %% for folder/csv formats", nargs=3, type=int)
@@ -50,6 +54,19 @@ class DataConfig:
     def size(self) -> tuple[int, int]:
         """(H, W) of --img_size, checked: what every consumer uses instead of parsing img_size itself."""
         return parse_img_size(self.img_size)
+
+    @property
+    def tasks(self) -> list[list[str]]:
+        """The classes of each task, from --task_classes and --scenario (data/streams.py): what every consumer
+        uses instead of reading task_classes itself."""
+        from moleflow.data.streams import task_streams
+
+        return task_streams(self.task_classes, self.scenario)
+
+    @property
+    def classes(self) -> list[str]:
+        """Every class of the run, in task order."""
+        return [name for task in self.tasks for name in task]
 
 
 @dataclass
@@ -87,7 +104,11 @@ FlowConfig = _flow_config()
 @dataclass
 class TrainConfig:
     strategy: str = _opt("moleflow", "continual strategy: a name registered in moleflow.strategies (built-in: "
-                                     "moleflow, finetune = one flow trained on, joint = one flow on all data)")
+                                     "moleflow, finetune = one flow trained on, joint = one flow on all data, "
+                                     "replay = finetune plus a memory of earlier tasks)")
+    replay_per_task: int = _opt(20, "--strategy replay: training images of each earlier task kept in memory and "
+                                    "trained on again with every later task (drawn once per task, seeded)",
+                                minimum=1)
     router: str = _opt("mahalanobis", "task router: a name registered in moleflow.routers")
     num_epochs: int = _opt(40, "training epochs per task", minimum=1)
     batch_size: int = _opt(16, "images per optimisation step (all their patches)", minimum=1)
@@ -317,6 +338,9 @@ def resolve_config(explicit: dict[str, Any], config_file: str | None = None) -> 
         for name, value in source.items():
             cfg.set(name, value)
     cfg.run.version = version
+    if cfg.data.scenario and "task_classes" not in explicit and "task_classes" not in file_given:
+        cfg.data.task_classes = ["mvtec15"]  # the published scenarios split MVTec AD's 15 classes
+    cfg.data.tasks  # noqa: B018 - a bad stream is one error line now, before any image is read
     if "loss" not in explicit and "loss" not in file_given:
         apply_model_default_loss(cfg)
     refuse_inert(cfg, requested_settings(explicit, file_given, baseline.flat()))

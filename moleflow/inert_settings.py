@@ -86,6 +86,12 @@ def _single_flow(cfg: Config) -> bool:
     return strategy_class(cfg.train.strategy).single_flow
 
 
+def _strategy_reads(cfg: Config) -> tuple[str, ...]:
+    from moleflow.continual.strategies import strategy_class
+
+    return tuple(getattr(strategy_class(cfg.train.strategy), "reads_settings", ()))
+
+
 RULES: tuple[Rule, ...] = (
     Rule(("cpcf_context_kernel", "cpcf_use_attention", "cpcf_fixed_context", "cpcf_include_center"),
          lambda c: c.flow.use_cpcf, "--use_cpcf is on"),
@@ -107,6 +113,8 @@ RULES: tuple[Rule, ...] = (
          "--dataset_format splits the data itself (folder or csv; mvtec, mpdd and visa come pre-split)",
          flow_only=False),
     Rule(("topk",), lambda c: c.eval.score_aggregation == "topk", "--score_aggregation is topk", flow_only=False),
+    Rule(("replay_per_task",), lambda c: "replay_per_task" in _strategy_reads(c),
+         "--strategy reads it (replay)", flow_only=False),
     Rule(("deterministic",), _uses_cuda, "the run uses CUDA (--device cuda, or auto with a GPU); CPU runs are "
          "deterministic already", flow_only=False),
     Rule(("pretrained",), lambda c: not c.backbone.backbone_weights,

@@ -17,6 +17,7 @@ from moleflow.data.image_io import load_image
 from moleflow.errors import MoleflowError
 from moleflow.evaluation.evaluator import model_score_maps
 from moleflow.evaluation.maps import anomaly_maps, image_scores
+from moleflow.data.streams import task_name
 from moleflow.evaluation.visualize import overlay_png
 from moleflow.run_folder import RunFolder, atomic_write_bytes, atomic_write_text
 from moleflow.run_log import TBLogger
@@ -26,8 +27,8 @@ def _open_finished(run_dir: str | Path) -> tuple[RunFolder, Config]:
     run = RunFolder.open(run_dir)
     cfg = run.read_config()
     done = run.read_json("progress.json").get("completed_tasks", 0) if (run.path / "progress.json").exists() else 0
-    if done < len(cfg.data.task_classes):
-        raise MoleflowError(f"{run.path}: only {done} of {len(cfg.data.task_classes)} tasks completed; "
+    if done < len(cfg.data.tasks):
+        raise MoleflowError(f"{run.path}: only {done} of {len(cfg.data.tasks)} tasks completed; "
                             f"finish it with `moleflow train --resume {run.path}`")
     return run, cfg
 
@@ -67,8 +68,11 @@ def predict_images(run_dir: str | Path, images: list[str], out_dir: str | Path, 
     size = cfg.data.size
     extractor = build_extractor(cfg, device)
     state = ContinualRun(cfg, [], extractor.dim, extractor.grid, device, progress)
-    state.restore(run, len(cfg.data.task_classes))
+    state.restore(run, len(cfg.data.tasks))
     thresholds = {c: m.get("f1_threshold") for c, m in run.read_json("metrics.json")["final"]["per_class"].items()}
+    # a decision needs one class's threshold: a task holding several classes (N-M scenarios) has none
+    task_threshold = [thresholds.get(classes[0]) if len(classes) == 1 else None for classes in cfg.data.tasks]
+    task_names = [task_name(classes) for classes in cfg.data.tasks]
     out = Path(out_dir)
     (out / "heatmaps").mkdir(parents=True, exist_ok=True)
     rows = []
@@ -84,13 +88,13 @@ def predict_images(run_dir: str | Path, images: list[str], out_dir: str | Path, 
         score = float(image_scores(scores, cfg.eval.score_aggregation, cfg.eval.topk, out_size=size,
                                    sigma=cfg.eval.blur_sigma)[0])
         rgb = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        row = {"filename": str(path), "routed_task": task, "routed_class": cfg.data.task_classes[task],
-               "score": score, "anomalous": _decide(score, thresholds.get(cfg.data.task_classes[task]))}
+        row = {"filename": str(path), "routed_task": task, "routed_class": task_names[task],
+               "score": score, "anomalous": _decide(score, task_threshold[task])}
         for name, per_patch in named.items():  # the anomaly map, then any extra map the model returns
             amap = anomaly_maps(per_patch.float().cpu(), size, cfg.eval.blur_sigma)[0].numpy()
             suffix = "" if name == "score" else f" [{name}]"
             png = overlay_png(rgb, amap, None, score, vmin=float(amap.min()), vmax=float(amap.max()),
-                              title=f"task={task} ({cfg.data.task_classes[task]}){suffix}")
+                              title=f"task={task} ({task_names[task]}){suffix}")
             folder = out / "heatmaps" if name == "score" else out / "heatmaps" / name
             target = folder / f"{len(rows):04d}_{Path(path).stem}.png"
             folder.mkdir(parents=True, exist_ok=True)

@@ -51,9 +51,9 @@ def run_per_task_model(cfg: Config, tiny_tasks) -> dict:
     tasks, extractor = tiny_tasks
     state = ContinualRun(cfg, tasks, extractor.dim, extractor.grid, torch.device("cpu"), progress=False)
     state.train_task(0, None)
-    before = state.model.patch_scores(tasks[0].test.patch, 0)
+    before = state.model.patch_scores(tasks[0].tests[0].test.patch, 0)
     state.train_task(1, None)
-    assert torch.equal(state.model.patch_scores(tasks[0].test.patch, 0), before)
+    assert torch.equal(state.model.patch_scores(tasks[0].tests[0].test.patch, 0), before)
 
     run = run_training(cfg, progress=False, log=lambda *_: None)
     metrics = run.read_json("metrics.json")

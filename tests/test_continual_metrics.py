@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from moleflow.errors import MoleflowError
-from moleflow.evaluation.continual_metrics import accuracy_matrix, bwt, continual_summary, forgetting_measure
+from moleflow.evaluation.continual_metrics import (accuracy_matrix, avalanche_forgetting, bwt, continual_summary,
+                                                   forgetting_measure)
 from moleflow.evaluation.metrics import MetricUndefinedWarning
 
 NAN = float("nan")
@@ -83,3 +84,15 @@ def test_tasks_with_nan_entries_are_left_out_with_warning():
 def test_malformed_matrix_raises():
     with pytest.raises(MoleflowError, match="square"):
         bwt([[0.9, 0.8]])
+
+
+def test_avalanche_forgetting_is_first_minus_last_not_best_minus_last():
+    # task 0: 0.90 right after training, 0.93 at its best, 0.97 at the end; task 1: 0.95, then 0.70
+    # Avalanche = mean(0.90 - 0.97, 0.95 - 0.70) = mean(-0.07, 0.25) = 0.09 (= -BWT), while FM = 0.105
+    assert avalanche_forgetting(R) == pytest.approx(0.09, abs=1e-12)
+    assert avalanche_forgetting(R) == pytest.approx(-bwt(R), abs=1e-12)
+    assert avalanche_forgetting(R) != pytest.approx(forgetting_measure(R))
+    summary = continual_summary(R)
+    assert summary["forgetting_avalanche"] == pytest.approx(0.09)
+    with pytest.warns(MetricUndefinedWarning, match="^avalanche_forgetting: only one task"):
+        assert math.isnan(avalanche_forgetting([[0.9]]))

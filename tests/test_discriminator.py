@@ -105,7 +105,7 @@ def test_finetune_retrains_the_one_network_and_resumes_from_the_whole_state(tiny
     assert any(not torch.equal(after_first[k], v) for k, v in state.model.task_state(0).items())
     fresh = PatchDiscriminator(extractor.dim)
     fresh.load_state_dict(state.model.state_dict())
-    assert torch.equal(fresh.patch_scores(tasks[0].test.patch, 0), state.model.patch_scores(tasks[0].test.patch, 0))
+    assert torch.equal(fresh.patch_scores(tasks[0].tests[0].test.patch, 0), state.model.patch_scores(tasks[0].tests[0].test.patch, 0))
 
 
 def test_param_counts_are_per_task_and_nothing_is_shared():

@@ -57,7 +57,7 @@ def model_structure(cfg: Config, flags_tasks) -> dict:
     """Parameter counts, LoRA scale and adapter types once tasks 0 and 1 have begun (no training)."""
     state = _state(cfg, flags_tasks)
     for t in (0, 1):
-        state.strategy.begin_task(t, state.classes[t])
+        state.strategy.begin_task(t, state.task_names[t])
     lora = next(m for m in state.model.modules() if isinstance(m, LoRALinear))
     return {"params": state.model.param_counts(), "lora_scale": lora.scale,
             "adapters": {k: type(v).__name__ for k, v in state.model.adapters.items()},
@@ -69,7 +69,7 @@ def task0_scores(cfg: Config, flags_tasks) -> torch.Tensor:
     state = _state(cfg, flags_tasks)
     state.train_task(0, None)
     task = state.tasks[0]
-    return state.model.patch_scores(task.test.patch, state.strategy.model_task(0))
+    return state.model.patch_scores(task.tests[0].test.patch, state.strategy.model_task(0))
 
 
 def task0_evaluation(cfg: Config, flags_tasks) -> dict:
@@ -84,12 +84,12 @@ def router_distances(cfg: Config, flags_tasks) -> torch.Tensor:
     state = _state(cfg, flags_tasks)
     for task in state.tasks:
         state.router.add_task(task.task_id, task.train.pooled)
-    return torch.cat([state.router.distances(task.test.pooled) for task in state.tasks])
+    return torch.cat([state.router.distances(task.tests[0].test.pooled) for task in state.tasks])
 
 
 def extractor_output(cfg: Config, flags_tasks) -> dict:
     extractor = build_extractor(cfg, CPU)
-    image = flags_tasks[0][0].test_dataset[0]["image"]
+    image = flags_tasks[0][0].tests[0].dataset[0]["image"]
     size = extractor.img_size
     if tuple(image.shape[-2:]) != size:
         image = torch.nn.functional.interpolate(image[None], size=size, mode="bilinear")[0]
@@ -225,6 +225,8 @@ NOT_IN_CASES = {
     "heatmaps": "test_cli: 2 PNGs per class vs none",
     "experiment_name": "test_cli: folder location",
     "runs_dir": "test_cli: folder location",
+    "scenario": "test_streams: each published scenario's task sizes, and the N-M run end to end",
+    "replay_per_task": "test_streams: the memory holds exactly N rows per earlier task (and all when fewer)",
     "deterministic": "CUDA only (no GPU here): refused on CPU and its switches checked in test_determinism",
 }
 
@@ -260,9 +262,9 @@ def test_finetune_changes_task0_scores_after_later_tasks(small_bench, flags_task
         flags = TINY if strategy == "moleflow" else without(TINY, "--lora_rank")  # one plain flow: no experts to size
         state = _state(train_config("--data_path", str(small_bench), *flags, "--strategy", strategy), flags_tasks)
         state.train_task(0, None)
-        before = state.model.patch_scores(state.tasks[0].test.patch, state.strategy.model_task(0))
+        before = state.model.patch_scores(state.tasks[0].tests[0].test.patch, state.strategy.model_task(0))
         state.train_task(1, None)
-        after = state.model.patch_scores(state.tasks[0].test.patch, state.strategy.model_task(0))
+        after = state.model.patch_scores(state.tasks[0].tests[0].test.patch, state.strategy.model_task(0))
         change[strategy] = (after - before).abs().max().item()
     assert change["moleflow"] == 0.0 and change["finetune"] > 1e-3
 

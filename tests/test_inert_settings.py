@@ -53,6 +53,10 @@ REFUSED = {
     "adapter_hidden without film": (["--adapter", "instancenorm", "--adapter_hidden", "8"], "--adapter_hidden changes nothing unless --adapter is film"),
     "position_std without baseline": (["--no_position_baseline", "--position_std"], "--position_std changes nothing unless --position_baseline"),
     "token_stride with cpcf": (["--use_cpcf", "--token_stride", "2"], "--token_stride 2 cannot apply with --use_cpcf"),
+    "replay memory under finetune": (["--strategy", "finetune", "--replay_per_task", "5"],
+                                     "--replay_per_task changes nothing unless --strategy reads it (replay)"),
+    "replay with an expert flag": (["--strategy", "replay", "--lora_rank", "4"],
+                                   "--lora_rank changes nothing unless --strategy keeps experts"),
     "knn with epochs": (["--model", "knn", "--num_epochs", "3"], "--num_epochs 3: model 'knn' does not use it"),
     "knn with lr": (["--model", "knn", "--lr", "0.001"], "--lr 0.001: model 'knn' does not use it"),
     "knn with loss": (["--model", "knn", "--loss", "nll=1"], "--loss nll=1: model 'knn' does not use it"),
@@ -70,6 +74,7 @@ ACCEPTED = {
     "weights file alone": ["--backbone_weights", "w.safetensors"],
     "lora rank under moleflow": ["--lora_rank", "4", "--task0_mix", "0.2"],
     "finetune with loop settings": ["--strategy", "finetune", "--num_epochs", "3", "--clamp", "1.5"],
+    "replay with its memory": ["--strategy", "replay", "--replay_per_task", "5", "--num_epochs", "3"],
     "knn with its own options": ["--model", "knn", "--model_opt", "k=3", "--embed_dim", "64", "--topk", "3",
                                  "--score_aggregation", "topk"],
 }

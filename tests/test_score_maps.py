@@ -101,7 +101,8 @@ def test_saved_extra_maps_and_overlays_in_the_report(tmp_path):
     scored = ev.score(0, "grid", fs)
     metrics = ev.metrics(scored, fs, keep_maps=True)
     images = torch.rand(6, 3, 8, 8)
-    task = SimpleNamespace(class_name="grid", task_id=0, test=fs, test_image=lambda i: images[i])
+    test = SimpleNamespace(class_name="grid", task_id=0, test=fs, image=lambda i: images[i])
+    task = SimpleNamespace(name="grid", classes=["grid"], task_id=0, tests=[test])
     cfg = SimpleNamespace(eval=SimpleNamespace(save_maps=True, heatmaps=2, score_aggregation="max", topk=1,
                                                blur_sigma=0.0),
                           train=SimpleNamespace(router="mahalanobis"), flat=lambda: {"x": 1})

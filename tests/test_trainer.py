@@ -58,7 +58,7 @@ def test_router_finds_every_task_and_detection_beats_chance(v3_run):
 
 def _scores(state: ContinualRun, task) -> torch.Tensor:
     with torch.no_grad():
-        return state.model.patch_scores(task.test.patch, state.strategy.model_task(task.task_id))
+        return state.model.patch_scores(task.tests[0].test.patch, state.strategy.model_task(task.task_id))
 
 
 @pytest.mark.parametrize("version", ["v1", "v2", "v3"])

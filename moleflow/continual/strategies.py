@@ -6,6 +6,9 @@ plugin can add one: a `Strategy` subclass, constructed as `cls(model, num_tasks)
 - finetune: one plain flow, trained task after task, nothing frozen: the forgetting lower bound.
 - joint:    one plain flow trained once on all tasks' data together: the upper bound (no sequence, so
             no accuracy-matrix diagonal, BWT or FM).
+- replay:   one plain flow trained task after task on the new task plus a bounded, seeded memory of
+            earlier tasks' training inputs (`--replay_per_task` images each): the classic baseline
+            between finetune and joint.
 """
 
 from __future__ import annotations
@@ -26,10 +29,17 @@ class Strategy:
     single_flow = False
     #: True when a task's scoring parameters never change after its end_task (enables score caching)
     frozen_after_task = False
+    #: the strategy's own settings (config.TrainConfig); requesting one under another strategy is refused
+    reads_settings: tuple[str, ...] = ()
 
     def __init__(self, model: Any, num_tasks: int):
         self.model = model
         self.num_tasks = num_tasks
+
+    @classmethod
+    def from_config(cls, model: Any, num_tasks: int, cfg: Any) -> "Strategy":
+        """Built by the trainer; a strategy with settings of its own reads them here."""
+        return cls(model, num_tasks)
 
     def model_task(self, task_id: int) -> int:
         """The model-side task id used to train and score task `task_id`."""
@@ -47,6 +57,12 @@ class Strategy:
     def training_indices(self, task_id: int) -> list[int] | None:
         """Which tasks' training data the round for `task_id` uses (None = no training this round)."""
         return [task_id]
+
+    def training_inputs(self, task_id: int, tasks: list[Any]) -> torch.Tensor | None:
+        """What the round for `task_id` trains on (None = no training this round): by default every
+        training input of the tasks `training_indices` names."""
+        rounds = self.training_indices(task_id)
+        return None if rounds is None else torch.cat([tasks[i].train_inputs for i in rounds])
 
     def evaluates_after(self, task_id: int) -> bool:
         return True
@@ -102,6 +118,37 @@ class JointStrategy(_SingleFlow):
 
     def shared_changes(self, task_id: int) -> bool:
         return task_id == self.num_tasks - 1
+
+
+class ReplayStrategy(_SingleFlow):
+    """Finetune plus rehearsal: task t trains on its own data and on a memory of `replay_per_task` training
+    inputs of every earlier task. Each task's memory is drawn once, by a generator seeded from the run seed
+    and the task, so it is the same in every round and in a resumed run; memory grows linearly with T."""
+
+    name = "replay"
+    reads_settings = ("replay_per_task",)
+
+    def __init__(self, model: Any, num_tasks: int, per_task: int = 20, seed: int = 0):
+        super().__init__(model, num_tasks)
+        if per_task < 1:
+            raise MoleflowError(f"--replay_per_task {per_task}: must be >= 1")
+        self.per_task, self.seed = per_task, seed
+
+    @classmethod
+    def from_config(cls, model: Any, num_tasks: int, cfg: Any) -> "ReplayStrategy":
+        return cls(model, num_tasks, cfg.train.replay_per_task, cfg.train.seed)
+
+    def shared_changes(self, task_id: int) -> bool:
+        return True
+
+    def memory_rows(self, task_id: int, n_inputs: int) -> torch.Tensor:
+        """The rows of task `task_id`'s training inputs kept in memory (sorted; all when there are fewer)."""
+        generator = torch.Generator().manual_seed(self.seed * 1000 + task_id)
+        return torch.randperm(n_inputs, generator=generator)[: self.per_task].sort().values
+
+    def training_inputs(self, task_id: int, tasks: list[Any]) -> torch.Tensor:
+        memory = [tasks[k].train_inputs[self.memory_rows(k, len(tasks[k].train_inputs))] for k in range(task_id)]
+        return torch.cat([tasks[task_id].train_inputs, *memory])
 
 
 def strategy_class(name: str) -> type[Strategy]:

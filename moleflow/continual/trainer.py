@@ -17,6 +17,7 @@ from moleflow.contract import ModelHooks, model_traits
 from moleflow.continual.fit import FitSettings, check_ema_decay
 from moleflow.continual.strategies import strategy_class
 from moleflow.continual.task_data import TaskData, prepare_tasks, resolve_device
+from moleflow.data.streams import task_name
 from moleflow.errors import MoleflowError
 from moleflow.evaluation.evaluator import Evaluator
 from moleflow.inert_settings import settings_read_by
@@ -54,11 +55,13 @@ class ContinualRun:
             self.model = build_model(cfg, dim, grid, strategy_cls.model_overrides).to(device)
         self.hooks = ModelHooks.of(self.model)  # the contract's optional hooks, or their defaults
         self.router = registry.create("routers", cfg.train.router)
-        self.classes = list(cfg.data.task_classes)
-        self.strategy = strategy_cls(self.model, len(self.classes))
+        # from the config, not `tasks`: predict restores a run without loading any data
+        self.task_names = [task_name(classes) for classes in cfg.data.tasks]  # a task's classes joined by '+'
+        self.strategy = strategy_cls.from_config(self.model, len(self.task_names), cfg)
         self.loss: CompositeLoss | None = None  # the current task's loss: train_task builds a fresh one
         self.evaluator = Evaluator(self.model, self.strategy, self.router, cfg.eval, cfg.data.size, device)
-        self.results: dict[int, dict[str, dict[str, float]]] = {}  # after task i -> class -> metrics
+        self.results: dict[int, dict[str, dict[str, float]]] = {}  # after task i -> class -> metrics (per class,
+        # also when a task holds several classes)
         self.fit_log: list[dict] = []
 
     def new_loss(self) -> CompositeLoss:
@@ -77,10 +80,9 @@ class ContinualRun:
 
     def _train_task(self, t: int, tb: TBLogger | None) -> None:
         task = self.tasks[t]
-        self.strategy.begin_task(t, task.class_name)
-        rounds = self.strategy.training_indices(t)
-        if rounds is not None:
-            inputs = torch.cat([self.tasks[i].train_inputs for i in rounds])
+        self.strategy.begin_task(t, task.name)
+        inputs = self.strategy.training_inputs(t, self.tasks)
+        if inputs is not None:
             self.hooks.observe_training_features(self.strategy.model_task(t), inputs)
             tr = self.cfg.train
             reads = settings_read_by(type(self.model)) or frozenset()
@@ -90,17 +92,17 @@ class ContinualRun:
                                    # take it (an explicit one is refused in config.resolve_config)
                                    tr.token_stride if self.hooks.supports_subgrid else 1,
                                    tr.ema_decay if "ema_decay" in reads else 0.0)
-            log = (lambda e, v: tb.scalar(f"train/loss_task{t}_{task.class_name}", v, e)) if tb else None
+            log = (lambda e, v: tb.scalar(f"train/loss_task{t}_{task.name}", v, e)) if tb else None
             # a fresh loss per task: its own parameters (e.g. the SVDD radius) start from their initial
             # values at every task, so a resumed run trains exactly what an uninterrupted one does
             self.loss = self.new_loss().to(self.device)
             params = self.strategy.trainable(t) + self.loss.parameters()
             # the model's own training procedure (teacher/students, memory banks, ...) or the generic loop
             fit = self.hooks.fit_task(self.strategy.model_task(t), inputs, params, self.loss,
-                                      settings, label=f"task {t} ({task.class_name})", on_epoch=log)
+                                      settings, label=f"task {t} ({task.name})", on_epoch=log)
             self.hooks.observe_trained(self.strategy.model_task(t), inputs)
             loss_state = self.loss.state()
-            self.fit_log.append({"task": t, "class": task.class_name, "epochs": len(fit.epoch_losses),
+            self.fit_log.append({"task": t, "class": task.name, "epochs": len(fit.epoch_losses),
                                  "final_loss": fit.epoch_losses[-1] if fit.epoch_losses else None,
                                  "seconds": fit.seconds, "steps": fit.steps,
                                  **({"loss_state": loss_state} if loss_state else {})})
@@ -111,10 +113,11 @@ class ContinualRun:
         scored = {}
         row = {}
         seen = self.tasks[: upto + 1]
-        for task in tqdm(seen, desc=f"evaluate after task {upto}", disable=not self.progress, leave=False):
-            s = self.evaluator.score(task.task_id, task.class_name, task.test, task.test_inputs)
-            row[task.class_name] = self.evaluator.metrics(s, task.test, keep_maps=keep_maps)
-            scored[task.class_name] = s
+        tests = [test for task in seen for test in task.tests]
+        for test in tqdm(tests, desc=f"evaluate after task {upto}", disable=not self.progress, leave=False):
+            s = self.evaluator.score(test.task_id, test.class_name, test.test, test.inputs)
+            row[test.class_name] = self.evaluator.metrics(s, test.test, keep_maps=keep_maps)
+            scored[test.class_name] = s
         self.results[upto] = row
         return scored
 
@@ -124,7 +127,7 @@ class ContinualRun:
             if self.strategy.frozen_after_task else {}
         tensors.update({f"router.{k}": v for k, v in self.router.task_state(t).items()})
         recipe_meta = {RECIPE_KEY: json.dumps(recipe(self.cfg), sort_keys=True)}
-        run.save_checkpoint(f"task_{t}", tensors, {"task": str(t), "class": self.classes[t], **recipe_meta})
+        run.save_checkpoint(f"task_{t}", tensors, {"task": str(t), "class": self.task_names[t], **recipe_meta})
         if self.strategy.shared_changes(t) or not self.strategy.frozen_after_task:
             state = self.model.shared_state() if self.strategy.frozen_after_task else self.model.state_dict()
             run.save_checkpoint(f"shared_{t}", dict(state), {"after_task": str(t), **recipe_meta})
@@ -139,7 +142,7 @@ class ContinualRun:
             check_recipe(run.checkpoint_path(name), meta, self.cfg)
         try:
             for t in range(completed):
-                self.strategy.begin_task(t, self.classes[t])
+                self.strategy.begin_task(t, self.task_names[t])
                 tensors = loaded[f"task_{t}"][0]
                 model_part = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
                 if model_part:
@@ -208,8 +211,6 @@ def run_training(cfg: Config, *, progress: bool = True, resume: str | None = Non
     if cfg.run.deterministic:
         deterministic_cuda()
     device = resolve_device(cfg.train.device)
-    if len(set(cfg.data.task_classes)) != len(cfg.data.task_classes):
-        raise MoleflowError(f"--task_classes lists a class twice: {' '.join(cfg.data.task_classes)}")
     tasks, extractor, backbone_s = prepare_tasks(cfg, device, progress)  # fails before any folder exists
     log(f"backbone: {cfg.backbone.backbone_name}, {extractor.weights_description}, "
         f"grid {extractor.grid[0]}x{extractor.grid[1]}, dim {extractor.dim}, features in {backbone_s:.1f}s")
@@ -250,6 +251,8 @@ def run_training(cfg: Config, *, progress: bool = True, resume: str | None = Non
                 start = time.perf_counter()
                 state.evaluate(t)
                 timing["eval_s"] += time.perf_counter() - start
+                # how evaluation cost grows with the number of tasks seen (benchmarks/scaling.py)
+                timing.setdefault("eval_after_task_s", []).append(time.perf_counter() - start)
                 for cls, m in state.results[t].items():
                     for name in MATRIX_METRICS:
                         tb.scalar(f"{cls}/{name}", m[name], t)
@@ -258,6 +261,7 @@ def run_training(cfg: Config, *, progress: bool = True, resume: str | None = Non
         start = time.perf_counter()
         scored = state.evaluate(len(tasks) - 1, keep_maps=True)
         timing["eval_s"] += time.perf_counter() - start
+        timing.setdefault("eval_after_task_s", []).append(time.perf_counter() - start)
         timing["peak_rss_mb"] = peak_rss_mb()
         timing["wall_s"] = wall_s()
         write_final_report(run, state, scored, timing, tb)

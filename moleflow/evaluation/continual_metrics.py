@@ -7,6 +7,10 @@
 * FM (forgetting measure) = mean over j < T of max_{j <= i < T} R[i][j] - R[T][j]: the drop from
   the best value ever reached on task j before the last task to the final value (positive =
   forgetting; negative only if the last task improved task j beyond every earlier value).
+* Avalanche forgetting = mean over j < T of R[j][j] - R[T][j]: the value just after learning task j
+  minus the final one (Avalanche's `ExperienceForgetting`, "first minus last"). Where FM takes the best
+  value ever reached, this takes the one right after training; it is -BWT whenever both are defined, and
+  reported under its own name because papers compare forgetting numbers across the two definitions.
 * final_mean = mean of the last row R[T][:]: the average metric over all tasks at the end.
 
 BWT and FM are undefined with a single task: NaN with a ``MetricUndefinedWarning``. When an entry
@@ -98,12 +102,23 @@ def forgetting_measure(R: Any) -> float:
     return _mean_over_tasks("forgetting_measure", per_task)
 
 
+def avalanche_forgetting(R: Any) -> float:
+    """Avalanche's forgetting: mean over j < T of R[j][j] - R[T][j] (just after learning j, minus final)."""
+    matrix = _as_matrix(R, "avalanche_forgetting")
+    last = matrix.shape[0] - 1
+    if last == 0:
+        return _undefined("avalanche_forgetting", "only one task, so there is no earlier task to forget")
+    return _mean_over_tasks("avalanche_forgetting", np.diag(matrix)[:last] - matrix[last, :last])
+
+
 def continual_summary(R: Any) -> dict[str, Any]:
-    """{"bwt", "fm", "final_mean", "matrix"}; the matrix is a nested list with None for NaN."""
+    """{"bwt", "fm", "forgetting_avalanche", "final_mean", "matrix"}; the matrix is a nested list with None
+    for NaN."""
     matrix = _as_matrix(R, "continual_summary")
     return {
         "bwt": bwt(matrix),
         "fm": forgetting_measure(matrix),
+        "forgetting_avalanche": avalanche_forgetting(matrix),
         "final_mean": _mean_over_tasks("final_mean", matrix[-1]),
         "matrix": [[None if np.isnan(v) else float(v) for v in row] for row in matrix],
     }

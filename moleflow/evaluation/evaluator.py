@@ -92,13 +92,13 @@ class Evaluator:
         self.img_size = img_size
         self.device = device
         self.batch_size = batch_size
-        self._cache: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+        self._cache: dict[tuple[str, int], dict[str, torch.Tensor]] = {}  # (test class, expert) -> scores
         self.class_metrics = per_class_metrics()
 
     @torch.no_grad()
-    def expert_scores(self, task_id: int, feats: torch.Tensor, expert: int) -> dict[str, torch.Tensor]:
-        """{"score": (N,h,w), **extras} of test set `task_id` under `expert`."""
-        key = (task_id, expert)
+    def expert_scores(self, class_name: str, feats: torch.Tensor, expert: int) -> dict[str, torch.Tensor]:
+        """{"score": (N,h,w), **extras} of the test set of `class_name` under `expert`."""
+        key = (class_name, expert)
         if self.strategy.frozen_after_task and key in self._cache:
             return self._cache[key]
         model_task = self.strategy.model_task(expert)
@@ -116,13 +116,13 @@ class Evaluator:
         n = fs.patch.shape[0]
         true = torch.full((n,), task_id, dtype=torch.long)
         pred = self.router.predict(fs.pooled, true_tasks=true).long().cpu()
-        oracle = self.expert_scores(task_id, inputs, task_id)
+        oracle = self.expert_scores(class_name, inputs, task_id)
         routed = {name: value.clone() for name, value in oracle.items()}
         for expert in pred.unique().tolist():
             if expert == task_id:
                 continue
             rows = (pred == expert).nonzero().flatten()
-            other = self.expert_scores(task_id, inputs, expert)
+            other = self.expert_scores(class_name, inputs, expert)
             for name in routed:
                 routed[name][rows] = other[name][rows]
         method, k = self.cfg.score_aggregation, self.cfg.topk

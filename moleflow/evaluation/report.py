@@ -24,14 +24,18 @@ def _nanmean(values: list[float]) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
-def continual_block(results: dict[int, dict[str, dict]], classes: list[str], metrics: tuple[str, ...]) -> dict:
-    out: dict[str, Any] = {"matrix": {}, "bwt": {}, "fm": {}}
+def continual_block(results: dict[int, dict[str, dict]], task_classes: list[list[str]],
+                    metrics: tuple[str, ...]) -> dict:
+    """Accuracy matrix R[i][j] (after task i, on task j) and its summaries per metric. A task holding
+    several classes (N-M scenarios) enters with the mean over its classes; a 1xN stream's R is per class."""
+    out: dict[str, Any] = {"matrix": {}, "bwt": {}, "fm": {}, "forgetting_avalanche": {}}
     for name in metrics:
-        table = {i: {j: row[c][name] for j, c in enumerate(classes) if c in row} for i, row in results.items()}
-        summary = continual_summary(accuracy_matrix(table, len(classes)))
-        out["matrix"][name] = summary["matrix"]
-        out["bwt"][name] = summary["bwt"]
-        out["fm"][name] = summary["fm"]
+        table = {i: {j: _nanmean([row[c][name] for c in classes])
+                     for j, classes in enumerate(task_classes) if all(c in row for c in classes)}
+                 for i, row in results.items()}
+        summary = continual_summary(accuracy_matrix(table, len(task_classes)))
+        for key in out:
+            out[key][name] = summary[key]
     return out
 
 
@@ -43,20 +47,25 @@ def write_final_report(run: Any, state: Any, scored: dict[str, Any], timing: dic
     from moleflow.contract import describe
 
     cfg, tasks = state.cfg, state.tasks
-    classes = [t.class_name for t in tasks]
+    tests = [test for task in tasks for test in task.tests]
+    classes = [test.class_name for test in tests]
     last = len(tasks) - 1
     per_class = state.results[last]
     mean = {k: _nanmean([per_class[c].get(k, float("nan")) for c in classes]) for k in SUMMARY_KEYS}
 
-    true = torch.cat([torch.full_like(scored[c].pred_task, t.task_id) for t, c in zip(tasks, classes)])
+    # routing is scored per task: an image is routed correctly when it reaches the task holding its class
+    true = torch.cat([torch.full_like(scored[t.class_name].pred_task, t.task_id) for t in tests])
     pred = torch.cat([scored[c].pred_task for c in classes])
     routing = {"accuracy": M.routing_accuracy(true.numpy(), pred.numpy()),
                "confusion": M.confusion_matrix(true.numpy(), pred.numpy(), len(tasks)).tolist(),
                "router": cfg.train.router}
     metrics = {
-        "tasks": classes,
+        "tasks": [task.name for task in tasks],
+        "classes": classes,
+        "class_task": {test.class_name: test.task_id for test in tests},
         "final": {"per_class": per_class, "mean": mean},
-        "continual": continual_block(state.results, classes, ("image_auroc", "pixel_auroc", "aupro")),
+        "continual": continual_block(state.results, [task.classes for task in tasks],
+                                     ("image_auroc", "pixel_auroc", "aupro")),
         "routing": routing,
         "params": state.model.param_counts(),
         "model_description": describe(state.model),
@@ -73,7 +82,7 @@ def write_final_report(run: Any, state: Any, scored: dict[str, Any], timing: dic
 
     per_image, csv_rows, tb_images = [], [], []
     n_maps = cfg.eval.heatmaps
-    for task in tasks:
+    for task in tests:
         c, s, fs = task.class_name, scored[task.class_name], task.test
         thr = per_class[c]["f1_threshold"]
         maps = s.maps.numpy()
@@ -90,7 +99,7 @@ def write_final_report(run: Any, state: Any, scored: dict[str, Any], timing: dic
             score, label = float(s.image[i]), int(fs.labels[i])
             heat, extra_heat = None, {}
             if n_maps < 0 or i < n_maps:
-                rgb, mask = _uint8_image(task.test_image(i)), fs.masks[i, 0].numpy().astype(bool)
+                rgb, mask = _uint8_image(task.image(i)), fs.masks[i, 0].numpy().astype(bool)
                 title = f"{c} gt={label} task={int(s.pred_task[i])}"
                 overlay = overlay_rgb(rgb, maps[i], mask, score, vmin=vmin, vmax=vmax, title=title)
                 heat = run.save_heatmap(c, path, encode_png(overlay))
@@ -111,13 +120,12 @@ def write_final_report(run: Any, state: Any, scored: dict[str, Any], timing: dic
     run.write_per_image(per_image)
     run.write_results_csv(csv_rows)
     run.write_json("metrics.json", metrics)
-    _log_tensorboard(tb, cfg, classes, per_class, mean, metrics, tb_images)
+    _log_tensorboard(tb, cfg, classes, per_class, mean, metrics, tb_images, last)
     return metrics
 
 
 def _log_tensorboard(tb: Any, cfg: Any, classes: list[str], per_class: dict, mean: dict, metrics: dict,
-                     images: list[tuple[str, np.ndarray]]) -> None:
-    last = len(classes) - 1
+                     images: list[tuple[str, np.ndarray]], last: int) -> None:
     for c in classes:
         for k in ("image_auroc", "pixel_auroc", "aupro", "routing_accuracy"):
             tb.scalar(f"final/{c}/{k}", per_class[c][k], last)

@@ -127,7 +127,7 @@ def test_end_to_end_run_and_checkpoint_round_trip(bench, tmp_path):
 @pytest.mark.parametrize("strategy, forgets", [("moleflow", False), ("finetune", True)])
 def test_task0_scores_survive_task1_bitwise(bench, tmp_path, prepared, strategy, forgets):
     state = _state(_cfg(bench, tmp_path, "--strategy", strategy, "--model_opt", "synth_per_image=1"), prepared)
-    test0 = prepared[0][0].test_inputs
+    test0 = prepared[0][0].tests[0].inputs
     state.train_task(0, None)
     model_task = state.strategy.model_task(0)
     before = state.model.patch_scores(test0, model_task)
@@ -144,7 +144,7 @@ def test_model_opt_reaches_the_model(bench, tmp_path, prepared):
     opts = ["score=mahalanobis", "knn=5", "proj_dim=8", "memory=50", "anomalies=cutpaste,noise", "synth_per_image=1"]
     state = _state(_cfg(bench, tmp_path, "--model_opt", *opts), prepared)
     state.train_task(0, None)
-    model, test0 = state.model, prepared[0][0].test_inputs
+    model, test0 = state.model, prepared[0][0].tests[0].inputs
     assert (model.opts.score, model.opts.knn, model.opts.anomalies) == ("mahalanobis", 5, ("cutpaste", "noise"))
     assert model.heads["0"].memory.shape == (50, 8)  # 512 training patches, subsampled to memory=50
     scores = {}

@@ -214,7 +214,7 @@ def test_task_zero_scores_are_bitwise_unchanged_by_later_tasks(bench, tmp_path):
     state = ContinualRun(cfg, tasks, ex.dim, ex.grid, torch.device("cpu"), progress=False)
     state.train_task(0, None)
     model = state.model
-    images = tasks[0].test_inputs
+    images = tasks[0].tests[0].inputs
     scores, uncertainty = model.patch_scores(images, 0), model.uncertainty_maps(images, 0)
     assert scores.shape == uncertainty.shape == (len(images), 48, 48)
     both = model.score_maps(images, 0)  # the core's one-pass hook returns exactly these two maps
@@ -255,7 +255,7 @@ def test_finetune_baseline_keeps_the_teacher_but_retrains_the_shared_students(be
     tasks, ex, _ = prepare_tasks(cfg, torch.device("cpu"), progress=False)
     state = ContinualRun(cfg, tasks, ex.dim, ex.grid, torch.device("cpu"), progress=False)
     state.train_task(0, None)
-    model, images = state.model, tasks[0].test_inputs
+    model, images = state.model, tasks[0].tests[0].inputs
     scores, teacher = model.patch_scores(images, 0), model.shared_state()
     state.train_task(1, None)
     assert list(model.tasks) == ["0"]  # one student set for every task: the forgetting lower bound
