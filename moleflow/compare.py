@@ -351,6 +351,18 @@ def _summary_section(runs: list[RunSummary], markdown: bool) -> str:
     return f"{'**' + title + '**' if markdown else title}\n\n{render_table(header, rows, markdown)}"
 
 
+def _per_class_section(runs: list[RunSummary], markdown: bool, key: str, title: str) -> str | None:
+    """One row per class, one column per run (e.g. MoLE-Flow beside finetune / replay / joint on one stream);
+    None unless 2+ runs report the same classes."""
+    if len(runs) < 2 or any(run.classes != runs[0].classes for run in runs):
+        return None
+    header = ["class"] + [f"{i + 1}: {run.strategy}/{run.model}" for i, run in enumerate(runs)]
+    rows = [[c] + [_fmt(run.per_class[c][key]) for run in runs] for c in runs[0].classes]
+    rows.append(["mean"] + [_fmt(run.mean[key]) for run in runs])
+    heading = f"{title} per class (columns: the runs above, in order)"
+    return f"{'**' + heading + '**' if markdown else heading}\n\n{render_table(header, rows, markdown)}"
+
+
 def _seed_section(runs: list[RunSummary], markdown: bool) -> str | None:
     """Mean ± sample std over runs that differ only in --seed (same version, strategy/model and other
     settings); None when no such group has two runs."""
@@ -403,6 +415,9 @@ def compare_runs(run_dirs: list[str | Path], markdown: bool = False, *, first_vs
     if first_vs_last and len(runs) >= 3:
         pairs.append((runs[0], runs[-1]))
     sections += [_change_section(old, new, markdown) for old, new in pairs]
+    for key, title in (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC")):
+        side_by_side = _per_class_section(runs, markdown, key, title)  # after the rest: tables keep their order
+        sections += [side_by_side] if side_by_side else []
     if skipped:
         sections.append("skipped (no metrics.json yet): " + ", ".join(str(p) for p in skipped))
     return "\n\n".join(sections) + "\n"

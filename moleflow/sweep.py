@@ -18,7 +18,6 @@ import os
 import shlex
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,10 +174,6 @@ def check_flags(args: argparse.Namespace, trials: list[Trial]) -> None:
 
 # ------------------------------------------------------------------------------------------ one trial
 
-_live: set[subprocess.Popen] = set()  # local backend: trials running now (terminated on Ctrl-C)
-_live_lock = threading.Lock()
-
-
 def log_tail(path: Path, lines: int = TAIL_LINES) -> list[str]:
     try:
         with open(path, "rb") as f:
@@ -190,9 +185,11 @@ def log_tail(path: Path, lines: int = TAIL_LINES) -> list[str]:
     return [row for row in rows if row.strip()][-lines:]
 
 
-def run_trial(name: str, argv: list[str], log: str, cwd: str | None = None) -> tuple[str, int, str, list[str], float]:
+def run_trial(name: str, argv: list[str], log: str, cwd: str | None = None,
+              live: set[subprocess.Popen] | None = None) -> tuple[str, int, str, list[str], float]:
     """Run `python -m moleflow ARGV` with its output in LOG. Returns (name, exit code, run folder or "",
-    last lines of its output, wall seconds). The same function runs locally and inside a Ray task."""
+    last lines of its output, wall seconds). The same function runs locally and inside a Ray task; locally,
+    `live` holds the running processes so Ctrl-C can stop them (set.add/discard are atomic in CPython)."""
     start = time.monotonic()
     log_path = Path(log)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -203,13 +200,13 @@ def run_trial(name: str, argv: list[str], log: str, cwd: str | None = None) -> t
         out.flush()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 cwd=cwd if cwd and os.path.isdir(cwd) else None)
-        with _live_lock:
-            _live.add(proc)
+        if live is not None:
+            live.add(proc)
         try:
             code = proc.wait()
         finally:
-            with _live_lock:
-                _live.discard(proc)
+            if live is not None:
+                live.discard(proc)
     tail = log_tail(log_path, 200)
     run = next((row.removeprefix("run: ") for row in reversed(tail) if row.startswith("run: ")), "")
     return name, code, run, tail[-TAIL_LINES:], time.monotonic() - start
@@ -249,10 +246,10 @@ class Reporter:
 def run_local(trials: list[Trial], max_parallel: int, report: Reporter) -> None:
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-    cwd = os.getcwd()
+    cwd, live = os.getcwd(), set()  # the trials running now (terminated on Ctrl-C)
     pool = ThreadPoolExecutor(max_workers=max_parallel)
     try:
-        futures = {pool.submit(run_trial, t.name, t.argv, str(t.log), cwd): t for t in trials}
+        futures = {pool.submit(run_trial, t.name, t.argv, str(t.log), cwd, live): t for t in trials}
         pending = set(futures)
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -261,9 +258,8 @@ def run_local(trials: list[Trial], max_parallel: int, report: Reporter) -> None:
                 report(futures[future], Result(name, code, wall, run, tail))
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
-        with _live_lock:
-            for proc in list(_live):
-                proc.terminate()
+        for proc in list(live):
+            proc.terminate()
         raise
     pool.shutdown()
 

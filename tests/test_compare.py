@@ -252,3 +252,15 @@ def test_wall_time_is_a_column_and_its_seed_mean_is_reported(tmp_path):
     assert "| 50.0 |" in summary and "| 70.0 |" in summary
     assert any(old.path.name in line and "| n/a |" in line for line in summary.splitlines())
     assert "| wall s (mean) |" in seeds and seeds.rstrip().splitlines()[-1].endswith("| 60.0 |")
+
+
+def test_runs_on_the_same_classes_get_a_side_by_side_table_per_class(two_runs, tmp_path):
+    a, b = two_runs
+    text = compare_runs([a.path, b.path])
+    head = "image AUROC per class (columns: the runs above, in order)"
+    assert head in text
+    table = text.split(head, 1)[1]
+    assert _row(table, "leather").split() == ["leather", "0.9000", "0.9500"]
+    assert _row(table, "mean").split()[1:] == [f"{sum(OLD['image']) / 3:.4f}", f"{sum(NEW['image']) / 3:.4f}"]
+    other = _make_run(tmp_path / "other", "v3", {**_metrics(**NEW), "tasks": ["grid", "leather", "transistor"]})
+    assert head not in compare_runs([a.path, other.path])  # different class lists: no side-by-side table
