@@ -116,8 +116,9 @@ def machine_line() -> str:
     except (OSError, StopIteration):
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    load = "load average (1 min) {:.1f}".format(os.getloadavg()[0]) if hasattr(os, "getloadavg") else "load n/a"
     return (f"{platform.system()} {platform.release()}, {os.cpu_count()} CPU cores ({cpu}), {gpu}, "
-            f"Python {platform.python_version()}, torch {torch.__version__}")
+            f"Python {platform.python_version()}, torch {torch.__version__}, {load} when written")
 
 
 def git_sha() -> str:
@@ -134,11 +135,12 @@ def _fmt(value: float | None, spec: str = ".1f") -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def render(rows: list[dict], inference: dict | None, command: str) -> str:
+def render(rows: list[dict], inference: dict | None, command: str, started_load: float) -> str:
     by_t = {r["tasks"]: r for r in rows}
     lines = ["# Scaling benchmark", "",
              f"`{command}` at git {git_sha()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.  ",
-             f"Machine: {machine_line()}.  ",
+             f"Machine: {machine_line()} (at start: {started_load:.1f}; other processes share the machine when "
+             "it is above 0.5, and every time is then inflated).  ",
              "Each row is one `moleflow train` process with the defaults (version v9) on the first T classes of "
              "the embedded benchmark's 1x15 stream (`moleflow synth --classes all`), in MVTec's alphabetical "
              "order. Seconds from the run's metrics.json: *other* = the run's wall time minus backbone, train and "
@@ -186,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not all(1 <= t <= 15 for t in args.tasks):
         parser.error("--tasks: each T must be between 1 and 15 (the embedded benchmark has 15 classes)")
-    rows = []
+    rows, started_load = [], os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     for t in sorted(set(args.tasks)):
         print(f"[bench] T={t} ...", file=sys.stderr, flush=True)
         rows.append(run_stream(t, args))
@@ -195,9 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     command = "./run.sh bench" if argv is None and len(sys.argv) == 1 else "python benchmarks/scaling.py " + " ".join(
         argv if argv is not None else sys.argv[1:])
     out = Path(args.out)
-    out.write_text(render(rows, inference, command))
+    out.write_text(render(rows, inference, command, started_load))
     out.with_suffix(".json").write_text(json.dumps({"git": git_sha(), "machine": machine_line(), "rows": rows,
-                                                    "inference": inference}, indent=1) + "\n")
+                                                    "inference": inference, "load_at_start": started_load},
+                                                   indent=1) + "\n")
     print(out.read_text())
     return 0
 
