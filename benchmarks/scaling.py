@@ -124,8 +124,8 @@ def machine_line() -> str:
 def git_sha() -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!runs"],
+                               cwd=ROOT, capture_output=True, text=True).stdout.strip()  # run outputs do not count
         return sha.strip() + ("+uncommitted" if dirty else "")
     except OSError:
         return "unknown"
