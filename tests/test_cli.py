@@ -164,8 +164,8 @@ def test_compare_writes_markdown_with_a_change_section(trained, tmp_path):
     assert text.strip() == result.out.strip()
     rows = [line for line in text.splitlines() if line.startswith("|")]
     for cls in CLASSES:
-        # one row per run table and one in the change table
-        assert sum(row.startswith(f"| {cls} ") for row in rows) == 3, cls
+        # one row per run table, one in the change table, one in each side-by-side table (image, pixel AUROC)
+        assert sum(row.startswith(f"| {cls} ") for row in rows) == 5, cls
     assert "change:" in text and str(trained.run_b.name) in text
     change_rows = text[text.index("change:"):]
     assert "+0.0000" in change_rows  # identical runs: zero change

@@ -223,6 +223,8 @@ NOT_IN_CASES = {
     "device": "cpu is the only device in the test environment",
     "save_maps": "test_cli: maps/<class>.npz with and without",
     "heatmaps": "test_cli: 2 PNGs per class vs none",
+    "report": "test_report: test_train_writes_the_report_and_names_it (a report folder by default, none with --no_report)",
+    "report_max_per_class": "test_report: test_report_max_per_class_keeps_the_worst (2 tiles per class page)",
     "experiment_name": "test_cli: folder location",
     "runs_dir": "test_cli: folder location",
     "scenario": "test_streams: each published scenario's task sizes, and the N-M run end to end",

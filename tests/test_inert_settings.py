@@ -61,6 +61,8 @@ REFUSED = {
     "knn with lr": (["--model", "knn", "--lr", "0.001"], "--lr 0.001: model 'knn' does not use it"),
     "knn with loss": (["--model", "knn", "--loss", "nll=1"], "--loss nll=1: model 'knn' does not use it"),
     "knn with a flow flag": (["--model", "knn", "--num_coupling_layers", "4"], "--num_coupling_layers 4: model 'knn' does not use it"),
+    "report tiles without a report": (["--no_report", "--report_max_per_class", "3"],
+                                      "--report_max_per_class changes nothing unless --report is on"),
 }
 
 #: the same flags where they are read: accepted
@@ -75,6 +77,7 @@ ACCEPTED = {
     "lora rank under moleflow": ["--lora_rank", "4", "--task0_mix", "0.2"],
     "finetune with loop settings": ["--strategy", "finetune", "--num_epochs", "3", "--clamp", "1.5"],
     "replay with its memory": ["--strategy", "replay", "--replay_per_task", "5", "--num_epochs", "3"],
+    "report tiles with the report": ["--report_max_per_class", "3"],
     "knn with its own options": ["--model", "knn", "--model_opt", "k=3", "--embed_dim", "64", "--topk", "3",
                                  "--score_aggregation", "topk"],
 }

@@ -89,6 +89,29 @@ def test_pixel_metrics_match_sklearn(seed, decimals):
     assert M.pixel_ap(masks, maps) == pytest.approx(average_precision_score(y, s), abs=1e-12)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_curves_are_the_ones_the_metrics_integrate(seed):
+    """The report's curves: their areas are the reported numbers, and they are sklearn's ROC vertices."""
+    from sklearn.metrics import roc_curve
+
+    rng = np.random.default_rng(seed)
+    labels = rng.random(40) < 0.4
+    scores = np.round(rng.normal(size=40) + labels, 1)  # ties
+    fpr, tpr = M.roc_curve(labels, scores)
+    assert np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2) == pytest.approx(M.image_auroc(labels, scores), abs=1e-12)
+    sk_fpr, sk_tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    assert set(zip(fpr.round(12), tpr.round(12))) <= set(zip(sk_fpr.round(12), sk_tpr.round(12)))  # its vertices
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0.0, 0.0, 1.0, 1.0) and np.all(np.diff(fpr) >= 0)
+    masks, maps = random_pixels(seed, n=4, h=16, w=16, decimals=2)
+    x, y = M.pixel_roc_curve(masks, maps)
+    assert np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2) == pytest.approx(M.pixel_auroc(masks, maps), abs=1e-12)
+    x, pro = M.pro_curve(masks, maps)
+    assert x[-1] == 1.0 and pro[-1] == pytest.approx(1.0) and np.all(np.diff(pro) >= -1e-12)
+    assert reference_aupro(masks, maps, 0.3) == pytest.approx(M.aupro(masks, maps), abs=1e-9)
+    with pytest.warns(MetricUndefinedWarning):
+        assert M.roc_curve([1, 1, 1], [0.1, 0.2, 0.3]) is None
+
+
 def test_pixel_metrics_accept_torch_channel_dim_and_uint8_masks():
     masks, maps = random_pixels(7, decimals=2)
     expected = (M.pixel_auroc(masks, maps), M.pixel_ap(masks, maps), M.aupro(masks, maps))

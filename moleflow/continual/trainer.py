@@ -265,6 +265,21 @@ def run_training(cfg: Config, *, progress: bool = True, resume: str | None = Non
         timing["peak_rss_mb"] = peak_rss_mb()
         timing["wall_s"] = wall_s()
         write_final_report(run, state, scored, timing, tb)
+        if cfg.eval.report:
+            write_run_report(run, state, scored, tb, progress, log)
     finally:
         tb.close()
     return run
+
+
+def write_run_report(run: RunFolder, state: ContinualRun, scored: dict[str, Any], tb: TBLogger | None,
+                     progress: bool, log=print) -> None:
+    """The HTML report (moleflow/report/) from the maps still in memory; its plots also go to TensorBoard.
+    The run's results are written already, so a report that cannot be written is a warning, not a failure."""
+    from moleflow.report import write_report
+    from moleflow.report.source import from_scored
+
+    try:
+        write_report(run.path, class_maps=from_scored(state.tasks, scored), tb=tb, progress=progress, log=log)
+    except MoleflowError as exc:
+        log(f"warning: no report written ({exc}); the run is complete: `moleflow report {run.path}` retries")

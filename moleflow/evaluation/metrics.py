@@ -16,6 +16,8 @@ at threshold t when its score >= t. Tied scores always move together (one step o
 * F1-max: F1, precision, recall and threshold at the threshold maximising F1 on the sklearn
   ``precision_recall_curve`` of the image scores.
 * Pixel IoU at threshold t: |{map >= t} AND gt| / |{map >= t} OR gt| over all pixels.
+* Curves for plots: ``roc_curve`` (image scores), ``pixel_roc_curve`` and ``pro_curve`` return the
+  vertices whose areas are the numbers above (the same code computes both).
 * Routing accuracy: fraction of images whose predicted task equals the true task. Confusion matrix:
   rows = true task, columns = predicted task, integer counts.
 
@@ -238,11 +240,56 @@ def pixel_auroc(masks: Any, maps: Any) -> float:
     checked = _checked_pixels(masks, maps, "pixel_auroc")
     if isinstance(checked, float):
         return checked
+    x, y, n_pos = _roc_vertices(*checked)
+    return _trapezoid(x, y) / n_pos
+
+
+def _roc_vertices(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """ROC vertices (FPR, positives counted) of defined inputs, and the number of positives."""
+    pos, neg = s[y], s[~y]
+    cum, n_neg_gt, n_neg_ge = _threshold_table(pos, neg)
+    x, counted = _curve(cum, n_neg_gt, n_neg_ge, neg.size)
+    return x, counted, pos.size
+
+
+def roc_curve(labels: Any, scores: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """Tie-aware ROC curve (FPR, TPR) of image scores, from (0, 0) to (1, 1); its trapezoid area is
+    image_auroc. None (with a warning) where the curve is undefined."""
+    y, s = _image_inputs(labels, scores, "roc_curve")
+    if (why := _degenerate(y, s, "images")) is not None:
+        _undefined("roc_curve", why)
+        return None
+    if not np.isfinite(s).all():
+        s = _order_preserving_finite(s)[0]
+    x, counted, n_pos = _roc_vertices(y, s)
+    return x, counted / n_pos
+
+
+def pixel_roc_curve(masks: Any, maps: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """The ROC curve (FPR, TPR) over all pixels whose area is pixel_auroc; None (with a warning) where undefined."""
+    checked = _checked_pixels(masks, maps, "pixel_roc_curve")
+    if isinstance(checked, float):
+        return None
+    x, counted, n_pos = _roc_vertices(*checked)
+    return x, counted / n_pos
+
+
+def pro_curve(masks: Any, maps: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """The per-region-overlap curve (FPR, PRO) over the whole FPR range, whose area up to 0.3 (divided by 0.3)
+    is aupro; None (with a warning) where undefined."""
+    checked = _checked_pixels(masks, maps, "pro_curve")
+    if isinstance(checked, float):
+        return None
     m, s = checked
     pos, neg = s[m], s[~m]
-    cum, n_neg_gt, n_neg_ge = _threshold_table(pos, neg)
+    regions, n_regions = ndimage.label(m, structure=_EIGHT_CONNECTED_PER_IMAGE)
+    region_sizes = np.bincount(regions.ravel())
+    # Each region carries total weight 1/n_regions, shared equally by its pixels; boolean indexing
+    # walks pixels in the same C order as `pos = maps[masks]`.
+    weights = 1.0 / (n_regions * region_sizes[regions[m]])
+    cum, n_neg_gt, n_neg_ge = _threshold_table(pos, neg, weights)
     x, y = _curve(cum, n_neg_gt, n_neg_ge, neg.size)
-    return _trapezoid(x, y) / pos.size
+    return x, np.clip(y, 0.0, 1.0)  # float summation of the weights may end at 1 + 1e-12
 
 
 def pixel_ap(masks: Any, maps: Any) -> float:
@@ -265,16 +312,7 @@ def aupro(masks: Any, maps: Any, fpr_limit: float = 0.3) -> float:
     checked = _checked_pixels(masks, maps, "aupro")
     if isinstance(checked, float):
         return checked
-    m, s = checked
-    pos, neg = s[m], s[~m]
-    regions, n_regions = ndimage.label(m, structure=_EIGHT_CONNECTED_PER_IMAGE)
-    region_sizes = np.bincount(regions.ravel())
-    # Each region carries total weight 1/n_regions, shared equally by its pixels; boolean indexing
-    # walks pixels in the same C order as `pos = maps[masks]`.
-    weights = 1.0 / (n_regions * region_sizes[regions[m]])
-    cum, n_neg_gt, n_neg_ge = _threshold_table(pos, neg, weights)
-    x, y = _curve(cum, n_neg_gt, n_neg_ge, neg.size)
-    y = np.clip(y, 0.0, 1.0)  # float summation of the weights may end at 1 + 1e-12
+    x, y = pro_curve(*checked)
     return _area_up_to(x, y, fpr_limit) / fpr_limit
 
 

@@ -35,11 +35,12 @@ def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     return ImageFont.load_default()
 
 
-def colorize(amap: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
-    """(H,W) float -> (H,W,3) uint8 jet colours, [vmin, vmax] mapped to blue..red; NaN counts as vmin."""
+def colorize(amap: np.ndarray, vmin: float, vmax: float, cmap: str = "jet") -> np.ndarray:
+    """(H,W) float -> (H,W,3) uint8 colours of a matplotlib colormap (jet: [vmin, vmax] mapped to blue..red);
+    NaN counts as vmin."""
     span = vmax - vmin if vmax > vmin else 1.0
     norm = np.clip((np.nan_to_num(np.asarray(amap, dtype=np.float32), nan=vmin) - vmin) / span, 0.0, 1.0)
-    return _colormap_lut()[np.round(norm * 255).astype(np.uint8)]
+    return _colormap_lut(cmap)[np.round(norm * 255).astype(np.uint8)]
 
 
 def mask_outline(mask: np.ndarray) -> np.ndarray:

@@ -1,0 +1,114 @@
+"""The report's index page: the run's config summary, the per-class table, the continual matrices and routing,
+then every plot."""
+
+from __future__ import annotations
+
+import time
+from html import escape
+from typing import Any
+
+from moleflow.report import html as H
+
+MATRIX_LABELS = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"))
+
+
+def _config_rows(run: Any, cfg: Any) -> list[list[str]]:
+    env = run.read_json("env.json") if (run.path / "env.json").is_file() else {}
+    b, t, e = cfg.backbone, cfg.train, cfg.eval
+    weights = b.backbone_weights or ("pretrained" if b.pretrained else "random init")
+    size = "x".join(map(str, cfg.data.size))
+    rows = [
+        ["run folder", str(run.path)],
+        ["version", cfg.run.version],
+        ["model / strategy / router", f"{cfg.flow.model} / {t.strategy} / {t.router}"],
+        ["backbone", f"{b.backbone_name} ({weights}), feature width {b.embed_dim or 'kept'}"],
+        ["data", f"{cfg.data.data_path} ({cfg.data.dataset_format}), model input {size} px"],
+        ["tasks", " -> ".join("+".join(classes) for classes in cfg.data.tasks)],
+        ["training", f"{t.num_epochs} epochs, batch {t.batch_size}, lr {t.lr:g}, seed {t.seed}"],
+        ["image score", f"{e.score_aggregation}" + (f" (top {e.topk})" if e.score_aggregation == "topk" else "")
+         + f", map blur sigma {e.blur_sigma:g}"],
+    ]
+    if env.get("git_sha") not in (None, "unknown"):
+        rows.append(["git", f"{env['git_sha'][:10]}" + (" (uncommitted changes)" if env.get("git_dirty") else "")])
+    if env.get("device"):
+        rows.append(["device", str(env["device"])])
+    return rows
+
+
+def _class_rows(metrics: dict, classes: list[str], slug: dict[str, str], shown: dict[str, dict]) -> list[list[str]]:
+    per_class = (metrics.get("final") or {}).get("per_class") or {}
+    task_of = metrics.get("class_task") or {}
+    tasks = metrics.get("tasks") or []
+    rows = []
+    for c in classes:
+        m, n = per_class.get(c, {}), shown[c]["counts"]
+        task = task_of.get(c)
+        pages = (f'<a href="{escape(slug[c])}_dataset.html">dataset</a> · '
+                 f'<a href="{escape(slug[c])}_evaluation.html">evaluation</a>')
+        rows.append([escape(c), escape(tasks[task] if isinstance(task, int) and task < len(tasks) else "?"),
+                     f"{n['TN'] + n['FP']} / {n['TP'] + n['FN']}"]
+                    + [escape(H.fmt(m.get(k))) for k in ("image_auroc", "pixel_auroc", "aupro", "f1")]
+                    + [escape(H.fmt(m.get("f1_threshold"), 6)), f"{n['FP']} / {n['FN']}",
+                       escape(H.fmt(m.get("routing_accuracy"))), pages])
+    mean = (metrics.get("final") or {}).get("mean") or {}
+    rows.append(["<b>mean</b>", "", ""] + [f"<b>{escape(H.fmt(mean.get(k)))}</b>" for k in
+                                           ("image_auroc", "pixel_auroc", "aupro", "f1")]
+                + ["", "", f"<b>{escape(H.fmt(mean.get('routing_accuracy')))}</b>", ""])
+    return rows
+
+
+def _matrix_tables(metrics: dict) -> str:
+    tasks = metrics.get("tasks") or []
+    continual = metrics.get("continual") or {}
+    parts = []
+    for key, label in MATRIX_LABELS:
+        matrix = (continual.get("matrix") or {}).get(key)
+        if not matrix:
+            continue
+        rows = [[f"after {tasks[i] if i < len(tasks) else i}"] + [H.fmt(v) if v is not None else "" for v in row]
+                for i, row in enumerate(matrix)]
+        names = (("bwt", "BWT"), ("fm", "FM"), ("forgetting_avalanche", "Avalanche forgetting"))
+        summary = ", ".join(f"{name} {H.fmt((continual.get(k) or {}).get(key))}" for k, name in names)
+        parts.append(f"<h3>{escape(label)}: R[i][j] = {escape(label)} on task j after training task i</h3>"
+                     + H.table(["", *tasks], rows) + f'<p class="muted">{escape(summary)}</p>')
+    return "".join(parts) or '<p class="muted">no accuracy matrix in metrics.json</p>'
+
+
+def _routing(metrics: dict) -> str:
+    routing = metrics.get("routing") or {}
+    confusion, tasks = routing.get("confusion"), metrics.get("tasks") or []
+    if not confusion:
+        return ""
+    rows = [[f"true {tasks[i] if i < len(tasks) else i}"] + [str(v) for v in row] for i, row in enumerate(confusion)]
+    return (f"<h2>Routing</h2><p>accuracy {escape(H.fmt(routing.get('accuracy')))} (router "
+            f"{escape(str(routing.get('router', '?')))}); rows: true task, columns: routed task</p>"
+            + H.table(["", *[f"to {t}" for t in tasks]], rows))
+
+
+def index_page(run: Any, cfg: Any, metrics: dict, classes: list[str], slug: dict[str, str], shown: dict[str, dict],
+               files: dict[str, str], source: str, nav: list[tuple[str, str]]) -> str:
+    from moleflow import __version__
+
+    every = [[k, H.fmt(v) if not isinstance(v, list) else " ".join(map(str, v))] for k, v in sorted(cfg.flat().items())]
+    header = ["class", "task", "normal / anomalous", "image AUROC", "pixel AUROC", "AUPRO", "F1",
+              "threshold T", "FP / FN at T", "routing", "pages"]
+    plots = "".join(H.plot_img(files[k], k) for k in ("matrix_image_auroc", "matrix_pixel_auroc") if k in files)
+    growth = "".join(H.plot_img(files[k], k) for k in ("params", "time") if k in files)
+    curves = "".join(H.plot_img(files[f"curves:{c}"], f"ROC and PRO curves of {c}") for c in classes)
+    description = metrics.get("model_description")
+    body = (
+        "<h2>Run</h2>" + H.table(["setting", "value"], _config_rows(run, cfg), left=2)
+        + (f'<p class="muted">model: {escape(str(description))}</p>' if description else "")
+        + f"<details><summary>every setting (config.json)</summary>{H.table(['setting', 'value'], every, left=2)}"
+          "</details>"
+        + "<h2>Per class</h2><p>metrics of the final model (metrics.json); T is each class's F1-optimal image-score "
+          "threshold, at which the pages judge each image right or wrong</p>"
+        + H.table(header, _class_rows(metrics, classes, slug, shown), left=2, escape_cells=False)
+        + "<h2>Continual accuracy matrix</h2>" + f'<div class="plots">{plots}</div>' + _matrix_tables(metrics)
+        + _routing(metrics)
+        + "<h2>Parameters and time</h2>" + f'<div class="plots">{growth}</div>'
+        + "<h2>ROC and PRO curves per class</h2>" + f'<div class="plots">{curves}</div>'
+        + f'<p class="muted">anomaly maps {escape(source)}; written {time.strftime("%Y-%m-%d %H:%M:%S")} by '
+          f"moleflow {escape(__version__)}</p>"
+    )
+    return H.page(f"moleflow report: {run.path.name}", nav, body)
