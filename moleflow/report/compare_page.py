@@ -53,7 +53,7 @@ def _label(run: Path, metrics: dict) -> str:
 
 def write_compare_report(run_dirs: list[str | Path], out: str | Path) -> Path:
     """Write DIR/index.html with the runs' plots side by side; returns its path."""
-    from moleflow.compare import expand_run_dirs
+    from moleflow.run_summary import expand_run_dirs
 
     runs, _ = expand_run_dirs(run_dirs)
     if not runs:
