@@ -17,7 +17,6 @@ from moleflow.data.image_io import load_image
 from moleflow.errors import MoleflowError
 from moleflow.evaluation.evaluator import model_score_maps
 from moleflow.evaluation.maps import anomaly_maps, image_scores
-from moleflow.data.streams import task_name
 from moleflow.evaluation.visualize import overlay_png
 from moleflow.run_folder import RunFolder, atomic_write_bytes, atomic_write_text
 from moleflow.run_log import TBLogger
@@ -80,7 +79,6 @@ def predict_images(run_dir: str | Path, images: list[str], out_dir: str | Path, 
     thresholds = {c: m.get("f1_threshold") for c, m in run.read_json("metrics.json")["final"]["per_class"].items()}
     # a decision needs one class's threshold: a task holding several classes (N-M scenarios) has none
     task_threshold = [thresholds.get(classes[0]) if len(classes) == 1 else None for classes in cfg.data.tasks]
-    task_names = [task_name(classes) for classes in cfg.data.tasks]
     out = Path(out_dir)
     (out / "heatmaps").mkdir(parents=True, exist_ok=True)
     rows = []
@@ -96,13 +94,13 @@ def predict_images(run_dir: str | Path, images: list[str], out_dir: str | Path, 
         score = float(image_scores(scores, cfg.eval.score_aggregation, cfg.eval.topk, out_size=size,
                                    sigma=cfg.eval.blur_sigma)[0])
         rgb = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        row = {"filename": str(path), "routed_task": task, "routed_class": task_names[task],
+        row = {"filename": str(path), "routed_task": task, "routed_class": state.task_names[task],
                "score": score, "anomalous": _decide(score, task_threshold[task])}
         for name, per_patch in named.items():  # the anomaly map, then any extra map the model returns
             amap = anomaly_maps(per_patch.float().cpu(), size, cfg.eval.blur_sigma)[0].numpy()
             suffix = "" if name == "score" else f" [{name}]"
             png = overlay_png(rgb, amap, None, score, vmin=float(amap.min()), vmax=float(amap.max()),
-                              title=f"task={task} ({task_names[task]}){suffix}")
+                              title=f"task={task} ({state.task_names[task]}){suffix}")
             folder = out / "heatmaps" if name == "score" else out / "heatmaps" / name
             target = folder / f"{len(rows):04d}_{Path(path).stem}.png"
             folder.mkdir(parents=True, exist_ok=True)

@@ -202,6 +202,13 @@ def peak_rss_mb() -> float | None:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def add_eval_time(timing: dict, seconds: float) -> None:
+    """One evaluation's seconds: into the total and the per-task list (how evaluation cost grows with the
+    number of tasks seen, benchmarks/scaling.py)."""
+    timing["eval_s"] += seconds
+    timing.setdefault("eval_after_task_s", []).append(seconds)
+
+
 def run_training(cfg: Config, *, progress: bool = True, resume: str | None = None, log=print) -> RunFolder:
     """Train the whole task stream and write the run folder. Returns it."""
     from moleflow.evaluation.report import write_final_report
@@ -250,9 +257,7 @@ def run_training(cfg: Config, *, progress: bool = True, resume: str | None = Non
             if state.strategy.evaluates_after(t) and t < len(tasks) - 1:
                 start = time.perf_counter()
                 state.evaluate(t)
-                timing["eval_s"] += time.perf_counter() - start
-                # how evaluation cost grows with the number of tasks seen (benchmarks/scaling.py)
-                timing.setdefault("eval_after_task_s", []).append(time.perf_counter() - start)
+                add_eval_time(timing, time.perf_counter() - start)
                 for cls, m in state.results[t].items():
                     for name in MATRIX_METRICS:
                         tb.scalar(f"{cls}/{name}", m[name], t)
@@ -260,8 +265,7 @@ def run_training(cfg: Config, *, progress: bool = True, resume: str | None = Non
                                              "fit": state.fit_log, "timing": {**timing, "wall_s": wall_s()}})
         start = time.perf_counter()
         scored = state.evaluate(len(tasks) - 1, keep_maps=True)
-        timing["eval_s"] += time.perf_counter() - start
-        timing.setdefault("eval_after_task_s", []).append(time.perf_counter() - start)
+        add_eval_time(timing, time.perf_counter() - start)
         timing["peak_rss_mb"] = peak_rss_mb()
         timing["wall_s"] = wall_s()
         write_final_report(run, state, scored, timing, tb)

@@ -43,6 +43,12 @@ def colorize(amap: np.ndarray, vmin: float, vmax: float, cmap: str = "jet") -> n
     return _colormap_lut(cmap)[np.round(norm * 255).astype(np.uint8)]
 
 
+def blend_map(image: np.ndarray, amap: np.ndarray, vmin: float, vmax: float, cmap: str = "jet") -> np.ndarray:
+    """(H,W,3) uint8 image half-transparently under the colour-mapped map (same H,W): alpha 0.5, in
+    integers, the rounded mean of image and colour."""
+    return ((image.astype(np.uint16) + colorize(amap, vmin, vmax, cmap) + 1) >> 1).astype(np.uint8)
+
+
 def mask_outline(mask: np.ndarray) -> np.ndarray:
     """1-pixel inner contour of a boolean mask (regions touching the image border are closed there too)."""
     mask = np.asarray(mask, dtype=bool)
@@ -57,8 +63,7 @@ def overlay_rgb(image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None, sc
         raise ValueError(f"image must be (H,W,3) uint8, got {image.shape} {image.dtype}")
     if amap.shape != image.shape[:2]:
         raise ValueError(f"map shape {amap.shape} does not match image {image.shape[:2]}")
-    # alpha 0.5, in integers: the rounded mean of image and colour.
-    out = ((image.astype(np.uint16) + colorize(amap, vmin, vmax) + 1) >> 1).astype(np.uint8)
+    out = blend_map(image, amap, vmin, vmax)
     if mask is not None:
         out[mask_outline(mask)] = OUTLINE_RGB
     pil = Image.fromarray(out)

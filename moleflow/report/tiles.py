@@ -24,7 +24,7 @@ from PIL import Image
 from scipy import ndimage
 
 from moleflow.data.image_io import open_image, to_binary_mask, to_float_rgb
-from moleflow.evaluation.visualize import colorize, mask_outline
+from moleflow.evaluation.visualize import blend_map, colorize, mask_outline
 
 HEAT_CMAP = "jet"
 EXTRA_CMAP = "viridis"
@@ -77,7 +77,7 @@ def mask_overlay(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def heat_overlay(rgb: np.ndarray, amap: np.ndarray, mask: np.ndarray | None, vmin: float, vmax: float,
                  cmap: str = HEAT_CMAP) -> np.ndarray:
     """The evaluation view: half image, half colour-mapped map; the mask outline (if any) in white."""
-    out = ((rgb.astype(np.uint16) + colorize(amap, vmin, vmax, cmap) + 1) >> 1).astype(np.uint8)
+    out = blend_map(rgb, amap, vmin, vmax, cmap)
     if mask is not None and mask.any():
         out[_outline(mask)] = OUTLINE_RGB
     return out
