@@ -162,6 +162,7 @@ def test_classes_may_be_a_comma_separated_string(tmp_path):
         ({"n_test_good": -1}, "n_test_good"),
         ({"n_test_defect": 0}, "n_test_defect"),
         ({"seed": -1}, "seed"),
+        ({"workers": 0}, "workers"),
     ],
 )
 def test_bad_arguments_raise_moleflow_error(tmp_path, kwargs, fragment):

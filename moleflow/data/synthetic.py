@@ -313,7 +313,7 @@ def generate_benchmark(
     todo = [name for name in names if not _is_current(out / name, records[name], plans[name])]
     for name in todo:  # refuse a foreign folder before anything is written or deleted
         _check_class_dir(out / name)
-    workers = min(len(todo), _check_int("workers", workers, 1) if workers else os.cpu_count() or 1)
+    workers = min(len(todo), _check_int("workers", workers, 1) if workers is not None else os.cpu_count() or 1)
     with tqdm(total=sum(len(plan) for plan in plans.values()), desc="synth", unit="img", disable=not progress) as bar:
         bar.update(sum(len(plans[name]) for name in names if name not in todo))
         if workers <= 1:
