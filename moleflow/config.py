@@ -149,7 +149,7 @@ class EvalConfig:
 
 @dataclass
 class RunConfig:
-    version: str = _opt("v9", "the method's version preset (`moleflow versions` lists them, UPDATE_NOTES.md explains "
+    version: str = _opt("v10", "the method's version preset (`moleflow versions` lists them, UPDATE_NOTES.md explains "
                               "them; explicit flags override it); not the package version (`moleflow --version`)")
     experiment_name: str = _opt("default", "runs/<experiment>/<version>/<run>")
     runs_dir: str = _opt("runs", "where run folders are created")

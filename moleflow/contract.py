@@ -30,8 +30,9 @@ for a model without it):
     observe_trained(task_id, inputs)       statistics of the fitted model, after training, before end_task
     score_maps(inputs, task_id) -> {"score": ..., name: map}  extra named maps besides the score
     describe() -> str                      a line every run prints and keeps in metrics.json
-    supports_subgrid -> bool               fit_task may train it on strided patch sub-grids (--token_stride;
-                                           the flow: only its per-patch variants)
+    supports_subgrid -> bool               fit_task may train it on strided patch sub-grids (--token_stride:
+                                           forward(inputs, task_id, subgrid=(dy, dx, s)) gets whole grids and
+                                           returns the patches [dy::s, dx::s]; the flow: all but SC-LoRA)
 """
 
 from __future__ import annotations

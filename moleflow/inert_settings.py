@@ -4,7 +4,7 @@ requested setting the run would not read.
 A setting counts as *requested* when it is given on the command line (any value: typing a flag is a
 request), or in a `--config` file with a value other than the one the version preset and the defaults
 give (a run's saved config lists every setting and must stay loadable). A preset's own value is never a
-request: v9's sub-grid training simply does not apply to knn or to a flow with CPCF.
+request: the preset's sub-grid training simply does not apply to knn or to a flow with SC-LoRA.
 
 Two kinds of rule, checked in this order, both before any image is read:
 
@@ -93,7 +93,8 @@ def _strategy_reads(cfg: Config) -> tuple[str, ...]:
 
 
 RULES: tuple[Rule, ...] = (
-    Rule(("cpcf_context_kernel", "cpcf_use_attention", "cpcf_fixed_context", "cpcf_include_center"),
+    Rule(("cpcf_context_kernel", "cpcf_context_dilation", "cpcf_use_attention", "cpcf_fixed_context",
+          "cpcf_include_center"),
          lambda c: c.flow.use_cpcf, "--use_cpcf is on"),
     Rule(("cpcf_context_gate",),
          lambda c: c.flow.use_cpcf and c.flow.cpcf_fixed_context and c.flow.cpcf_include_center,
@@ -126,7 +127,7 @@ RULES: tuple[Rule, ...] = (
 )
 
 #: flow options under which the flow needs whole patch grids, so --token_stride cannot apply
-WHOLE_GRID_OPTIONS = ("use_patch_attention", "use_cpcf", "use_spatial_lora")
+WHOLE_GRID_OPTIONS = ("use_spatial_lora",)
 
 
 def _spell(name: str, value: Any) -> str:

@@ -164,6 +164,7 @@ CASES = {
     "use_patch_attention": ([], ["--use_patch_attention"], "structure", "params"),
     "use_cpcf": ([], ["--use_cpcf"], "structure", "params"),
     "cpcf_context_kernel": (["--use_cpcf"], ["--use_cpcf", "--cpcf_context_kernel", "5"], "structure", "params"),
+    "cpcf_context_dilation": (["--version", "v10"], ["--version", "v10", "--cpcf_context_dilation", "2"], "scores", None),
     "cpcf_use_attention": (["--use_cpcf"], ["--use_cpcf", "--cpcf_use_attention"], "structure", "params"),
     "cpcf_fixed_context": (["--use_cpcf"], ["--use_cpcf", "--cpcf_fixed_context"], "structure", "params"),
     "cpcf_include_center": (["--version", "v4.1"], ["--version", "v4.1", "--cpcf_include_center"], "scores", None),

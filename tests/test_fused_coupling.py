@@ -34,8 +34,8 @@ def _flow(fused: bool, tasks: int = 1, **kwargs) -> MoLEFlow:
     return model
 
 
-def _loss_and_grads(model: MoLEFlow, feats: torch.Tensor, task: int) -> tuple[dict, dict]:
-    out = model(feats, task)
+def _loss_and_grads(model: MoLEFlow, feats: torch.Tensor, task: int, subgrid=None) -> tuple[dict, dict]:
+    out = model(feats, task, subgrid)
     # a loss that reads z and log|det J| unevenly, so each output's gradient path matters
     (out["patch_score"].pow(2).mean() + out["z"].sin().sum() - 3 * out["log_jac_det"].mean()).backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -57,6 +57,28 @@ def test_fused_flow_matches_freia_outputs_and_every_gradient(task):
     assert any(f"lora_A.{task}" in n for n in grads_ref) and any(f"adapters.{task}" in n for n in grads_ref)
     for name in grads_ref:
         torch.testing.assert_close(grads_fused[name], grads_ref[name], rtol=1e-10, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("task", [0, 1])
+@pytest.mark.parametrize("context", [dict(cpcf_fixed_context=True), dict()])
+def test_fused_flow_with_a_cpcf_condition_matches_freia(task, context):
+    """With CPCF every subnet also reads the context, which is computed from the adapted input: its gradient
+    reaches the adapter (and the learned context's conv at task 0) through every block's condition."""
+    reference = _flow(False, tasks=task + 1, use_cpcf=True, **context)
+    fused = _flow(True, tasks=task + 1, use_cpcf=True, **context)
+    assert fused.fused and not reference.fused
+    feats = torch.randn(3, *GRID, DIM, dtype=torch.double)
+    for subgrid in (None, (1, 0, 2)):
+        reference.zero_grad(), fused.zero_grad()
+        out_ref, grads_ref = _loss_and_grads(reference, feats, task, subgrid)
+        out_fused, grads_fused = _loss_and_grads(fused, feats, task, subgrid)
+        for key in ("z", "log_jac_det", "patch_score"):
+            torch.testing.assert_close(out_fused[key], out_ref[key], rtol=1e-12, atol=1e-12)
+        assert grads_fused.keys() == grads_ref.keys()
+        assert any(f"adapters.{task}" in n for n in grads_ref)
+        assert any("context.conv" in n for n in grads_ref) == (task == 0 and not context)
+        for name in grads_ref:
+            torch.testing.assert_close(grads_fused[name], grads_ref[name], rtol=1e-10, atol=1e-10, msg=name)
 
 
 def test_fused_forward_is_inverted_by_freia_inverse():
@@ -88,7 +110,7 @@ def test_permutation_cache_follows_loaded_weights():
     torch.testing.assert_close(fused_out, freia_out, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("kwargs", [dict(coupling_type="glow"), dict(use_cpcf=True), dict(use_spatial_lora=True)])
+@pytest.mark.parametrize("kwargs", [dict(coupling_type="glow"), dict(use_spatial_lora=True)])
 def test_flows_the_fused_pass_does_not_compute_use_freia(kwargs):
     model = MoLEFlow(DIM, GRID, num_coupling_layers=2, lora_rank=2, **kwargs)
     assert not model.fused

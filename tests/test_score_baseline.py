@@ -92,15 +92,36 @@ def test_a_sub_grid_is_scored_exactly_as_those_patches_of_the_full_grid():
     feats = torch.randn(2, *GRID, DIM)
     full = model(feats, 0)
     for dy, dx in [(0, 0), (1, 0), (0, 1), (1, 1)]:
-        part = model(feats[:, dy::2, dx::2], 0, subgrid=(dy, dx, 2))
+        part = model(feats, 0, subgrid=(dy, dx, 2))
         for key in ("z", "log_jac_det", "patch_score"):  # the flow is per patch; the positional embedding is sliced
             torch.testing.assert_close(part[key], full[key][:, dy::2, dx::2])
-    with pytest.raises(MoleflowError, match="do not match the sub-grid"):
-        model(feats[:, :1, :1], 0, subgrid=(0, 0, 2))
-    with pytest.raises(MoleflowError, match="per-patch flow"):
-        cpcf = MoLEFlow(DIM, GRID, num_coupling_layers=2, use_cpcf=True)
-        cpcf.begin_task(0)
-        cpcf(feats[:, ::2, ::2], 0, subgrid=(0, 0, 2))
+    with pytest.raises(MoleflowError, match="was built for"):  # the model slices: it takes whole grids only
+        model(feats[:, ::2, ::2], 0, subgrid=(0, 0, 2))
+    with pytest.raises(MoleflowError, match="need 0 <= dy, dx < stride"):
+        model(feats, 0, subgrid=(2, 0, 2))
+    with pytest.raises(MoleflowError, match="SC-LoRA"):
+        sc_lora = MoLEFlow(DIM, GRID, num_coupling_layers=2, use_spatial_lora=True)
+        sc_lora.begin_task(0)
+        sc_lora(feats, 0, subgrid=(0, 0, 2))
+
+
+@pytest.mark.parametrize("options", [dict(use_cpcf=True, cpcf_fixed_context=True), dict(use_cpcf=True),
+                                     dict(use_patch_attention=True)])
+def test_a_sub_grid_of_a_flow_that_mixes_patches_sees_the_whole_grid(options):
+    """CPCF's context and the patch attention read a patch's neighbours, which a strided sub-grid leaves
+    out: the model computes them on the whole grid and slices after, so the sub-grid's scores are exactly
+    those patches' scores on the whole grid (slicing before would change every context)."""
+    torch.manual_seed(0)
+    model = MoLEFlow(DIM, GRID, num_coupling_layers=2, **options)
+    model.begin_task(0)
+    with torch.no_grad():  # a non-trivial flow, so a context read from the wrong neighbours shows
+        for layer in model._lora_layers:
+            layer.base.weight.normal_(0, 0.3)
+    feats = torch.randn(2, *GRID, DIM)
+    full = model(feats, 0)
+    for dy, dx in [(0, 1), (1, 0)]:
+        part = model(feats, 0, subgrid=(dy, dx, 2))
+        torch.testing.assert_close(part["patch_score"], full["patch_score"][:, dy::2, dx::2])
 
 
 def test_token_stride_is_refused_where_it_would_do_nothing_or_is_not_a_stride():
@@ -111,8 +132,9 @@ def test_token_stride_is_refused_where_it_would_do_nothing_or_is_not_a_stride():
         train_config("--model", "knn", "--token_stride", "2")
     with pytest.raises(MoleflowError, match="--position_baseline: model 'knn'"):
         train_config("--model", "knn", "--position_baseline")
-    with pytest.raises(MoleflowError, match="--token_stride 2 cannot apply with --use_cpcf"):
-        train_config("--use_cpcf", "--token_stride", "2")
+    with pytest.raises(MoleflowError, match="--token_stride 2 cannot apply with --use_spatial_lora"):
+        train_config("--use_spatial_lora", "--token_stride", "2")
+    check_components(train_config("--use_cpcf", "--token_stride", "2"))  # the context is sliced from whole grids
     check_components(train_config("--model", "knn"))  # v8's preset stride/baseline are not explicit requests
     check_components(train_config("--token_stride", "2"))  # the flow takes it
     with pytest.raises(MoleflowError, match="--token_stride 0: must be >= 1"):  # before any image is read
@@ -127,13 +149,13 @@ def test_token_stride_is_refused_where_it_would_do_nothing_or_is_not_a_stride():
                  settings, label="t")
 
 
-def test_under_the_v8_preset_a_cpcf_flow_trains_on_whole_grids_instead_of_failing(tiny_bench, tiny_tasks, tmp_path):
+def test_under_the_v8_preset_an_sc_lora_flow_trains_on_whole_grids_instead_of_failing(tiny_bench, tiny_tasks, tmp_path):
     from helpers import tiny_config
     from moleflow.continual.fit import FitSettings, fit_task
     from moleflow.continual.trainer import ContinualRun
 
     tasks, extractor = tiny_tasks
-    cfg = tiny_config(tiny_bench, tmp_path, version="v8", use_cpcf=True, num_epochs=1)
+    cfg = tiny_config(tiny_bench, tmp_path, version="v8", use_spatial_lora=True, num_epochs=1)
     assert cfg.train.token_stride == 2  # the preset's value, not a request
     state = ContinualRun(cfg, tasks, extractor.dim, extractor.grid, torch.device("cpu"), progress=False)
     assert not state.model.supports_subgrid

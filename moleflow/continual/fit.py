@@ -149,7 +149,7 @@ def fit_task(
         # neighbouring patches of 3x3-aggregated features are near copies: a strided sub-grid at a random
         # offset keeps the positions' variety at 1/s^2 of the flow's cost per step
         dy, dx = (int(v) for v in torch.randint(stride, (2,), generator=generator))
-        return loss_fn(model(batch[:, dy::stride, dx::stride], model_task, subgrid=(dy, dx, stride)))[0], len(idx)
+        return loss_fn(model(batch, model_task, subgrid=(dy, dx, stride)))[0], len(idx)
 
     return optimise(model, params, settings, epoch_batches=lambda g: torch.randperm(n, generator=g).split(settings.batch_size),
                     step_loss=step_loss, steps_per_epoch=math.ceil(n / settings.batch_size), label=label,

@@ -130,7 +130,8 @@ class MoLEFlow(TaskStateMixin, nn.Module):
         self.patch_attention = PatchSelfAttention(dim) if o.use_patch_attention else None
         self.context = None
         if o.use_cpcf:
-            self.context = make_context(dim, kernel=o.cpcf_context_kernel, use_attention=o.cpcf_use_attention,
+            self.context = make_context(dim, kernel=o.cpcf_context_kernel, dilation=o.cpcf_context_dilation,
+                                        use_attention=o.cpcf_use_attention,
                                         fixed=o.cpcf_fixed_context, gate=o.cpcf_context_gate,
                                         include_center=o.cpcf_include_center)
         self._spatial_layers = [m for m in self._lora_layers if isinstance(m, SpatialLoRALinear)]
@@ -242,8 +243,9 @@ class MoLEFlow(TaskStateMixin, nn.Module):
 
     @property
     def supports_subgrid(self) -> bool:
-        """Whether fit_task may train it on strided sub-grids (--token_stride): per-patch flows only."""
-        return self.patch_attention is None and self.context is None and not self._spatial_layers
+        """Whether fit_task may train it on strided sub-grids (--token_stride): every flow but SC-LoRA's,
+        whose experts are blended per position of a whole grid."""
+        return not self._spatial_layers
 
     def _check_feats(self, feats: Tensor) -> None:
         h, w = self.grid
@@ -266,26 +268,35 @@ class MoLEFlow(TaskStateMixin, nn.Module):
             raise MoleflowError(f"input statistics of task {task_id} must be fitted before the task ends (it is frozen)")
         self.input_stats[str(task_id)].fit(feats)
 
+    def _subgrid_slice(self, subgrid: tuple[int, int, int]) -> tuple[slice, slice]:
+        if not self.supports_subgrid:
+            raise MoleflowError("--token_stride > 1 cannot apply with SC-LoRA (its experts need whole patch grids)")
+        dy, dx, stride = subgrid
+        if stride < 1 or not (0 <= dy < stride and 0 <= dx < stride):
+            raise MoleflowError(f"sub-grid {subgrid}: need 0 <= dy, dx < stride")
+        return slice(dy, None, stride), slice(dx, None, stride)
+
     def adapt(self, feats: Tensor, task_id: int, subgrid: tuple[int, int, int] | None = None) -> Tensor:
-        """(B,h,w,D) features -> the flow's input x' (standardise, positional embedding, patch attention if
-        enabled, task adapter). subgrid=(dy, dx, s): feats are only the patches [dy::s, dx::s] of the grid
-        (training on a sub-grid, --token_stride); the positional embedding is sliced alike."""
+        """(B,h,w,D) features of whole patch grids -> the flow's input x' (standardise, positional embedding,
+        patch attention if enabled, task adapter). subgrid=(dy, dx, s): x' of the patches [dy::s, dx::s] only
+        (training on a sub-grid, --token_stride). Every step here is per patch but the attention, so the
+        features are sliced first unless the attention must see the whole grid."""
+        self._check_feats(feats)
         pos = self.pos_embed
-        if subgrid is None:
-            self._check_feats(feats)
-        else:
-            if not self.supports_subgrid:
-                raise MoleflowError("--token_stride > 1 needs a per-patch flow: drop it, or patch attention/CPCF/SC-LoRA")
-            dy, dx, stride = subgrid
-            pos = None if pos is None else pos[dy::stride, dx::stride]
-            if pos is not None and tuple(feats.shape[1:3]) != tuple(pos.shape[:2]):
-                raise MoleflowError(f"sub-grid features {tuple(feats.shape)} do not match the sub-grid {subgrid}")
+        if subgrid is not None and self.patch_attention is None:
+            rows, cols = self._subgrid_slice(subgrid)
+            feats = feats[:, rows, cols]
+            pos = None if pos is None else pos[rows, cols]
+            subgrid = None
         self._check_task(task_id)
         if self.standardize:
             feats = self.input_stats[str(task_id)](feats)
         x = feats + pos if pos is not None else feats
         if self.patch_attention is not None:
             x = self.patch_attention(x)
+        if subgrid is not None:  # only with patch attention: the whole grid went through it
+            rows, cols = self._subgrid_slice(subgrid)
+            x = x[:, rows, cols]
         key = str(task_id)
         if key not in self.adapters:
             return x
@@ -301,20 +312,27 @@ class MoLEFlow(TaskStateMixin, nn.Module):
     def _run_flow(self, grid: Tensor, task_id: int, rev: bool, context: Tensor | None) -> tuple[Tensor, Tensor]:
         """(B,h,w,D) grid of x' or z -> (B*h*w, D) rows out and their log-dets."""
         rows = grid.reshape(-1, grid.shape[-1])
+        cond = None if context is None else context.reshape(rows.shape[0], -1)
         if self.fused and not rev:
-            return fused_flow(self.flow, rows, str(task_id))
-        cond = None if context is None else [context.reshape(rows.shape[0], -1)]
+            return fused_flow(self.flow, rows, str(task_id), cond)
         with self._active_expert(task_id, rows.shape[0]):
-            out, log_jac_det = self.flow(rows, c=cond, rev=rev, jac=True)
+            out, log_jac_det = self.flow(rows, c=[] if cond is None else [cond], rev=rev, jac=True)
         return out, log_jac_det
 
     def forward(self, feats: Tensor, task_id: int, subgrid: tuple[int, int, int] | None = None) -> dict[str, Tensor]:
         """feats (B,h,w,D) -> z (B,h,w,D), log_jac_det (B,h,w), patch_score (B,h,w); `embedding` is z again
         (the flow's output is its embedding: losses on embeddings, e.g. deep_svdd_soft_boundary, read it).
-        `subgrid`: see adapt()."""
-        x = self.adapt(feats, task_id, subgrid)
+        `subgrid`: see adapt(); a CPCF context is computed from the whole grid's x' and then sliced alike."""
+        if subgrid is not None and self.context is not None:
+            x = self.adapt(feats, task_id)
+            rows, cols = self._subgrid_slice(subgrid)
+            context = self.flow_context(x)[:, rows, cols]
+            x = x[:, rows, cols]
+        else:
+            x = self.adapt(feats, task_id, subgrid)
+            context = self.flow_context(x)
         b, h, w, d = x.shape
-        z, log_jac_det = self._run_flow(x, task_id, rev=False, context=self.flow_context(x))
+        z, log_jac_det = self._run_flow(x, task_id, rev=False, context=context)
         z = z.reshape(b, h, w, d)
         log_jac_det = log_jac_det.reshape(b, h, w)
         return {"z": z, "embedding": z, "log_jac_det": log_jac_det,

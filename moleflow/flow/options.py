@@ -42,6 +42,8 @@ class MoLEFlowOptions:
                                  "flow input (cross-patch coupling)")
     cpcf_context_kernel: int = _opt(3, "v4: odd neighbourhood size k of the CPCF context (replicate padding)",
                                     minimum=1)
+    cpcf_context_dilation: int = _opt(1, "spacing of the CPCF context's k x k neighbours in patches (1 = adjacent)",
+                                      minimum=1)
     cpcf_use_attention: bool = _opt(False, "v4: CPCF context by single-head attention over the k x k "
                                            "neighbourhood instead of a depthwise conv")
     cpcf_fixed_context: bool = _opt(False, "v4.1: parameter-free CPCF context (mean of the k x k neighbours)")
