@@ -104,7 +104,7 @@ COMMON=(--data_path "$DATA_PATH" --heatmaps 10 --quiet)
 HISTORY=(--embed_dim 128 --num_epochs 30 --batch_size 8)
 SWEEP_ITEMS="v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint knn v10 v10-seeds knn-seeds knn-embed128 v9-seeds \
 v10-k5 v10-dil2 v10-learned v10-stride1 v10-epochs30 v10-nobaseline v10-v3experts v10-batch8 v10-embed128 \
-v10-160px knn-160px discriminator-seeds catalogue-seeds stream15"
+v10-160px knn-160px discriminator-seeds catalogue-seeds stream15 stream15-v10"
 DEFAULT_ITEMS="v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint knn"
 
 sweep() {
@@ -178,6 +178,9 @@ sweep() {
           moleflow sweep --versions v9 --seeds 0 "${sw[@]}" -- --strategy "$strategy" "${stream15[@]}"
         done
         moleflow sweep --versions v9 --seeds 0 "${sw[@]}" -- --model knn "${stream15[@]}" ;;
+      stream15-v10)  # the default version on the same stream (the baselines above are v9's, as measured)
+        ensure_all_classes
+        moleflow sweep --versions v10 --seeds 0 "${sw[@]}" -- "${stream15[@]}" ;;
       *) log "error: unknown sweep item '$item' (known: $SWEEP_ITEMS)"; exit 2 ;;
     esac
   done

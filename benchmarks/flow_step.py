@@ -1,6 +1,7 @@
-"""Time one training step of v9's flow, fused pass (flow/fused_coupling.py) against autograd through FrEIA.
+"""Time one training step of v9's flow, fused pass (flow/fused_coupling.py) against autograd through FrEIA;
+with --context, v9's fused step against v10's (the same flow with the 3x3 neighbourhood context).
 
-    python benchmarks/flow_step.py [--steps 300] [--repeats 3]
+    python benchmarks/flow_step.py [--steps 300] [--repeats 3] [--context]
 
 A step = what continual/fit.py does per batch: v9's shapes (152 channels, 2 images x 8x8 sub-grid = 128
 patch rows, 8 blocks, LoRA rank 4, FiLM adapter without MLP), forward, backward, gradient clip, fused
@@ -19,10 +20,10 @@ import torch
 from moleflow.flow.model import MoLEFlow
 
 
-def ms_per_step(fused: bool, task: int, steps: int) -> float:
+def ms_per_step(fused: bool, task: int, steps: int, context: bool = False) -> float:
     torch.manual_seed(0)
     model = MoLEFlow(152, (16, 16), lora_rank=4, adapter_hidden=0, position_baseline=True, position_std=True,
-                     fused=fused)
+                     fused=fused, use_cpcf=context, cpcf_fixed_context=context)
     feats = torch.randn(60, 16, 16, 152)
     for t in range(task + 1):
         model.begin_task(t, f"task{t}")
@@ -52,16 +53,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--context", action="store_true", help="v9 against v10 (both fused) instead of FrEIA against fused")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    # (label, fused, context) of the two variants, alternating within one process
+    variants = [("v9", True, False), ("v10", True, True)] if args.context else \
+        [("FrEIA autograd", False, False), ("fused", True, False)]
     for task in (0, 1):
-        times: dict[bool, list[float]] = {False: [], True: []}
+        times: dict[str, list[float]] = {label: [] for label, _, _ in variants}
         for _ in range(args.repeats):
-            for fused in (False, True):
-                times[fused].append(ms_per_step(fused, task, args.steps))
-        freia, fused = statistics.median(times[False]), statistics.median(times[True])
-        print(f"task {task}: FrEIA autograd {freia:.2f} ms/step, fused {fused:.2f} ms/step, "
-              f"{freia / fused:.2f}x (median of {args.repeats})")
+            for label, fused, context in variants:
+                times[label].append(ms_per_step(fused, task, args.steps, context))
+        (a, ta), (b, tb) = ((label, statistics.median(times[label])) for label, _, _ in variants)
+        ratio = f"{b} costs {tb / ta:.2f}x" if args.context else f"{ta / tb:.2f}x"
+        print(f"task {task}: {a} {ta:.2f} ms/step, {b} {tb:.2f} ms/step, {ratio} (median of {args.repeats})")
 
 
 if __name__ == "__main__":
