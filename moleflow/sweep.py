@@ -169,7 +169,17 @@ def check_flags(args: argparse.Namespace, trials: list[Trial]) -> None:
             raise MoleflowError(f"--gpus_per_trial {args.gpus_per_trial:g} with --device cpu: the trials would not "
                                 f"use the GPU; drop one of them")
         trial.experiment_dir = Path(cfg.run.runs_dir) / cfg.run.experiment_name
-        trial.log = (trial.experiment_dir / LOG_DIR / f"{trial.name}.log").absolute()
+        trial.log = _unused_log_path(trial.experiment_dir / LOG_DIR, trial.name)
+
+
+def _unused_log_path(folder: Path, name: str) -> Path:
+    """<name>.log, or <name>-2.log, -3, ... when an earlier sweep into the same experiment folder (e.g. the
+    ablation rows of `./run.sh sweep`, each its own `moleflow sweep` of trial v10-seed0) already wrote it."""
+    path, n = folder / f"{name}.log", 1
+    while path.exists():
+        n += 1
+        path = folder / f"{name}-{n}.log"
+    return path.absolute()
 
 
 # ------------------------------------------------------------------------------------------ one trial

@@ -99,6 +99,19 @@ def test_train_flags_before_the_separator_are_explained(bench, tmp_path):
     assert exc.value.code == 2 and "flags go after `--`" in err.getvalue().splitlines()[-1]
 
 
+def test_a_second_sweep_into_the_same_experiment_keeps_the_first_sweeps_logs(tmp_path):
+    """`./run.sh sweep` runs each ablation row as its own `moleflow sweep` of trial v10-seed0 into one
+    experiment folder: each must get its own log instead of overwriting the last one."""
+    logs = tmp_path / "sweep-logs"
+    assert sweep._unused_log_path(logs, "v10-seed0") == (logs / "v10-seed0.log").absolute()
+    logs.mkdir()
+    (logs / "v10-seed0.log").write_text("first")
+    assert sweep._unused_log_path(logs, "v10-seed0").name == "v10-seed0-2.log"
+    (logs / "v10-seed0-2.log").write_text("second")
+    assert sweep._unused_log_path(logs, "v10-seed0").name == "v10-seed0-3.log"
+    assert sweep._unused_log_path(logs, "v9-seed0").name == "v9-seed0.log"
+
+
 def test_local_sweep_reports_a_failed_trial_and_finishes_the_others(bench, tmp_path):
     runs = tmp_path / "runs"
     code, out, _ = sweep_cli("--versions", "v9", "--seeds", "0", "--task_orders", "leather", "leather,missing", "grid",
