@@ -1,9 +1,9 @@
-"""Exploration (issue 9): other per-position score definitions on trained v9 flows, without retraining.
+"""Exploration (issue 9): other per-position score definitions on trained flows (v9, v10), without retraining.
 
 For each finished flow run folder given: restore it, take the raw patch NLL of every task's training and test
 images, and score the test images under each variant (v9 z-score, v8 mean, std shrunk toward the median std,
-3x3-smoothed mean/std maps, median/MAD), image score = max or mean of the top 3 patches; prints mean image
-AUROC per run and over runs.
+3x3-smoothed mean/std maps, median/MAD), image score = max, mean of the top 3 patches, or max of the
+3x3-smoothed map; prints mean image AUROC per run and over runs (and, for the z-score, per class).
 
     python benchmarks/score_variants.py runs/final11-v9/v9/<run>/ ...
 """
@@ -61,12 +61,17 @@ for folder in sys.argv[1:]:
             raw_te = st.model(t.tests[0].inputs, t.task_id)["patch_score"].double()
             labels = t.tests[0].test.labels.numpy()
             for name, m in variants(raw_tr, raw_te).items():
-                for agg in ("max", "top3"):
-                    flat = m.flatten(1)
-                    s = flat.max(1).values if agg == "max" else flat.topk(3, 1).values.mean(1)
+                for agg in ("max", "top3", "smooth3"):
+                    if agg == "smooth3":  # the max of the 3x3-smoothed map: favours defects larger than a patch
+                        flat = torch.stack([smooth(x) for x in m]).flatten(1)
+                    else:
+                        flat = m.flatten(1)
+                    s = flat.topk(3, 1).values.mean(1) if agg == "top3" else flat.max(1).values
                     per.setdefault(f"{name}/{agg}", []).append(roc_auc_score(labels, s.numpy()))
+                    if name == "v9_z":  # per class too: where a definition helps, and where it costs
+                        per.setdefault(f"{name}/{agg}/{t.name}", []).append(per[f"{name}/{agg}"][-1])
     for k, v in per.items():
-        rows.setdefault(k, []).append(float(np.mean(v)))
+        rows.setdefault(k, []).append(float(np.mean(v)))  # per class keys hold one value: the class's AUROC
     print(folder, {k: round(float(np.mean(v)), 4) for k, v in per.items() if k.endswith("/max")}, flush=True)
 print()
 for k, v in sorted(rows.items(), key=lambda kv: -np.mean(kv[1])):
