@@ -11,27 +11,28 @@ that helps one kind of defect and hurts another shows up where the class mean wo
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 
-from sklearn.metrics import roc_auc_score
+from moleflow.errors import MoleflowError
+from moleflow.evaluation.metrics import image_auroc
+from moleflow.run_folder import RunFolder
 
 
 def defect_aurocs(run: Path) -> dict[str, float]:
     """{"class/defect": image AUROC of that defect type against the class's good test images}."""
-    path = run / "per_image.jsonl"
-    if not path.is_file():
-        raise SystemExit(f"error: {path} not found (is {run} a finished run folder?)")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        rows = RunFolder.open(run).read_per_image()
+    except MoleflowError as exc:
+        raise SystemExit(f"error: {exc}") from None
     out: dict[str, float] = {}
     for cls in sorted({r["class"] for r in rows}):
         mine = [r for r in rows if r["class"] == cls]
         good = [r["score"] for r in mine if r["ground_truth"] == 0]
         for defect in sorted({Path(r["filename"]).parent.name for r in mine if r["ground_truth"] == 1}):
             bad = [r["score"] for r in mine if r["ground_truth"] == 1 and Path(r["filename"]).parent.name == defect]
-            out[f"{cls}/{defect}"] = roc_auc_score([0] * len(good) + [1] * len(bad), good + bad)
+            out[f"{cls}/{defect}"] = image_auroc([0] * len(good) + [1] * len(bad), good + bad)
     return out
 
 

@@ -8,7 +8,6 @@ win over all of them (see config.resolve_config).
 from __future__ import annotations
 
 import re
-
 from dataclasses import dataclass, field
 from typing import Any
 
