@@ -148,13 +148,13 @@ sweep() {
       joint)     # upper bound: one plain flow on all tasks' data at once
         moleflow sweep --versions v3 --seeds 0 "${sw[@]}" -- --strategy joint "${HISTORY[@]}" "${baselines[@]}" ;;
       knn)       # reference: per-task memory of training patches, 1-NN distance, on the history's features
-        moleflow sweep --versions v3 --seeds 0 "${sw[@]}" -- --model knn --embed_dim 128 "${baselines[@]}" ;;  # knn reads no epochs/batch flags
+        moleflow sweep --seeds 0 "${sw[@]}" -- --model knn --embed_dim 128 "${baselines[@]}" ;;  # no preset: knn's own options
       # --- v10, the recommended recipe (= `moleflow train` defaults), its seeds and its ablation --------
       # (each ablation row puts one setting back to an earlier version's value, or tries one more)
       v10)          moleflow sweep --versions v10 --seeds 0 "${sw[@]}" -- "${ablation[@]}" ;;
       v10-seeds)    moleflow sweep --versions v10 --seeds 1 2 3 4 "${sw[@]}" -- "${ablation[@]}" ;;
-      knn-seeds)    moleflow sweep --versions v10 --seeds 0 1 2 3 4 "${sw[@]}" -- --model knn "${ablation[@]}" ;;
-      knn-embed128) moleflow sweep --versions v10 --seeds 0 "${sw[@]}" -- --model knn --embed_dim 128 "${ablation[@]}" ;;  # knn's best pooling
+      knn-seeds)    moleflow sweep --seeds 0 1 2 3 4 "${sw[@]}" -- --model knn "${ablation[@]}" ;;  # v10's features (--embed_dim 0)
+      knn-embed128) moleflow sweep --seeds 0 "${sw[@]}" -- --model knn --embed_dim 128 "${ablation[@]}" ;;  # knn's best pooling
       v9-seeds)     moleflow sweep --versions v9 --seeds 0 1 2 3 4 "${sw[@]}" -- "${ablation[@]}" ;;  # v10's parent: no context
       v10-k5)       moleflow sweep --versions v10 --seeds 0 "${sw[@]}" -- --cpcf_context_kernel 5 "${ablation[@]}" ;;  # 5x5 neighbours
       v10-dil2)     moleflow sweep --versions v10 --seeds 0 "${sw[@]}" -- --cpcf_context_dilation 2 "${ablation[@]}" ;;  # 3x3 neighbours 2 apart
@@ -166,10 +166,10 @@ sweep() {
       v10-batch8)   moleflow sweep --versions v10 --seeds 0 "${sw[@]}" -- --batch_size 8 "${ablation[@]}" ;;  # v3's batches: 1/4 of the steps
       v10-embed128) moleflow sweep --versions v10 --seeds 0 "${sw[@]}" -- --embed_dim 128 "${ablation[@]}" ;;  # v3's channel pooling
       v10-160px)    moleflow sweep --versions v10 --seeds 0 "${sw[@]}" -- --img_size 160 "${ablation[@]}" ;;
-      knn-160px)    moleflow sweep --versions v10 --seeds 0 "${sw[@]}" -- --model knn --img_size 160 "${ablation[@]}" ;;
-      # --- the patch discriminator, home of the catalogue losses (its default loss: bce + iou) ---------
-      discriminator-seeds) moleflow sweep --versions v9 --seeds 0 1 2 "${sw[@]}" -- --model discriminator "${ablation[@]}" ;;
-      catalogue-seeds)     moleflow sweep --versions v9 --seeds 0 1 2 "${sw[@]}" -- --model discriminator --loss bce=1 iou=1 \
+      knn-160px)    moleflow sweep --seeds 0 "${sw[@]}" -- --model knn --img_size 160 "${ablation[@]}" ;;
+      # --- the patch discriminator, home of the catalogue losses (its defaults: bce + iou; v9's loop, as measured) --
+      discriminator-seeds) moleflow sweep --seeds 0 1 2 "${sw[@]}" -- --model discriminator "${ablation[@]}" ;;
+      catalogue-seeds)     moleflow sweep --seeds 0 1 2 "${sw[@]}" -- --model discriminator --loss bce=1 iou=1 \
                              orthogonality=0.01 selector_entropy=0.1 selector_diversity=0.1 distinctness=0.1 "${ablation[@]}" ;;
       # --- the 1x15 stream over all 15 classes: MoLE-Flow (the defaults) beside the continual baselines -----
       stream15)
@@ -177,7 +177,7 @@ sweep() {
         for strategy in moleflow finetune replay joint; do
           moleflow sweep --versions v9 --seeds 0 "${sw[@]}" -- --strategy "$strategy" "${stream15[@]}"
         done
-        moleflow sweep --versions v9 --seeds 0 "${sw[@]}" -- --model knn "${stream15[@]}" ;;
+        moleflow sweep --seeds 0 "${sw[@]}" -- --model knn "${stream15[@]}" ;;
       stream15-v10)  # the default version on the same stream (the baselines above are v9's, as measured)
         ensure_all_classes
         moleflow sweep --versions v10 --seeds 0 "${sw[@]}" -- "${stream15[@]}" ;;

@@ -3,7 +3,7 @@ with --context, v9's fused step against v10's (the same flow with the 3x3 neighb
 
     python benchmarks/flow_step.py [--steps 300] [--repeats 3] [--context]
 
-A step = what continual/fit.py does per batch: v9's shapes (152 channels, 2 images x 8x8 sub-grid = 128
+A step = what flow/fit.py does per batch: v9's shapes (152 channels, 2 images x 8x8 sub-grid = 128
 patch rows, 8 blocks, LoRA rank 4, FiLM adapter without MLP), forward, backward, gradient clip, fused
 AdamW. Both variants alternate within one process (machines are noisy: read the ratio, not the
 milliseconds), for task 0 (base + expert trained) and task 1 (expert only, base frozen).

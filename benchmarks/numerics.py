@@ -20,12 +20,14 @@ import torch
 
 
 def check_run(folder: Path, feature_cache: str) -> dict:
-    from moleflow.continual.task_data import prepare_tasks, resolve_device
+    from moleflow.continual.task_data import prepare_tasks
+    from moleflow.device import resolve_device
     from moleflow.continual.trainer import ContinualRun
+    from moleflow.config import read_run_config
     from moleflow.run_folder import RunFolder
 
     run = RunFolder.open(folder)
-    cfg = run.read_config()
+    cfg = read_run_config(run)
     cfg.backbone.feature_cache = feature_cache  # runs of one recipe share their backbone features
     device = resolve_device("cpu")
     tasks, extractor, _ = prepare_tasks(cfg, device, progress=False)

@@ -12,15 +12,18 @@ from __future__ import annotations
 import argparse
 import collections
 
-from moleflow.continual.task_data import build_extractor, load_datasets, resolve_device
+from moleflow.continual.task_data import build_extractor, load_datasets
+
+from moleflow.device import resolve_device
 from moleflow.continual.trainer import ContinualRun
 from moleflow.features.cache import extract_features
+from moleflow.config import read_run_config
 from moleflow.run_folder import RunFolder
 
 
 def margins(run_dir: str) -> list[tuple[str, float, float, str, float]]:
     run = RunFolder.open(run_dir)
-    cfg = run.read_config()
+    cfg = read_run_config(run)
     if any(len(task) != 1 for task in cfg.data.tasks):
         raise SystemExit("routing_margins: every task must hold one class (a 1xN stream)")
     device = resolve_device("cpu")
@@ -30,7 +33,7 @@ def margins(run_dir: str) -> list[tuple[str, float, float, str, float]]:
     names = [task[0] for task in cfg.data.tasks]
     rows = []
     for j, (cls, (_, test)) in enumerate(load_datasets(cfg).items()):
-        pooled = extract_features(extractor, test, batch_size=16, device=device, progress=False).pooled
+        pooled = extract_features(extractor, test, images_per_pass=16, device=device, progress=False).pooled
         distance = state.router.distances(pooled)
         own = distance[:, j].clone()
         distance[:, j] = float("inf")

@@ -60,14 +60,16 @@ def run_stream(t: int, args: argparse.Namespace) -> dict:
 @torch.no_grad()
 def inference_ratio(run_dir: str, n_images: int = 60, repeats: int = 3) -> dict:
     """Seconds per image, batch 1: one backbone forward, and the whole routed scoring of the image."""
-    from moleflow.continual.task_data import build_extractor, load_datasets, resolve_device
+    from moleflow.continual.task_data import build_extractor, load_datasets
+    from moleflow.device import resolve_device
     from moleflow.continual.trainer import ContinualRun
     from moleflow.evaluation.evaluator import model_score_maps
     from moleflow.evaluation.maps import image_scores
+    from moleflow.config import read_run_config
     from moleflow.run_folder import RunFolder
 
     run = RunFolder.open(run_dir)
-    cfg = run.read_config()
+    cfg = read_run_config(run)
     device = resolve_device(cfg.train.device)
     extractor = build_extractor(cfg, device).eval()
     state = ContinualRun(cfg, [], extractor.dim, extractor.grid, device, progress=False)

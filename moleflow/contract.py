@@ -1,46 +1,44 @@
 """The model contract: every method and hook the trainer, the evaluator, `predict` and checkpoints call on a
-model, declared in one place. Built-in models and plugins go through it alike.
+model, declared in one place. Built-in models (MoLE-Flow, knn, discriminator) and plugins go through it alike;
+the engine knows a model only through it and never names one of its options.
 
-Required, on the instance (`ContinualModel`, a runtime-checkable Protocol):
+On the class (read by `model_spec`):
+
+    options_class                          its options: one dataclass of `moleflow.options.option` fields
+                                           (help, ranges, choices; `rules` = which option needs which;
+                                           optional `validate(context)`): flags, presets, config.json
+    from_options(options, context) -> model   build it from its options and the run's `ModelContext`
+    input_kind = "features" | "images"     what train/test inputs it gets (default features)
+
+On the instance (`ContinualModel`, a runtime-checkable Protocol):
 
     begin_task(task_id, class_name)        create what task `task_id` owns (its expert, adapter, memory, ...)
     trainable_parameters(task_id) -> list  what the optimiser of that task may update ([] if nothing)
+    fit_task(task_id, inputs, params, context: FitContext) -> FitResult
+                                           its training procedure for one task (epochs, loss, batches: all
+                                           its own options; `params` are what the strategy lets it train)
     end_task(task_id)                      freeze what the task owns; its scores never change after this
     patch_scores(inputs, task_id) -> (B,h,w)  anomaly score per patch (or per pixel), higher = more anomalous
     task_state(task_id) / shared_state() -> dict[str, Tensor], load_task_state / load_shared_state
                                            checkpoints by ownership (safetensors in the run folder)
     param_counts() -> {"shared": int, "per_task": [int, ...]}
 
-Optional, on the class (read with their defaults by `model_traits`):
+Optional, on the instance (`ModelHooks.of(model)`: the method, or a no-op):
 
-    input_kind = "features" | "images"     what train/test inputs the model gets (default features)
-    reads_settings = ALL | (names...)       flow / training-loop settings it reads (inert_settings.py)
-    cli_flags = {flag: argparse spec}       its own `moleflow train` flags, spelling --model_opt KEY=VALUE
-    from_config(cfg, *, dim, grid, img_size, overrides) -> model   build from the run config (plugins)
-    validate_config(cfg, *, img_size)       check its options before any image is read
-    default_loss = ("NAME=W", ...)          what --loss means when it is not given (moleflow's own default,
-                                           nll=1.0, reads flow outputs); applied in config.resolve_config
-
-Optional, on the instance (`ModelHooks.of(model)`: the method, or a default that does what the trainer does
-for a model without it):
-
-    fit_task(task_id, inputs, params, loss_fn, settings, *, label, on_epoch) -> FitResult
-                                           its own training procedure (default: continual/fit.py's loop)
     observe_training_features(task_id, inputs)  statistics of the task's training inputs, before training
     observe_trained(task_id, inputs)       statistics of the fitted model, after training, before end_task
     score_maps(inputs, task_id) -> {"score": ..., name: map}  extra named maps besides the score
     describe() -> str                      a line every run prints and keeps in metrics.json
-    supports_subgrid -> bool               fit_task may train it on strided patch sub-grids (--token_stride:
-                                           forward(inputs, task_id, subgrid=(dy, dx, s)) gets whole grids and
-                                           returns the patches [dy::s, dx::s]; the flow: all but SC-LoRA)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Protocol, runtime_checkable
 
+import torch
 from torch import Tensor
 
 from moleflow.errors import MoleflowError
@@ -48,10 +46,51 @@ from moleflow.errors import MoleflowError
 INPUT_KINDS = ("features", "images")
 
 
+@dataclass(frozen=True)
+class ModelContext:
+    """What the run around a model decides, handed to its options' checks (before any image is read: `dim` and
+    `grid` are None then) and to `from_options` (after the features exist)."""
+
+    img_size: tuple[int, int] = (128, 128)
+    #: the strategy trains one model for every task (finetune, joint, replay): nothing is owned per task
+    single_model: bool = False
+    seed: int = 0
+    device: torch.device = torch.device("cpu")
+    #: the run's backbone settings (config.BackboneConfig): a model with a network of its own may follow
+    #: the run's weights rules (pretrained, a local weights file) for it
+    backbone: Any = None
+    dim: int | None = None
+    grid: tuple[int, int] | None = None
+    #: builds the run's frozen feature extractor, for an image model that scores backbone features itself
+    build_extractor: Callable[[], Any] | None = field(default=None, compare=False)
+
+
+@dataclass
+class FitContext:
+    """What the engine decides about one task's training: the task's seed (every random draw of the fit),
+    where to run, whether to show progress, the name used in errors and a per-epoch callback for TensorBoard."""
+
+    seed: int
+    device: torch.device
+    label: str
+    progress: bool = True
+    on_epoch: Callable[[int, float], Any] | None = None
+
+
+@dataclass
+class FitResult:
+    epoch_losses: list[float] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+    #: scalar parameters of the loss after training (e.g. the soft-boundary SVDD radius), logged per task
+    loss_state: dict[str, float] = field(default_factory=dict)
+
+
 @runtime_checkable
 class ContinualModel(Protocol):
     def begin_task(self, task_id: int, class_name: str = "") -> None: ...
     def trainable_parameters(self, task_id: int) -> list: ...
+    def fit_task(self, task_id: int, inputs: Tensor, params: list, context: FitContext) -> FitResult: ...
     def end_task(self, task_id: int) -> None: ...
     def patch_scores(self, inputs: Tensor, task_id: int) -> Tensor: ...
     def task_state(self, task_id: int) -> dict[str, Tensor]: ...
@@ -61,29 +100,38 @@ class ContinualModel(Protocol):
     def param_counts(self) -> dict: ...
 
 
+CONTRACT_METHODS = ("begin_task", "trainable_parameters", "fit_task", "end_task", "patch_scores", "task_state",
+                    "shared_state", "load_task_state", "load_shared_state", "param_counts")
+
+
 @dataclass(frozen=True)
-class ModelTraits:
-    """The optional class-level declarations of a registered model class, with their defaults."""
+class ModelSpec:
+    """A registered model class read once: its name, options class, builder and input kind."""
 
+    name: str
+    model_class: type
+    options_class: type
     input_kind: str
-    cli_flags: dict
-    from_config: Callable | None
-    validate_config: Callable | None
-    default_loss: tuple[str, ...] | None
+
+    def build(self, options: Any, context: ModelContext) -> Any:
+        return self.model_class.from_options(options, context)
 
 
-def model_traits(model_class: Any) -> ModelTraits:
+def model_spec(name: str, model_class: Any) -> ModelSpec:
+    """The class-level declarations of model `name`, checked: one error naming what is missing."""
+    label = getattr(model_class, "__name__", model_class)
     kind = getattr(model_class, "input_kind", "features")
     if kind not in INPUT_KINDS:
-        raise MoleflowError(f"model {getattr(model_class, '__name__', model_class)} declares input_kind={kind!r}; "
-                            f"use one of: {', '.join(INPUT_KINDS)}")
-    return ModelTraits(
-        input_kind=kind,
-        cli_flags=dict(getattr(model_class, "cli_flags", None) or {}),
-        from_config=getattr(model_class, "from_config", None),
-        validate_config=getattr(model_class, "validate_config", None),
-        default_loss=tuple(getattr(model_class, "default_loss", None) or ()) or None,
-    )
+        raise MoleflowError(f"model '{name}' ({label}) declares input_kind={kind!r}; use one of: "
+                            f"{', '.join(INPUT_KINDS)}")
+    options_class = getattr(model_class, "options_class", None)
+    if options_class is None or not hasattr(options_class, "__dataclass_fields__"):
+        raise MoleflowError(f"model '{name}' ({label}) declares no options_class (a dataclass of its options, "
+                            "see moleflow/contract.py and moleflow/options.py)")
+    if not callable(getattr(model_class, "from_options", None)):
+        raise MoleflowError(f"model '{name}' ({label}) has no from_options(options, context) classmethod; see "
+                            "moleflow/contract.py")
+    return ModelSpec(name, model_class, options_class, kind)
 
 
 def _no_op(*args: Any, **kwargs: Any) -> None:
@@ -98,30 +146,29 @@ def describe(model: Any) -> str:
 
 @dataclass(frozen=True)
 class ModelHooks:
-    """A model's optional instance hooks, each its own method or the default."""
+    """A model's optional instance hooks, each its own method or a no-op."""
 
-    fit_task: Callable
     observe_training_features: Callable
     observe_trained: Callable
     describe: Callable[[], str]
     has_score_maps: bool
-    supports_subgrid: bool
 
     @classmethod
     def of(cls, model: Any) -> "ModelHooks":
         if not isinstance(model, ContinualModel):
-            missing = [m for m in ("begin_task", "trainable_parameters", "end_task", "patch_scores", "task_state",
-                                   "shared_state", "load_task_state", "load_shared_state", "param_counts")
-                       if not callable(getattr(model, m, None))]
+            missing = [m for m in CONTRACT_METHODS if not callable(getattr(model, m, None))]
             raise MoleflowError(f"model {type(model).__name__} does not implement the model contract (missing: "
                                 f"{', '.join(missing)}); see moleflow/contract.py")
-        from moleflow.continual.fit import fit_task as generic_fit
-
         return cls(
-            fit_task=getattr(model, "fit_task", None) or partial(generic_fit, model),
             observe_training_features=getattr(model, "observe_training_features", None) or _no_op,
             observe_trained=getattr(model, "observe_trained", None) or _no_op,
             describe=partial(describe, model),
             has_score_maps=callable(getattr(model, "score_maps", None)),
-            supports_subgrid=bool(getattr(model, "supports_subgrid", False)),
         )
+
+
+def closed_form_fit(fill: Callable[[], Any]) -> FitResult:
+    """A fit with no optimisation steps (a memory, statistics): `fill()` timed into a FitResult."""
+    start = time.perf_counter()
+    fill()
+    return FitResult(seconds=time.perf_counter() - start)

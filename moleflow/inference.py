@@ -9,14 +9,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from moleflow.contract import model_traits
-from moleflow.config import Config
-from moleflow.continual.task_data import build_extractor, prepare_tasks, resolve_device
+from moleflow.config import Config, read_run_config
+from moleflow.continual.task_data import build_extractor, prepare_tasks
+from moleflow.device import resolve_device
 from moleflow.continual.trainer import ContinualRun
 from moleflow.data.image_io import load_image
 from moleflow.errors import MoleflowError
 from moleflow.evaluation.evaluator import model_score_maps
 from moleflow.evaluation.maps import anomaly_maps, image_scores
+from moleflow.evaluation.report import write_final_report
 from moleflow.evaluation.visualize import overlay_png
 from moleflow.run_folder import RunFolder, atomic_write_bytes, atomic_write_text
 from moleflow.run_log import TBLogger
@@ -24,7 +25,7 @@ from moleflow.run_log import TBLogger
 
 def _open_finished(run_dir: str | Path) -> tuple[RunFolder, Config]:
     run = RunFolder.open(run_dir)
-    cfg = run.read_config()
+    cfg = read_run_config(run)
     done = run.read_json("progress.json").get("completed_tasks", 0) if (run.path / "progress.json").exists() else 0
     if done < len(cfg.data.tasks):
         raise MoleflowError(f"{run.path}: only {done} of {len(cfg.data.tasks)} tasks completed; "
@@ -47,9 +48,13 @@ def rescore_run(run_dir: str | Path, progress: bool = True) -> tuple[RunFolder, 
     return run, state, scored, backbone_s
 
 
-def evaluate_run(run_dir: str | Path, progress: bool = True) -> RunFolder:
-    from moleflow.evaluation.report import write_final_report
+def rescored_maps(run_dir: str | Path, progress: bool = True) -> tuple[list, dict]:
+    """A finished run's tasks and its test sets scored again from its checkpoints (the report's source)."""
+    _, state, scored, _ = rescore_run(run_dir, progress=progress)
+    return state.tasks, scored
 
+
+def evaluate_run(run_dir: str | Path, progress: bool = True) -> RunFolder:
     run, state, scored, backbone_s = rescore_run(run_dir, progress)
     doc = run.read_json("progress.json")
     tb = TBLogger(run.path / "tb")
@@ -88,7 +93,7 @@ def predict_images(run_dir: str | Path, images: list[str], out_dir: str | Path, 
         task = int(state.router.predict(pooled.cpu())[0]) if cfg.train.router != "oracle" else None
         if task is None:
             raise MoleflowError("this run uses --router oracle, which needs the true task; predict needs a real router")
-        model_input = image.unsqueeze(0).to(device) if model_traits(type(state.model)).input_kind == "images" else patch
+        model_input = image.unsqueeze(0).to(device) if cfg.spec.input_kind == "images" else patch
         named = model_score_maps(state.model, model_input, state.strategy.model_task(task))
         scores = named["score"].float().cpu()
         score = float(image_scores(scores, cfg.eval.score_aggregation, cfg.eval.topk, out_size=size,

@@ -30,7 +30,6 @@ from moleflow.errors import MoleflowError
 if TYPE_CHECKING:
     import torch
 
-    from moleflow.config import Config
 
 CONFIG_FILE = "config.json"
 #: checkpoint metadata key of the SHA-256 of its tensors (names, dtypes, shapes and bytes)
@@ -212,17 +211,6 @@ class RunFolder:
             raise MoleflowError(f"{self.path}: {name} is missing (run unfinished or not a moleflow run?)") from None
         except (OSError, ValueError) as exc:
             raise MoleflowError(f"{self.path}: cannot read {name} ({exc}); the file is damaged") from None
-
-    def read_config(self) -> Config:
-        """The run's settings (config.json) as a Config: the one place a saved run's config is loaded
-        (--resume, eval, predict). An unknown or mistyped setting names the file."""
-        from moleflow.config import Config
-
-        data = self.read_json(CONFIG_FILE)
-        try:
-            return Config.from_dict(data)
-        except MoleflowError as exc:
-            raise MoleflowError(f"{self.path / CONFIG_FILE}: {exc}") from None
 
     def write_results_csv(self, rows: list[dict]) -> None:
         """Columns are the union of the rows' keys in order of first appearance; None -> empty cell."""

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import moleflow
 from moleflow.run_folder import to_jsonable
 
 
@@ -53,8 +54,6 @@ def git_state(source_dir: str | Path | None = None) -> dict[str, Any]:
 
 def collect_env(seed: int, device: str) -> dict:
     """Library versions, git state, device and seed; nothing that identifies the machine (no hostname/user)."""
-    import moleflow
-
     env: dict[str, Any] = {
         "python": platform.python_version(),
         "platform": f"{platform.system()}-{platform.machine()}",

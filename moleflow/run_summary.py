@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from moleflow.config import NOT_RECIPE, Config, resolve_config
+from moleflow.config_migration import migrate
 from moleflow.errors import MoleflowError
 from moleflow.run_folder import CONFIG_FILE, RunFolder
 
@@ -90,6 +92,10 @@ def _config_value(config: dict, key: str, default: str = "?") -> str:
 def load_summary(path: str | Path) -> RunSummary:
     run = RunFolder.open(path)
     config = run.read_json(CONFIG_FILE)
+    try:
+        config = migrate(config)
+    except MoleflowError:
+        pass  # a model no longer installed: the old layout's values are still read below
     if not (run.path / METRICS_FILE).is_file():
         raise MoleflowError(f"{run.path}: no {METRICS_FILE} (run unfinished or failed?); finish or resume it, "
                             "or leave it out of the comparison")
@@ -119,7 +125,7 @@ def load_summary(path: str | Path) -> RunSummary:
     extras = {c: {n: _number((raw_per_class.get(c) or {}).get(n)) for n in extra_names} for c in classes}
     return RunSummary(
         path=run.path,
-        version=_config_value(config, "version"),
+        version=_config_value(config, "version", "") or _config_value(config, "model"),
         strategy=_config_value(config, "strategy"),
         model=_config_value(config, "model"),
         experiment=_config_value(config, "experiment_name"),
@@ -145,24 +151,14 @@ def load_summary(path: str | Path) -> RunSummary:
 
 
 def _off_preset(config: dict) -> dict[str, str] | None:
-    """The settings of a saved config.json that differ from its version preset applied to today's defaults:
-    what tells the rows of an ablation apart (several runs of one version)."""
-    from moleflow.config import NOT_RECIPE, Config, apply_model_default_loss
-    from moleflow.versions import version_overrides
-
+    """The settings and model options (by name, any model's) of a saved config.json that differ from its version
+    preset applied to today's defaults (a model without a preset: its options' defaults): what tells the rows
+    of an ablation apart (several runs of one version)."""
     try:
-        reference = Config()
-        for name, value in version_overrides(_config_value(config, "version")).items():
-            reference.set(name, value)
-        preset_model = reference.flow.model
-        reference.set("model", _config_value(config, "model", preset_model))
-        apply_model_default_loss(reference)  # a model's own default loss is not a setting off the preset
-        reference.set("model", preset_model)
-        wanted = reference.flat()
-        for section, values in config.items():  # a key the file lacks counts as the preset's value
-            for name, value in (values.items() if isinstance(values, dict) else [(section, values)]):
-                reference.set(name, value)
-        ran = reference.flat()
+        given = Config.from_dict(config)  # the model and version it names (migrated when old)
+        preset = {"model": given.model, "version": given.run.version}
+        wanted = resolve_config(preset).flat()
+        ran = resolve_config(preset, file_values=config).flat()  # a setting the file lacks: the preset's
     except MoleflowError:
         return None
 

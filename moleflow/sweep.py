@@ -22,7 +22,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from moleflow.compare import compare_runs
 from moleflow.errors import MoleflowError
+from moleflow.run_folder import atomic_write_text
+from moleflow.train_args import explicit_settings, parse_train_args, train_config, train_parser
 
 LOG_DIR = "sweep-logs"  # inside the experiment folder: runs/<experiment>/sweep-logs/<trial>.log
 TAIL_LINES = 15  # lines of a failed trial's log shown in the report
@@ -49,14 +52,15 @@ class Result:
         return self.returncode == 0
 
 
-OPTIONAL = ("task_orders", "ray_address", "gpus_per_trial", "cpus_per_trial", "max_parallel")  # None: not given
+OPTIONAL = ("versions", "task_orders", "ray_address", "gpus_per_trial", "cpus_per_trial", "max_parallel")  # None: not given
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The `moleflow sweep` flags (cli.py registers the command); train flags come after `--`."""
     unset = argparse.SUPPRESS  # so that the help shows no "(default: None)"
-    p.add_argument("--versions", nargs="+", required=True, metavar="V", default=unset,
-                   help="version presets, one trial each")
+    p.add_argument("--versions", nargs="+", metavar="V", default=unset,
+                   help="version presets, one trial each (default: the model's default version, or none for a model "
+                        "without presets, e.g. --model knn: trials named <model>-seed<S>)")
     p.add_argument("--seeds", nargs="+", required=True, type=int, metavar="S", default=unset,
                    help="seeds, one trial each")
     p.add_argument("--task_orders", nargs="+", metavar="ORDER", default=unset,
@@ -98,47 +102,53 @@ def parse_order(text: str) -> list[str]:
     return classes
 
 
-def trial_name(version: str, seed: int, order: list[str] | None) -> str:
-    name = f"{version}-seed{seed}" + (f"-{'+'.join(order)}" if order else "")
+def trial_name(label: str, seed: int, order: list[str] | None) -> str:
+    """<version or model>-seed<S>[-<order>]."""
+    name = f"{label}-seed{seed}" + (f"-{'+'.join(order)}" if order else "")
     return name.replace(os.sep, "_")
 
 
-def expand_trials(versions: list[str], seeds: list[int], task_orders: list[str] | None,
+def expand_trials(versions: list[str] | None, seeds: list[int], task_orders: list[str] | None,
                   train_flags: list[str]) -> list[Trial]:
-    """versions x seeds x orders, in that nesting order; each trial's `moleflow` argv."""
+    """versions x seeds x orders, in that nesting order; each trial's `moleflow` argv. Without --versions each
+    trial runs the model's default; its name is completed when its settings are resolved (check_flags)."""
     orders = [parse_order(o) for o in task_orders] if task_orders else [None]
     trials = []
-    for version in versions:
+    for version in versions or [""]:
         for seed in seeds:
             for order in orders:
-                argv = ["train", "--version", version, "--seed", str(seed)]
+                argv = ["train", *(["--version", version] if version else []), "--seed", str(seed)]
                 argv += ["--task_classes", *order] if order else []
-                trials.append(Trial(trial_name(version, seed, order), argv + list(train_flags)))
+                trials.append(Trial(trial_name(version or "{label}", seed, order), argv + list(train_flags)))
+    check_unique(trials)
+    return trials
+
+
+def check_unique(trials: list[Trial]) -> None:
     names = [t.name for t in trials]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise MoleflowError(f"trial(s) listed twice: {', '.join(twice)}; drop the repeated version/seed/order")
-    return trials
 
 
-def _parse_train(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    """`moleflow train ARGV` parsed by the real parser; argparse's usage + error becomes one MoleflowError."""
+def _parse_train(argv: list[str]) -> argparse.Namespace:
+    """`moleflow train ARGV` parsed by the real parser (train_args.py, with the options of the model ARGV
+    selects); argparse's usage + error becomes one MoleflowError."""
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            return parser.parse_args(argv)
+            return parse_train_args(train_parser(argv), argv)
     except SystemExit as exc:
         lines = err.getvalue().strip().splitlines()
         message = lines[-1].split("error: ", 1)[-1] if lines and exc.code else "--help is not a train flag here"
         raise MoleflowError(f"train flags: {message} (see `moleflow train --help`)") from None
+    except MoleflowError as exc:  # a flag the selected model does not have
+        raise MoleflowError(f"train flags: {exc}") from None
 
 
 def check_flags(args: argparse.Namespace, trials: list[Trial]) -> None:
     """Refuse what would change nothing or cannot work; resolve every trial's config (sets experiment_dir,
     log). Raises MoleflowError before any trial starts."""
-    from moleflow.cli import build_parser, train_config
-    from moleflow.config import explicit_settings
-
     if args.backend == "local":
         given = [f"--{k}" for k in ("ray_address", "gpus_per_trial", "cpus_per_trial") if getattr(args, k) is not None]
         if given:
@@ -148,8 +158,7 @@ def check_flags(args: argparse.Namespace, trials: list[Trial]) -> None:
         value = getattr(args, flag)
         if value is not None and (not math.isfinite(value) or value < 0 or (value == 0 and flag != "gpus_per_trial")):
             raise MoleflowError(f"--{flag} {value}: must be {'>= 0' if flag == 'gpus_per_trial' else '> 0'}")
-    parser = build_parser()
-    bare_args = _parse_train(parser, ["train", *args.train_flags])
+    bare_args = _parse_train(list(args.train_flags))
     bare = explicit_settings(bare_args)
     clashes = {"version": "--versions", "seed": "--seeds"}
     if args.task_orders:
@@ -162,14 +171,16 @@ def check_flags(args: argparse.Namespace, trials: list[Trial]) -> None:
                             "--resume RUN_DIR`)")
     for trial in trials:
         try:
-            cfg = train_config(_parse_train(parser, trial.argv))
+            cfg = train_config(_parse_train(trial.argv[1:]))
         except MoleflowError as exc:
             raise MoleflowError(f"trial {trial.name}: {exc}") from None
         if (args.gpus_per_trial or 0) > 0 and cfg.flat().get("device") == "cpu":
             raise MoleflowError(f"--gpus_per_trial {args.gpus_per_trial:g} with --device cpu: the trials would not "
                                 f"use the GPU; drop one of them")
+        trial.name = trial.name.replace("{label}", cfg.run_label)
         trial.experiment_dir = Path(cfg.run.runs_dir) / cfg.run.experiment_name
         trial.log = _unused_log_path(trial.experiment_dir / LOG_DIR, trial.name)
+    check_unique(trials)
 
 
 def _unused_log_path(folder: Path, name: str) -> Path:
@@ -346,9 +357,6 @@ def summary_table(trials: list[Trial], results: list[Result]) -> str:
 
 
 def write_compare(folders: list[Path]) -> None:
-    from moleflow.compare import compare_runs
-    from moleflow.run_folder import atomic_write_text
-
     for folder in folders:
         if not folder.is_dir():
             continue

@@ -1,7 +1,8 @@
 """Helpers for test suites, moleflow's own and plugins' (the plugins under plugins/ use them; so can yours).
 
 `tiny_benchmark` writes a small embedded benchmark with visible defects, `train_config` resolves a
-`moleflow train` command line exactly as the CLI does, and `model_opt_error` checks the contract that a model's `validate_config` runs before any image is read:
+`moleflow train` command line exactly as the CLI does, and `model_opt_error` checks the contract that a model's
+options are checked before any image is read:
 it trains on a data path that does not exist, so an option error (not a data error) proves the order.
 """
 
@@ -22,7 +23,7 @@ VISIBLE_DEFECTS = {"extent_range": (0.1, 0.2), "contrast_range": (0.7, 1.0)}
 def tiny_benchmark(out: Path, **overrides: Any) -> Path:
     """The embedded benchmark at 64 px, 8 train / 4 good / 6 defective test images per class, visible
     defects, seed 0 (any of these can be overridden); returns `out`."""
-    from moleflow.data.synthetic import generate_benchmark
+    from moleflow.synth.benchmark import generate_benchmark
 
     settings = {"size": 64, "n_train": 8, "n_test_good": 4, "n_test_defect": 6, "seed": 0, "progress": False,
                 **VISIBLE_DEFECTS, **overrides}
@@ -31,10 +32,10 @@ def tiny_benchmark(out: Path, **overrides: Any) -> Path:
 
 
 def train_config(*argv: str) -> "Config":
-    """What `moleflow train ARGV` would run with (the real parser, model flags included)."""
-    from moleflow.cli import build_parser, train_config as resolve
+    """What `moleflow train ARGV` would run with (the real parser, the selected model's options included)."""
+    from moleflow.train_args import parse_train_args, train_config as resolve, train_parser
 
-    return resolve(build_parser().parse_args(["train", *argv]))
+    return resolve(parse_train_args(train_parser(list(argv)), list(argv)))
 
 
 def model_opt_error(model: str, option: str, tmp_path: Path) -> str:

@@ -1,8 +1,11 @@
-"""Version presets: data, not branches. A version = parent + config overrides + description + new flags.
+"""Version presets: data, not branches. A version = the model it configures + parent + typed overrides of that
+model's options (and of engine settings such as the features' width) + description + the flags it introduced.
 
 Each preset is registered in the `moleflow.versions` entry-point group (built-ins through moleflow's own
 setup.cfg), so a plugin can add a version. `--version v3` applies v1 -> v2 -> v3 in order; explicit flags
-win over all of them (see config.resolve_config).
+win over all of them (config.resolve_config, which also checks every override against the model's options
+class: a misspelt name is an error naming the preset). One preset per model may be its `default`: the version
+a run of that model gets without `--version`; a model with none runs on its own option defaults.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ class VersionPreset:
     name: str
     parent: str | None
     description: str
-    overrides: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)  # option (or engine setting) name -> value
     introduces: tuple[str, ...] = ()  # flags this version added to the CLI
+    model: str = "moleflow"  # the model whose options the overrides set
+    default: bool = False  # the version a run of `model` gets when --version is not given
 
 
 V1 = VersionPreset(
@@ -30,6 +35,7 @@ V1 = VersionPreset(
     "task 0 trains the base flow only; later tasks: base frozen + LoRA (scale alpha/(2*rank)); "
     "adapter = InstanceNorm + zero-init residual MLP on tasks >= 1",
     {
+        "embed_dim": 128,  # v1-v7 were measured on 128 channels pooled from the features (v8 keeps all: 0)
         "lora_scaling": "alpha_over_2rank",
         "task0_lora": False,
         "adapter": "instancenorm",
@@ -124,6 +130,7 @@ V10 = VersionPreset(
     "out against their neighbours); 20 epochs instead of 30 (the context costs ~1/3 more per step, and the "
     "last 10 epochs bought no image AUROC)",
     {"use_cpcf": True, "cpcf_fixed_context": True, "num_epochs": 20},
+    default=True,
 )
 
 
@@ -149,11 +156,25 @@ def chain(name: str) -> list[VersionPreset]:
     return out[::-1]
 
 
-def version_overrides(name: str) -> dict[str, Any]:
+def version_overrides(name: str) -> tuple[str, dict[str, Any]]:
+    """The model version `name` configures and its chain's overrides merged (root first, later wins)."""
+    presets = chain(name)
     merged: dict[str, Any] = {}
-    for preset in chain(name):
+    for preset in presets:
+        if preset.model != presets[-1].model:
+            raise MoleflowError(f"version '{name}': its parent '{preset.name}' configures model '{preset.model}', "
+                                f"not '{presets[-1].model}'")
         merged.update(preset.overrides)
-    return merged
+    return presets[-1].model, merged
+
+
+def default_version(model: str) -> str:
+    """The preset marked `default` for `model`, or "" when it has none (its options' defaults apply)."""
+    defaults = [p.name for p in map(get_preset, registry.names("versions")) if p.model == model and p.default]
+    if len(defaults) > 1:
+        raise MoleflowError(f"model '{model}' has several default versions ({', '.join(sorted(defaults))}); "
+                            "uninstall the plugin that adds one")
+    return defaults[0] if defaults else ""
 
 
 def _natural_key(name: str) -> list:
@@ -161,6 +182,5 @@ def _natural_key(name: str) -> list:
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
 
 
-def describe_versions() -> list[tuple[str, str | None, str]]:
-    names = sorted(registry.names("versions"), key=_natural_key)
-    return [(p.name, p.parent, p.description) for p in (get_preset(n) for n in names)]
+def describe_versions() -> list[VersionPreset]:
+    return [get_preset(n) for n in sorted(registry.names("versions"), key=_natural_key)]

@@ -75,7 +75,7 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def small_bench(tmp_path_factory) -> Path:
     """The embedded benchmark at 64 px with default (subtle to obvious) defects: for CLI and flag tests."""
-    from moleflow.data.synthetic import generate_benchmark
+    from moleflow.synth.benchmark import generate_benchmark
 
     out = tmp_path_factory.mktemp("small_bench") / "synth"
     generate_benchmark(out, size=64, n_train=8, n_test_good=4, n_test_defect=6, seed=0, progress=False)

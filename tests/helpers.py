@@ -2,40 +2,43 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-from moleflow.config import Config
+from moleflow.config import Config, resolve_config
+from moleflow.options import option_fields
 
 TINY_CLASSES = ["leather", "grid", "transistor"]
 
 
-def tiny_config(data: Path, runs: Path, **overrides) -> Config:
-    cfg = Config()
-    settings = {
-        "data_path": str(data),
-        "task_classes": TINY_CLASSES,
-        "img_size": [64],
-        # real features (the offline ImageNet weights of efficientnet_lite0): these tests measure detection
-        "backbone_name": "efficientnet_lite0",
-        "pretrained": True,
-        "embed_dim": 32,
-        "num_coupling_layers": 4,
-        "lora_rank": 4,
-        "num_epochs": 6,
-        "batch_size": 8,
-        "lr": 1e-3,
-        "runs_dir": str(runs),
-        "experiment_name": "test",
-        "heatmaps": 2,
-        "device": "cpu",
-    }
-    version = overrides.pop("version", "v3")
-    from moleflow.versions import version_overrides
+#: engine settings of the tiny end-to-end runs
+TINY_SETTINGS = {
+    "task_classes": TINY_CLASSES,
+    "img_size": [64],
+    # real features (the offline ImageNet weights of efficientnet_lite0): these tests measure detection
+    "backbone_name": "efficientnet_lite0",
+    "pretrained": True,
+    "embed_dim": 32,
+    "experiment_name": "test",
+    "heatmaps": 2,
+    "device": "cpu",
+}
+#: a tiny flow (and loop), for the models that have these options
+TINY_OPTIONS = {"num_coupling_layers": 4, "lora_rank": 4, "num_epochs": 6, "batch_size": 8, "lr": 1e-3}
 
-    for source in (version_overrides(version), settings, overrides):
-        for k, v in source.items():
-            cfg.set(k, v)
-    cfg.run.version = version
+
+def tiny_config(data: Path, runs: Path, **overrides) -> Config:
+    """A resolved config of a tiny run: `overrides` (settings and options by name) are checked like flags; the
+    tiny model sizes are then applied to the options the model has (unchecked: a preset's size, not a request)."""
+    model = overrides.pop("model", "moleflow")
+    version = overrides.pop("version", "v3" if model == "moleflow" else "")
+    explicit = {**TINY_SETTINGS, "data_path": str(data), "runs_dir": str(runs), "model": model, **overrides}
+    if version:
+        explicit["version"] = version
+    cfg = resolve_config(explicit)
+    known = option_fields(type(cfg.options))
+    tiny = {k: v for k, v in TINY_OPTIONS.items() if k in known and k not in overrides}
+    cfg.options = dataclasses.replace(cfg.options, **tiny)
     return cfg
 
 

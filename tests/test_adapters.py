@@ -45,7 +45,7 @@ def test_adapter_hidden_without_a_film_adapter_is_refused_when_given_not_when_pr
         with pytest.raises(MoleflowError, match="--adapter_hidden changes nothing unless --adapter is film"):
             train_config("--adapter", kind, "--adapter_hidden", "0")
         cfg = train_config("--version", "v8", "--adapter", kind)  # v8's preset width is simply not used
-        assert cfg.flow.adapter_hidden == 0 and cfg.flow.adapter == kind
+        assert cfg.options.adapter_hidden == 0 and cfg.options.adapter == kind
 
 
 def test_film_gate_stays_in_unit_interval_and_adapter_learns():

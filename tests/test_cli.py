@@ -319,9 +319,13 @@ def test_plugins_lists_the_builtins():
         assert any(r[:2] == [group, name] and r[-1] == "ok" for r in rows), (group, name)
 
 
-def test_model_opt_on_the_built_in_flow_is_an_error_not_ignored(tmp_path, capsys):
+def test_model_opt_is_a_spelling_of_the_models_own_flags_and_an_unknown_key_is_an_error(tmp_path, capsys):
     from moleflow.cli import main
+    from moleflow.testing import train_config
 
+    assert train_config("--model_opt", "lora_rank=3").options == train_config("--lora_rank", "3").options
     code = main(["train", "--data_path", str(tmp_path / "missing"), "--runs_dir", str(tmp_path / "runs"),
                  "--model_opt", "rank=3"])
-    assert code == 2 and "model 'moleflow' takes no --model_opt options" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --rank: not an option of model 'moleflow' (its options: ")
+    assert not (tmp_path / "runs").exists()

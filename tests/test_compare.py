@@ -236,7 +236,10 @@ def test_a_models_own_default_loss_is_not_a_setting_off_the_preset(tmp_path):
     other.write_json("config.json", {"run": {"version": "v9"}, "train": {"loss": ["bce=1.0"]},
                                      "flow": {"model": "discriminator"}})
     summary = compare_runs([tmp_path], markdown=True).split("**over seeds")[0]
-    assert "| model=discriminator |" in summary and "| loss=bce=1.0, model=discriminator |" in summary
+    # written when presets were not tied to a model: "v9" was the flow's preset, so the discriminator ran on
+    # its own options; read today, the runs have no version (filed under the model) and only --loss is off
+    rows = [line for line in summary.splitlines() if "| discriminator | ?/discriminator |" in line]
+    assert len(rows) == 2 and rows[0].endswith("| - |") and rows[1].endswith("| loss=bce=1.0 |")
 
 
 def test_wall_time_is_a_column_and_its_seed_mean_is_reported(tmp_path):

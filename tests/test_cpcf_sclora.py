@@ -9,6 +9,7 @@ import torch
 
 from helpers import train_steps
 from moleflow.config import resolve_config
+from moleflow.versions import version_overrides
 from moleflow.flow.options import MoLEFlowOptions
 from moleflow.errors import MoleflowError
 from moleflow.flow.cpcf import FixedContext, LearnedContext, NeighbourhoodAttention
@@ -276,8 +277,8 @@ def test_each_flag_changes_the_model_on_top_of_any_version(version, base, flag):
     feats = _feats(b=1)
     results = []
     for settings in (base, {**base, **flag}):
-        cfg, _ = resolve_config({"version": version, **settings})
-        model = _model(2, options=MoLEFlowOptions.from_settings(cfg.flow).applicable(), num_coupling_layers=2)
+        cfg = resolve_config({"version": version, **settings})
+        model = _model(2, options=cfg.options.applicable(cfg.model_context()), num_coupling_layers=2)
         _perturb([p for n, p in model.named_parameters() if "w_perm" not in n and "lora_A" not in n])
         scores = model.patch_scores(feats, 1)
         assert torch.isfinite(scores).all()
@@ -287,20 +288,19 @@ def test_each_flag_changes_the_model_on_top_of_any_version(version, base, flag):
 
 
 def test_versions_v4_and_v41_resolve():
-    v4, preset = resolve_config({"version": "v4"})
+    v4, (_, preset) = resolve_config({"version": "v4"}), version_overrides("v4")
     assert preset["use_cpcf"] is True and preset["use_spatial_lora"] is True
-    assert v4.flow.cpcf_fixed_context is False and v4.flow.adapter == "film"  # inherits v3
-    kw = MoLEFlowOptions.from_settings(v4.flow)
-    assert kw.use_cpcf and kw.use_spatial_lora and kw.sc_lora_grid_size == 4
+    assert v4.options.cpcf_fixed_context is False and v4.options.adapter == "film"  # inherits v3
+    kw = v4.options
+    assert isinstance(kw, MoLEFlowOptions) and kw.use_cpcf and kw.use_spatial_lora and kw.sc_lora_grid_size == 4
     assert kw.cpcf_context_kernel == 3 and not kw.cpcf_use_attention
-    v41, preset41 = resolve_config({"version": "v4.1"})
-    assert preset41["cpcf_fixed_context"] is True and v41.flow.use_cpcf and v41.flow.use_spatial_lora
-    v41_options = MoLEFlowOptions.from_settings(v41.flow)
-    assert v41_options.cpcf_fixed_context and v41_options.cpcf_context_gate == 0.3
-    off, _ = resolve_config({"version": "v4.1", "use_spatial_lora": False})  # explicit flags win
-    assert off.flow.use_spatial_lora is False and off.flow.cpcf_fixed_context is True
-    v3, _ = resolve_config({"version": "v3"})
-    assert not v3.flow.use_cpcf and not v3.flow.use_spatial_lora
+    v41, (_, preset41) = resolve_config({"version": "v4.1"}), version_overrides("v4.1")
+    assert preset41["cpcf_fixed_context"] is True and v41.options.use_cpcf and v41.options.use_spatial_lora
+    assert v41.options.cpcf_fixed_context and v41.options.cpcf_context_gate == 0.3
+    off = resolve_config({"version": "v4.1", "use_spatial_lora": False})  # explicit flags win
+    assert off.options.use_spatial_lora is False and off.options.cpcf_fixed_context is True
+    v3 = resolve_config({"version": "v3"})
+    assert not v3.options.use_cpcf and not v3.options.use_spatial_lora
 
 
 def test_bad_settings_are_actionable_errors():

@@ -7,9 +7,9 @@ from __future__ import annotations
 import torch
 from sklearn.metrics import roc_auc_score
 
-from moleflow.continual.fit import FitSettings, fit_task
+from moleflow.contract import FitContext
 from moleflow.flow.model import MoLEFlow
-from moleflow.losses.compose import CompositeLoss
+from moleflow.flow.options import MoLEFlowOptions
 
 D, H, W = 16, 4, 4
 
@@ -35,12 +35,14 @@ def test_flow_scores_off_manifold_patches_higher():
             bad[i, r, c] += 1.0 * basis[8 + torch.randint(0, 8, (1,), generator=gen).item()]
             labels[i, r, c] = 1
     torch.manual_seed(0)
-    model = MoLEFlow(D, (H, W), num_coupling_layers=4, adapter="none", task0_lora=False)
+    # the loop and the loss are the flow's own options: 60 epochs of the plain NLL
+    options = MoLEFlowOptions(num_epochs=60, batch_size=16, lr=2e-3, weight_decay=0.0, grad_clip=1.0, loss=["nll=1"])
+    model = MoLEFlow(D, (H, W), options, num_coupling_layers=4, adapter="none", task0_lora=False)
     model.begin_task(0)
     model.observe_training_features(0, train)
-    settings = FitSettings(num_epochs=60, batch_size=16, lr=2e-3, weight_decay=0.0, grad_clip=1.0, seed=0,
-                           device=torch.device("cpu"), progress=False)
-    fit = fit_task(model, 0, train, model.trainable_parameters(0), CompositeLoss(["nll=1"]), settings, label="t")
+    context = FitContext(seed=0, device=torch.device("cpu"), label="t", progress=False)
+    fit = model.fit_task(0, train, model.trainable_parameters(0), context)
+    assert len(fit.epoch_losses) == 60
     assert fit.epoch_losses[-1] < fit.epoch_losses[0] - 0.5  # it learned the density
     model.end_task(0)
     scores = model.patch_scores(bad, 0)

@@ -11,9 +11,8 @@ from helpers import run_per_task_model, tiny_config
 
 from moleflow import registry
 from moleflow.baselines.discriminator import DiscriminatorOptions, PatchDiscriminator
-from moleflow.continual.fit import FitSettings
+from moleflow.contract import FitContext, ModelContext
 from moleflow.errors import MoleflowError
-from moleflow.losses.compose import CompositeLoss
 from moleflow.rng import seeded_rng
 from moleflow.testing import model_opt_error, train_config
 
@@ -21,18 +20,17 @@ CATALOGUE = ["bce=1.0", "iou=1.0", "orthogonality=0.01", "selector_entropy=0.1",
              "distinctness=0.1"]
 
 
-def _settings(**changes) -> FitSettings:
-    base = dict(num_epochs=3, batch_size=4, lr=1e-2, weight_decay=0.0, grad_clip=1.0, seed=0,
-                device=torch.device("cpu"), progress=False)
-    return FitSettings(**{**base, **changes})
+#: the loop of a direct fit: the model's own options (epochs, batch, lr, ...), the seed from the FitContext
+LOOP = dict(num_epochs=3, batch_size=4, lr=1e-2, weight_decay=0.0, grad_clip=1.0)
 
 
 def _trained(feats: torch.Tensor, terms: list[str], **options) -> PatchDiscriminator:
-    model = PatchDiscriminator(feats.shape[-1], DiscriminatorOptions(**options))
+    model = PatchDiscriminator(feats.shape[-1], DiscriminatorOptions(**{**LOOP, "loss": terms, **options}))
     with seeded_rng(0):
         model.begin_task(0)
-    model.fit_task(0, feats, model.trainable_parameters(0), CompositeLoss(terms, "discriminator"), _settings(),
-                   label="task 0")
+    fit = model.fit_task(0, feats, model.trainable_parameters(0),
+                         FitContext(seed=0, device=torch.device("cpu"), label="task 0", progress=False))
+    assert len(fit.epoch_losses) == LOOP["num_epochs"] and fit.steps == LOOP["num_epochs"] * 2  # 8 images / 4
     model.end_task(0)
     return model
 
@@ -40,9 +38,9 @@ def _trained(feats: torch.Tensor, terms: list[str], **options) -> PatchDiscrimin
 def test_registered_with_its_default_loss_used_only_when_loss_is_not_given():
     component = next(c for c in registry.components("models") if c.name == "discriminator")
     assert component.distribution == "moleflow"
-    assert train_config("--data_path", "x", "--model", "discriminator").train.loss == ["bce=1.0", "iou=1.0"]
-    assert train_config("--data_path", "x", "--model", "discriminator", "--loss", "bce=2").train.loss == ["bce=2"]
-    assert train_config("--data_path", "x").train.loss == ["nll=1.0"]  # the flow keeps moleflow's default
+    assert train_config("--data_path", "x", "--model", "discriminator").options.loss == ["bce=1.0", "iou=1.0"]
+    assert train_config("--data_path", "x", "--model", "discriminator", "--loss", "bce=2").options.loss == ["bce=2"]
+    assert train_config("--data_path", "x").options.loss == ["nll=1.0"]  # the flow keeps moleflow's default
 
 
 @pytest.mark.parametrize("dropped", CATALOGUE)
@@ -69,18 +67,33 @@ def test_synthetic_regions_are_seeded_rectangles_on_the_requested_share_of_image
         assert m.sum() == len(rows) * len(cols) <= 16
 
 
-def test_gate_losses_refused_with_one_expert_and_bad_options_before_any_image(tmp_path):
-    cfg = train_config("--data_path", "x", "--model", "discriminator", "--model_opt", "experts=1",
-                       "--loss", "bce=1", "distinctness=0.1")
-    with pytest.raises(MoleflowError, match="distinctness.*one expert"):
-        PatchDiscriminator.validate_config(cfg, img_size=(64, 64))
-    cfg = train_config("--data_path", "x", "--model", "discriminator", "--model_opt", "experts=1", "temperature=0.5")
-    with pytest.raises(MoleflowError, match="temperature changes nothing"):
-        PatchDiscriminator.validate_config(cfg, img_size=(64, 64))
-    PatchDiscriminator.validate_config(train_config("--data_path", "x", "--model", "discriminator", "--model_opt",
-                                                    "experts=2", "temperature=0.5"), img_size=(64, 64))
-    assert "noise" in model_opt_error("discriminator", "noise=-1", tmp_path)
-    assert "unknown option" in model_opt_error("discriminator", "width=3", tmp_path / "b")
+def test_gate_losses_refused_with_one_expert_and_bad_options_before_any_image(tmp_path, capsys):
+    from moleflow.cli import main
+
+    # the options' own check (validate) and its rules run when the command line is resolved
+    with pytest.raises(MoleflowError, match=r"--loss distinctness: with one expert \(--experts 1\)"):
+        train_config("--data_path", "x", "--model", "discriminator", "--model_opt", "experts=1",
+                     "--loss", "bce=1", "distinctness=0.1")
+    with pytest.raises(MoleflowError, match=r"--loss distinctness: with one expert"):
+        DiscriminatorOptions(experts=1, loss=["bce=1", "distinctness=0.1"]).validate(ModelContext())
+    DiscriminatorOptions(experts=2, loss=["bce=1", "distinctness=0.1"]).validate(ModelContext())
+    with pytest.raises(MoleflowError, match=r"--temperature changes nothing unless --experts >= 2"):
+        train_config("--data_path", "x", "--model", "discriminator", "--model_opt", "experts=1", "temperature=0.5")
+    with pytest.raises(MoleflowError, match=r"--temperature changes nothing unless --experts >= 2"):
+        train_config("--data_path", "x", "--model", "discriminator", "--experts", "1", "--temperature", "0.5")
+    cfg = train_config("--data_path", "x", "--model", "discriminator", "--model_opt", "experts=2", "temperature=0.5")
+    assert (cfg.options.experts, cfg.options.temperature) == (2, 0.5)
+    assert model_opt_error("discriminator", "noise=-1", tmp_path).startswith("error: --noise -1.0: must be > 0")
+    assert "--experts 0: must be >= 1" in model_opt_error("discriminator", "experts=0", tmp_path / "a")
+    assert "--width: not an option of model 'discriminator' (its options: " in model_opt_error(
+        "discriminator", "width=3", tmp_path / "b")
+    # the same unknown option as a flag: one error line, before any image is read
+    missing = tmp_path / "c" / "no-data"
+    code = main(["train", "--data_path", str(missing), "--runs_dir", str(tmp_path / "c" / "runs"), "--model",
+                 "discriminator", "--no_pretrained", "--quiet", "--width", "3"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--width: not a setting, nor an option of model 'discriminator'" in err, err
+    assert "no-data" not in err and not (tmp_path / "c" / "runs").exists()
 
 
 def test_through_the_trainer_detects_with_zero_forgetting_and_checkpoints(tiny_bench, tiny_tasks, tmp_path):

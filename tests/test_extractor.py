@@ -265,7 +265,7 @@ def count_backbone_images(extractor: TimmExtractor, monkeypatch) -> list[int]:
 def test_extract_features_matches_direct_calls(resnet, tmp_path, monkeypatch):
     data = TinyImages(tmp_path, n=5)
     seen = count_backbone_images(resnet, monkeypatch)
-    fs = extract_features(resnet, data, batch_size=2, progress=False)
+    fs = extract_features(resnet, data, images_per_pass=2, progress=False)
     assert sum(seen) == 5  # each image once
     assert fs.patch.shape == (5, 8, 8, 384) and fs.pooled.shape == (5, 384)
     assert fs.labels.dtype == torch.long and fs.labels.tolist() == [0, 1, 0, 1, 0]
@@ -286,12 +286,12 @@ def test_disk_cache_skips_backbone_and_invalidates_changed_files(resnet, tmp_pat
     data = TinyImages(tmp_path / "data", n=5)
     cache = tmp_path / "cache"
     seen = count_backbone_images(resnet, monkeypatch)
-    first = extract_features(resnet, data, batch_size=2, cache_dir=str(cache), progress=False)
+    first = extract_features(resnet, data, images_per_pass=2, cache_dir=str(cache), progress=False)
     assert sum(seen) == 5
     assert len(list(cache.rglob("*.safetensors"))) == 5 and not list(cache.rglob(".tmp-*"))
 
     seen.clear()
-    second = extract_features(resnet, data, batch_size=2, cache_dir=str(cache), progress=False)
+    second = extract_features(resnet, data, images_per_pass=2, cache_dir=str(cache), progress=False)
     assert seen == []  # all hits: the backbone never ran
     for name in ("patch", "pooled", "labels", "masks"):
         assert torch.equal(getattr(first, name), getattr(second, name))
@@ -299,12 +299,12 @@ def test_disk_cache_skips_backbone_and_invalidates_changed_files(resnet, tmp_pat
     stat = os.stat(data.paths[2])
     os.utime(data.paths[2], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # "edited" file
     seen.clear()
-    third = extract_features(resnet, data, batch_size=2, cache_dir=str(cache), progress=False)
+    third = extract_features(resnet, data, images_per_pass=2, cache_dir=str(cache), progress=False)
     assert seen == [1]  # only the changed image is recomputed
     assert torch.equal(third.patch, first.patch)
 
     other = TimmExtractor("resnet18", (64, 64), pretrained=False, init_seed=1)  # other weights: other keys
-    fresh = extract_features(other, data, batch_size=5, cache_dir=str(cache), progress=False)
+    fresh = extract_features(other, data, images_per_pass=5, cache_dir=str(cache), progress=False)
     assert not torch.allclose(fresh.patch, first.patch)
 
 

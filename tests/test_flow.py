@@ -194,7 +194,7 @@ def test_v1_task0_trains_only_the_base_and_plain_flow_keeps_base_trainable():
     assert [id(p) for p in v1.trainable_parameters(0)] == [id(p) for p in v1.base_parameters()]
     assert v1.param_counts()["per_task"][0] == 0
 
-    plain = _model(1, experts=False, adapter="none")
+    plain = _model(1, experts=False)  # a plain flow: no expert, no adapter
     assert not any("lora_" in n for n, _ in plain.named_parameters())
     plain.end_task(0)
     plain.begin_task(1)

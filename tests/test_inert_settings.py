@@ -1,4 +1,5 @@
-"""No flag that silently does nothing (moleflow/inert_settings.py): the inverse of test_flags.py.
+"""No flag that silently does nothing (moleflow/inert_settings.py for the engine's settings, each options class's
+`rules` for a model's options): the inverse of test_flags.py.
 
 Every combination the architecture review listed is refused, with one line naming the flag and what would
 make it count, before any image is read; the same flag is accepted where it is read; a --config file that
@@ -7,7 +8,6 @@ repeats the preset's values (a run's saved config) stays loadable."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import json
 
@@ -15,9 +15,11 @@ import pytest
 
 from moleflow import registry
 from moleflow.cli import main
-from moleflow.config import FIELD_SPECS
+from moleflow.baselines.discriminator import DiscriminatorOptions
 from moleflow.errors import MoleflowError
-from moleflow.inert_settings import MODEL_SETTINGS, RULES, settings_read_by
+from moleflow.flow.options import MoLEFlowOptions
+from moleflow.inert_settings import RULES
+from moleflow.options import default_of, option_fields
 from moleflow.testing import train_config
 
 VIT = "vit_tiny_patch16_224"
@@ -53,16 +55,20 @@ REFUSED = {
     "adapter_hidden without film": (["--adapter", "instancenorm", "--adapter_hidden", "8"], "--adapter_hidden changes nothing unless --adapter is film"),
     "position_std without baseline": (["--no_position_baseline", "--position_std"], "--position_std changes nothing unless --position_baseline"),
     "token_stride with sc-lora": (["--use_spatial_lora", "--token_stride", "2"],
-                                  "--token_stride 2 cannot apply with --use_spatial_lora"),
+                                  "--token_stride changes nothing unless --use_spatial_lora is off"),
     "cpcf dilation without cpcf": (["--no_use_cpcf", "--cpcf_context_dilation", "2"], "--cpcf_context_dilation changes nothing unless --use_cpcf"),
     "replay memory under finetune": (["--strategy", "finetune", "--replay_per_task", "5"],
                                      "--replay_per_task changes nothing unless --strategy reads it (replay)"),
     "replay with an expert flag": (["--strategy", "replay", "--lora_rank", "4"],
                                    "--lora_rank changes nothing unless --strategy keeps experts"),
-    "knn with epochs": (["--model", "knn", "--num_epochs", "3"], "--num_epochs 3: model 'knn' does not use it"),
-    "knn with lr": (["--model", "knn", "--lr", "0.001"], "--lr 0.001: model 'knn' does not use it"),
-    "knn with loss": (["--model", "knn", "--loss", "nll=1"], "--loss nll=1: model 'knn' does not use it"),
-    "knn with a flow flag": (["--model", "knn", "--num_coupling_layers", "4"], "--num_coupling_layers 4: model 'knn' does not use it"),
+    "knn with epochs": (["--model", "knn", "--num_epochs", "3"], "--num_epochs: not a setting, nor an option of model 'knn'"),
+    "knn with lr": (["--model", "knn", "--lr", "0.001"], "--lr: not a setting, nor an option of model 'knn'"),
+    "knn with loss": (["--model", "knn", "--loss", "nll=1"], "--loss: not a setting, nor an option of model 'knn'"),
+    "knn with a flow flag": (["--model", "knn", "--num_coupling_layers", "4"], "--num_coupling_layers: not a setting, nor an option of model 'knn'"),
+    "knn with a flow option as --model_opt": (["--model", "knn", "--model_opt", "lora_rank=4"],
+                                              "--lora_rank: not an option of model 'knn' (its options: k, memory, chunk)"),
+    "discriminator temperature with one expert": (["--model", "discriminator", "--experts", "1", "--temperature", "0.2"],
+                                                  "--temperature changes nothing unless --experts >= 2"),
     "report tiles without a report": (["--no_report", "--report_max_per_class", "3"],
                                       "--report_max_per_class changes nothing unless --report is on"),
 }
@@ -101,16 +107,16 @@ def test_the_same_flags_are_accepted_where_they_are_read(case):
 
 
 def test_every_rule_has_a_refused_case():
-    """A rule added to the table without a test of it fails here."""
+    """A rule added to the engine's table or to a built-in model's options class without a test of it fails here."""
     tested = {flags[i].lstrip("-") for flags, _ in REFUSED.values() for i in range(len(flags))}
-    for rule in RULES:
-        assert any(name in tested for name in rule.settings), rule.settings
+    for rule in RULES + MoLEFlowOptions.rules + DiscriminatorOptions.rules:
+        assert any(name in tested for name in rule.options), rule.options
 
 
-def _other_value(name: str) -> list[str]:
-    """Command-line words that set `name` to something other than its default."""
-    _, f = FIELD_SPECS[name]
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+def _other_value(name: str, options_class: type = MoLEFlowOptions) -> list[str]:
+    """Command-line words that set option `name` to something other than its default."""
+    f = option_fields(options_class)[name]
+    default = default_of(f)
     if isinstance(default, bool):
         return [f"--no_{name}" if default else f"--{name}"]
     if "choices" in f.metadata:
@@ -124,41 +130,49 @@ def _other_value(name: str) -> list[str]:
     return [f"--{name}", str(default + 2)]
 
 
-@pytest.mark.parametrize("name", MODEL_SETTINGS)
-def test_every_flow_and_loop_setting_is_refused_for_knn(name):
-    with pytest.raises(MoleflowError, match="model 'knn' does not use it"):
-        train_config("--model", "knn", *_other_value(name))
+@pytest.mark.parametrize("name", list(option_fields(MoLEFlowOptions)))
+def test_every_flow_and_loop_option_is_refused_for_knn(name):
+    words = _other_value(name)
+    with pytest.raises(MoleflowError, match=f"{words[0]}: not a setting, nor an option of model 'knn'"):
+        train_config("--model", "knn", *words)
+    with pytest.raises(MoleflowError, match=f"--{name}: not an option of model 'knn'"):
+        train_config("--model", "knn", "--model_opt", f"{name}=1")
 
 
 @pytest.mark.parametrize("model, refused, accepted", [
     ("students", "lr", "num_epochs"), ("firm", "batch_size", "lr"), ("ae", "weight_decay", "lr"),
     ("pixel_gauss", "num_epochs", None),
 ])
-def test_plugin_models_refuse_the_loop_settings_they_do_not_read(model, refused, accepted):
+def test_plugin_models_have_exactly_the_loop_options_they_read(model, refused, accepted):
     if model not in registry.names("models"):
         pytest.skip(f"plugin model '{model}' is not installed")
-    reads = settings_read_by(registry.get("models", model))
-    assert reads is not None and refused not in reads and (accepted is None or accepted in reads)
-    with pytest.raises(MoleflowError, match=f"--{refused} .*: model '{model}' does not use it"):
+    options = option_fields(registry.get("models", model).options_class)
+    assert refused not in options and (accepted is None or accepted in options)
+    with pytest.raises(MoleflowError, match=f"--{refused}: not a setting, nor an option of model '{model}'"):
         train_config("--model", model, *_other_value(refused))
     if accepted is not None:
         train_config("--model", model, *_other_value(accepted))
     # the flow's options never reach a plugin model
-    with pytest.raises(MoleflowError, match=f"model '{model}' does not use it"):
+    with pytest.raises(MoleflowError, match=f"--lora_rank: not a setting, nor an option of model '{model}'"):
         train_config("--model", model, "--lora_rank", "2")
 
 
 def test_config_file_values_equal_to_the_preset_stay_loadable(tmp_path):
     """A run's saved config lists every setting; only values off the preset count as requests."""
-    saved = train_config("--model", "knn").to_dict()  # what a knn run writes as its config.json
-    assert saved["train"]["token_stride"] == 2  # v9's preset value, not read by knn
+    saved = train_config("--version", "v10", "--no_use_spatial_lora").to_dict()  # what a run writes as config.json
+    assert saved["model"]["options"]["token_stride"] == 2 and saved["model"]["options"]["sc_lora_grid_size"] == 4
     path = tmp_path / "config.json"
     path.write_text(json.dumps(saved))
-    cfg = train_config("--config", str(path))
-    assert cfg.flow.model == "knn"
-    saved["train"]["num_epochs"] = 3
+    cfg = train_config("--config", str(path))  # sc_lora_grid_size without SC-LoRA: the default, not a request
+    assert cfg.model == "moleflow" and cfg.options.token_stride == 2
+    saved["model"]["options"]["sc_lora_grid_size"] = 3
     path.write_text(json.dumps(saved))
-    with pytest.raises(MoleflowError, match="--num_epochs 3: model 'knn' does not use it"):
+    with pytest.raises(MoleflowError, match="--sc_lora_grid_size changes nothing unless --use_spatial_lora"):
+        train_config("--config", str(path))
+    knn = train_config("--model", "knn").to_dict()
+    knn["model"]["options"]["num_epochs"] = 3
+    path.write_text(json.dumps(knn))
+    with pytest.raises(MoleflowError, match="--num_epochs: not an option of model 'knn'"):
         train_config("--config", str(path))
 
 
@@ -169,6 +183,6 @@ def test_refusal_is_one_line_exit_2_before_any_image_and_no_run_folder(tmp_path)
         code = main(["train", "--data_path", str(tmp_path / "no-data"), "--runs_dir", str(runs),
                      "--model", "knn", "--lr", "0.01"])
     lines = [line for line in err.getvalue().splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and "--lr 0.01: model 'knn' does not use it" in lines[0]
+    assert code == 2 and len(lines) == 1 and "--lr: not a setting, nor an option of model 'knn'" in lines[0]
     assert "Traceback" not in err.getvalue() and "data path" not in lines[0]  # refused before the data is looked at
     assert not runs.exists()

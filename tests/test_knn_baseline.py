@@ -3,23 +3,22 @@ same task loop with zero forgetting and checkpoints, and bad options fail before
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 from helpers import run_per_task_model, tiny_config
 
 from moleflow import registry
 from moleflow.baselines.knn import KNNOptions, PatchKNN
+from moleflow.contract import FitContext
 from moleflow.errors import MoleflowError
 
-SETTINGS = SimpleNamespace(seed=0, device=torch.device("cpu"))
+CONTEXT = FitContext(seed=0, device=torch.device("cpu"), label="task 0", progress=False)
 
 
 def _fitted(train: torch.Tensor, **options) -> PatchKNN:
     model = PatchKNN(train.shape[-1], KNNOptions(**options))
     model.begin_task(0)
-    model.fit_task(0, train, [], None, SETTINGS, label="task 0")
+    model.fit_task(0, train, [], CONTEXT)
     return model
 
 
@@ -71,10 +70,11 @@ def test_finetune_replaces_the_one_memory_and_resumes_from_the_whole_state(tiny_
 
 
 @pytest.mark.parametrize("option, message", [
-    ("k=0", "k and chunk must be >= 1"),
-    ("memory=-5", "memory >= 0"),
-    ("k=2.5", "expected a whole number"),
-    ("radius=3", "not an option of model 'knn'"),
+    ("k=0", "--k 0: must be >= 1"),
+    ("memory=-5", "--memory -5: must be >= 0"),
+    ("chunk=0", "--chunk 0: must be >= 1"),
+    ("k=2.5", "--k: cannot use 2.5 (expected int"),
+    ("radius=3", "--radius: not an option of model 'knn' (its options: k, memory, chunk)"),
 ])
 def test_bad_options_fail_before_any_image_is_read(option, message, tmp_path):
     from moleflow.testing import model_opt_error
@@ -83,5 +83,5 @@ def test_bad_options_fail_before_any_image_is_read(option, message, tmp_path):
 
 
 def test_more_neighbours_than_training_patches_is_a_clear_error():
-    with pytest.raises(MoleflowError, match="k=40 but task 0 has only 32 training patches"):
+    with pytest.raises(MoleflowError, match="--k 40 but task 0 has only 32 training patches"):
         _fitted(torch.randn(2, 4, 4, 3), k=40)

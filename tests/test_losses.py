@@ -11,10 +11,14 @@ import torch
 from helpers import tiny_config
 from moleflow.config import Config, resolve_config
 from moleflow.errors import MoleflowError
+from moleflow.flow.options import MoLEFlowOptions
 from moleflow.losses.center import CenterLoss
-from moleflow.losses.compose import CompositeLoss, loss_terms
+from moleflow.losses.compose import CompositeLoss
 from moleflow.losses.focal_nll import FocalNLLLoss
 from moleflow.losses.nll import NLLLoss
+from moleflow.options import build_options
+from moleflow.testing import train_config
+from moleflow.versions import version_overrides
 
 
 def _outputs_with_nll(values: list[float], dim: int = 4) -> dict[str, torch.Tensor]:
@@ -83,8 +87,8 @@ def test_center_weight_zero_is_the_plain_nll_bitwise():
     out = _random_outputs()
     total, parts = CompositeLoss(["nll=1.0", "center=0"])(out)
     assert torch.equal(total, NLLLoss()(out)) and parts["center"] > 0
-    cfg = Config()  # center_loss_weight defaults to 0: the switch adds nothing
-    assert loss_terms(cfg) == (["nll=1.0"], {})
+    options = MoLEFlowOptions()  # center_loss_weight defaults to 0: the switch adds nothing
+    assert options.center_loss_weight == 0.0 and options.loss_terms() == (["nll=1.0"], {})
 
 
 def test_zero_weight_term_cannot_poison_the_total():
@@ -101,22 +105,23 @@ def test_zero_weight_term_cannot_poison_the_total():
 
 
 def test_versions_resolve_to_their_settings():
-    v5, preset5 = resolve_config({"version": "v5"})
-    v7, preset7 = resolve_config({"version": "v7"})
-    v3, _ = resolve_config({"version": "v3"})
-    assert (v5.train.center_loss_weight, v5.train.focal_gamma) == (0.05, 0.0)
-    assert (v7.train.center_loss_weight, v7.train.focal_gamma) == (0.0, 2.0)
-    assert (v3.train.center_loss_weight, v3.train.focal_gamma) == (0.0, 0.0)
+    v5, v7, v3 = (resolve_config({"version": v}) for v in ("v5", "v7", "v3"))
+    _, preset5 = version_overrides("v5")
+    assert (v5.options.center_loss_weight, v5.options.focal_gamma) == (0.05, 0.0)
+    assert (v7.options.center_loss_weight, v7.options.focal_gamma) == (0.0, 2.0)
+    assert (v3.options.center_loss_weight, v3.options.focal_gamma) == (0.0, 0.0)
     # the parent chain still applies (v3's FiLM adapter), and explicit flags win over the preset
-    assert v5.flow.adapter == v7.flow.adapter == "film" and preset5["task0_mix"] == 0.1
-    assert resolve_config({"version": "v7", "focal_gamma": 0.5})[0].train.focal_gamma == 0.5
+    assert v5.options.adapter == v7.options.adapter == "film" and preset5["task0_mix"] == 0.1
+    assert resolve_config({"version": "v7", "focal_gamma": 0.5}).options.focal_gamma == 0.5
 
 
 def _composite(cfg: Config, tiny_bench, tiny_tasks) -> CompositeLoss:
+    """The loss the trainer's model trains with: the flow builds it from its own options (flow/fit.py)."""
     from moleflow.continual.trainer import ContinualRun
 
     tasks, extractor = tiny_tasks
-    return ContinualRun(cfg, tasks, extractor.dim, extractor.grid, torch.device("cpu"), progress=False).new_loss()
+    model = ContinualRun(cfg, tasks, extractor.dim, extractor.grid, torch.device("cpu"), progress=False).model
+    return model.options.make_loss("moleflow")
 
 
 def test_trainer_builds_the_version_losses(tiny_bench, tiny_tasks, tmp_path):
@@ -129,10 +134,8 @@ def test_trainer_builds_the_version_losses(tiny_bench, tiny_tasks, tmp_path):
 
 
 def test_switches_keep_other_terms_and_weights():
-    cfg = Config()
-    cfg.set("loss", ["nll=0.5", "center=0.2"])
-    cfg.set("focal_gamma", 1.5)
-    assert loss_terms(cfg) == (["focal_nll=0.5", "center=0.2"], {"focal_nll": {"gamma": 1.5}})
+    options = MoLEFlowOptions(loss=["nll=0.5", "center=0.2"], focal_gamma=1.5)
+    assert options.loss_terms() == (["focal_nll=0.5", "center=0.2"], {"focal_nll": {"gamma": 1.5}})
 
 
 @pytest.mark.parametrize(
@@ -145,27 +148,25 @@ def test_switches_keep_other_terms_and_weights():
     ],
 )
 def test_conflicting_switches_are_clear_errors(settings, message):
-    cfg = Config()
-    for k, v in settings.items():
-        cfg.set(k, v)
     with pytest.raises(MoleflowError, match=message):
-        loss_terms(cfg)
+        build_options(MoLEFlowOptions, settings, "model 'moleflow'").loss_terms()
+    # and the command line refuses them when it is resolved, before any image is read
+    argv = [part for name, value in settings.items()
+            for part in (f"--{name}", *(value if isinstance(value, list) else [str(value)]))]
+    with pytest.raises(MoleflowError, match=message):
+        train_config("--version", "v3", *argv)
 
 
 def test_flags_change_the_loss_of_a_real_forward():
     from moleflow.flow.model import MoLEFlow
 
     torch.manual_seed(0)
-    model = MoLEFlow(dim=8, grid=(2, 2), num_coupling_layers=2)
+    model = MoLEFlow(8, (2, 2), num_coupling_layers=2)
     model.begin_task(0)
     out = model(torch.randn(3, 2, 2, 8), 0)
     values = {}
     for name, overrides in {"plain": {}, "center": {"center_loss_weight": 0.05}, "focal": {"focal_gamma": 2.0}}.items():
-        cfg = Config()
-        for k, v in overrides.items():
-            cfg.set(k, v)
-        terms, options = loss_terms(cfg)
-        values[name] = CompositeLoss(terms, options=options)(out)[0]
+        values[name] = MoLEFlowOptions(**overrides).make_loss("moleflow")(out)[0]
     assert torch.equal(values["plain"], NLLLoss()(out))
     center = CenterLoss()(out)
     assert center.item() > 0 and torch.allclose(values["center"], values["plain"] + 0.05 * center)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from moleflow.errors import MoleflowError
 from moleflow.evaluation.maps import anomaly_maps, image_scores
-from moleflow.evaluation.visualize import encode_png, overlay_png, overlay_rgb
+from moleflow.evaluation.visualize import class_scales, encode_png, heat_overlay, overlay_png, overlay_rgb
 
 # ----------------------------------------------------------------------------------------- anomaly maps
 
@@ -154,6 +154,18 @@ def test_overlay_draws_mask_outline_and_score_text():
     assert np.array_equal(out[16:], other_score[16:])
     no_mask = _decode(overlay_png(image, amap, None, 0.5, vmin=0.0, vmax=1.0, title="crack_000"))
     assert not (no_mask == [0, 255, 0]).all(axis=2).any()
+
+
+def test_one_scale_per_class_centred_on_the_threshold_and_the_map_drawn_at_the_images_size():
+    maps = np.linspace(0.0, 10.0, 2 * 8 * 8, dtype=np.float32).reshape(2, 8, 8)
+    scale, extras = class_scales(maps, {"uncertainty": maps * 2}, threshold=4.0)
+    low = float(np.percentile(maps, 1))
+    assert scale == (low, 8.0 - low, "jet")  # T in the middle of the colour map
+    assert class_scales(maps, {}, math.nan)[0] == (low, float(np.percentile(maps, 99.5)), "jet")
+    assert extras["uncertainty"].cmap == "viridis"
+    image = np.zeros((32, 48, 3), np.uint8)
+    out = heat_overlay(image, np.array([[0.0, 0.0], [8.0, 8.0]]), None, *scale)  # 2x2 map: upsampled bilinearly
+    assert out.shape == (32, 48, 3) and out[-1, -1, 0] > out[-1, -1, 2] and out[0, 0, 2] > out[0, 0, 0]
 
 
 def test_png_encoder_round_trips_odd_sizes():

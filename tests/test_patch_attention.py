@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from helpers import train_steps
 from moleflow.config import resolve_config
+from moleflow.versions import version_overrides
 from moleflow.flow.options import MoLEFlowOptions
 from moleflow.errors import MoleflowError
 from moleflow.flow.model import MoLEFlow
@@ -134,7 +135,7 @@ def test_attention_frozen_after_task0_and_bitwise_unchanged_by_later_tasks(all_p
 
 
 def test_plain_flow_keeps_attention_trainable_in_every_task():
-    model = _model(1, experts=False, adapter="none")
+    model = _model(1, experts=False, adapter="film")  # V3's adapter is the default: no adapter is built anyway
     model.end_task(0)
     model.begin_task(1)
     attn_ids = {id(p) for p in model.patch_attention.parameters()}
@@ -196,14 +197,13 @@ def test_param_counts_include_attention_in_shared():
 
 
 def test_version_v6_enables_patch_attention():
-    cfg, preset = resolve_config({"version": "v6"})
-    assert cfg.flow.use_patch_attention is True and preset["use_patch_attention"] is True
-    assert cfg.flow.adapter == "film" and cfg.flow.task0_mix == 0.1  # inherits v3
-    assert MoLEFlowOptions.from_settings(cfg.flow).use_patch_attention is True
-    v3, _ = resolve_config({"version": "v3"})
-    assert v3.flow.use_patch_attention is False
-    off, _ = resolve_config({"version": "v6", "use_patch_attention": False})  # explicit flags win
-    assert off.flow.use_patch_attention is False
+    cfg = resolve_config({"version": "v6"})
+    assert cfg.options.use_patch_attention is True and version_overrides("v6")[1]["use_patch_attention"] is True
+    assert cfg.options.adapter == "film" and cfg.options.task0_mix == 0.1  # inherits v3
+    assert isinstance(cfg.options, MoLEFlowOptions)
+    assert resolve_config({"version": "v3"}).options.use_patch_attention is False
+    off = resolve_config({"version": "v6", "use_patch_attention": False})  # explicit flags win
+    assert off.options.use_patch_attention is False
 
 
 def test_flow_part_stays_invertible_with_attention_open():

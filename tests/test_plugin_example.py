@@ -46,9 +46,13 @@ def test_plugin_loss_combines_with_builtins():
 
 
 def test_plugin_version_preset_chains_onto_builtins():
-    cfg, _ = resolve_config({"version": "v3-small"})
-    assert cfg.flow.lora_rank == 4 and cfg.flow.num_coupling_layers == 4
-    assert cfg.flow.adapter == "film"  # inherited from v3 -> v2 -> v1
+    preset = registry.get("versions", "v3-small")
+    assert preset.model == "moleflow" and not preset.default  # a preset of the flow, never picked by itself
+    cfg = resolve_config({"version": "v3-small"})
+    assert cfg.model == "moleflow" and cfg.run.version == "v3-small"
+    assert cfg.options.lora_rank == 4 and cfg.options.num_coupling_layers == 4
+    assert cfg.options.adapter == "film"  # inherited from v3 -> v2 -> v1
+    assert resolve_config({"version": "v3-small", "lora_rank": 2}).options.lora_rank == 2  # flags win
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +107,26 @@ def test_an_image_model_run_decodes_each_image_once(bench, tmp_path, monkeypatch
     assert len(list((run.path / "heatmaps").rglob("*.png"))) == 3 * 15
 
 
+def test_plugin_model_options_are_flags_checked_before_any_image_is_read(tmp_path):
+    from moleflow_example import PixelGaussian, PixelGaussianOptions
+
+    from moleflow.errors import MoleflowError
+    from moleflow.testing import model_opt_error, train_config
+
+    assert registry.get("models", "pixel_gauss").options_class is PixelGaussianOptions
+    by_flag = train_config("--data_path", str(tmp_path), "--model", "pixel_gauss", "--eps", "0.5")
+    assert by_flag.options == PixelGaussianOptions(eps=0.5)
+    assert train_config("--data_path", str(tmp_path), "--model", "pixel_gauss", "--model_opt",
+                        "eps=0.5").options == by_flag.options
+    assert train_config("--data_path", str(tmp_path), "--model", "pixel_gauss").options == PixelGaussianOptions()
+    assert "--eps 0.0: must be > 0" in model_opt_error("pixel_gauss", "eps=0", tmp_path)
+    assert "--lr: not an option of model 'pixel_gauss'" in model_opt_error("pixel_gauss", "lr=0.1", tmp_path)
+    # a closed-form fit reads no loop option: they are not its flags
+    with pytest.raises(MoleflowError, match="--num_epochs: not a setting, nor an option of model 'pixel_gauss'"):
+        train_config("--data_path", str(tmp_path), "--model", "pixel_gauss", "--num_epochs", "3")
+    assert PixelGaussian.from_options(by_flag.options, by_flag.model_context()).opts.eps == 0.5
+
+
 def test_model_opt_reaches_the_plugin_model(bench, tmp_path):
     from moleflow.continual.task_data import prepare_tasks
     from moleflow.continual.trainer import ContinualRun
@@ -115,5 +139,5 @@ def test_model_opt_reaches_the_plugin_model(bench, tmp_path):
         state = ContinualRun(cfg, tasks, ex.dim, ex.grid, torch.device("cpu"), progress=False)
         state.train_task(0, None)
         scores.append(state.model.patch_scores(tasks[0].tests[0].inputs, 0))
-    assert state.model.eps == 0.5
+    assert state.model.opts.eps == 0.5
     assert not torch.equal(scores[0], scores[1])

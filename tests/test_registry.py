@@ -94,24 +94,30 @@ def test_registered_strategy_and_extractor_are_the_ones_used(monkeypatch, tiny_b
 
 def test_the_contract_names_what_a_model_lacks_and_fills_optional_hooks():
     """moleflow/contract.py: a model missing a required method is refused by name; optional hooks default."""
-    from moleflow.baselines.knn import PatchKNN
-    from moleflow.contract import ModelHooks, model_traits
+    from moleflow.baselines.knn import KNNOptions, PatchKNN
+    from moleflow.contract import ModelHooks, model_spec
 
     class NoScores(torch.nn.Module):
         def begin_task(self, task_id, class_name=""): ...
 
-    with pytest.raises(MoleflowError, match="missing: trainable_parameters, end_task, patch_scores"):
+    with pytest.raises(MoleflowError, match="missing: trainable_parameters, fit_task, end_task, patch_scores"):
         ModelHooks.of(NoScores())
     hooks = ModelHooks.of(PatchKNN(8))
-    assert hooks.fit_task.__func__ is PatchKNN.fit_task  # its own procedure, not the generic loop
-    assert hooks.observe_trained(0, None) is None and hooks.describe() == "" and not hooks.supports_subgrid
-    assert model_traits(PatchKNN).input_kind == "features"
+    assert hooks.observe_trained(0, None) is None and hooks.describe() == "" and not hooks.has_score_maps
+    spec = model_spec("knn", PatchKNN)
+    assert spec.input_kind == "features" and spec.options_class is KNNOptions
 
     class BadKind(PatchKNN):
         input_kind = "voxels"
 
     with pytest.raises(MoleflowError, match="input_kind='voxels'"):
-        model_traits(BadKind)
+        model_spec("bad", BadKind)
+
+    class NoOptions(PatchKNN):
+        options_class = None
+
+    with pytest.raises(MoleflowError, match="model 'bare' .* declares no options_class"):
+        model_spec("bare", NoOptions)
 
 
 def test_a_registered_per_class_metric_reaches_metrics_json_and_compare(monkeypatch, tiny_bench, tmp_path):

@@ -128,43 +128,34 @@ def test_token_stride_is_refused_where_it_would_do_nothing_or_is_not_a_stride():
     from moleflow.continual.trainer import check_components
     from moleflow.testing import train_config
 
-    with pytest.raises(MoleflowError, match="--token_stride 2: model 'knn'"):
+    with pytest.raises(MoleflowError, match="--token_stride: not a setting, nor an option of model 'knn'"):
         train_config("--model", "knn", "--token_stride", "2")
-    with pytest.raises(MoleflowError, match="--position_baseline: model 'knn'"):
+    with pytest.raises(MoleflowError, match="--position_baseline: not a setting, nor an option of model 'knn'"):
         train_config("--model", "knn", "--position_baseline")
-    with pytest.raises(MoleflowError, match="--token_stride 2 cannot apply with --use_spatial_lora"):
+    with pytest.raises(MoleflowError, match="--token_stride changes nothing unless --use_spatial_lora is off"):
         train_config("--use_spatial_lora", "--token_stride", "2")
     check_components(train_config("--use_cpcf", "--token_stride", "2"))  # the context is sliced from whole grids
-    check_components(train_config("--model", "knn"))  # v8's preset stride/baseline are not explicit requests
+    check_components(train_config("--model", "knn"))  # a flow preset's stride/baseline never reach knn
     check_components(train_config("--token_stride", "2"))  # the flow takes it
     with pytest.raises(MoleflowError, match="--token_stride 0: must be >= 1"):  # before any image is read
         train_config("--token_stride", "0")
-    from moleflow.continual.fit import FitSettings, fit_task
-
-    model = _flow()
-    model.begin_task(0)
-    settings = FitSettings(1, 2, 1e-3, 0.0, 1.0, 0, torch.device("cpu"), False, token_stride=0)
-    with pytest.raises(MoleflowError, match="--token_stride must be >= 1"):
-        fit_task(model, 0, torch.randn(2, *GRID, DIM), model.trainable_parameters(0), lambda out: (out["z"].sum(), {}),
-                 settings, label="t")
+    with pytest.raises(MoleflowError, match="--token_stride 0: must be >= 1"):  # and in code, by the same range
+        _flow(token_stride=0)
 
 
 def test_under_the_v8_preset_an_sc_lora_flow_trains_on_whole_grids_instead_of_failing(tiny_bench, tiny_tasks, tmp_path):
     from helpers import tiny_config
-    from moleflow.continual.fit import FitSettings, fit_task
     from moleflow.continual.trainer import ContinualRun
 
     tasks, extractor = tiny_tasks
     cfg = tiny_config(tiny_bench, tmp_path, version="v8", use_spatial_lora=True, num_epochs=1)
-    assert cfg.train.token_stride == 2  # the preset's value, not a request
+    assert cfg.options.token_stride == 2  # the preset's value, not a request
     state = ContinualRun(cfg, tasks, extractor.dim, extractor.grid, torch.device("cpu"), progress=False)
-    assert not state.model.supports_subgrid
+    assert not state.model.supports_subgrid and state.model.options.token_stride == 1  # the rule: back at 1
     state.train_task(0, None)  # every patch in every step; a strided step would raise in adapt()
     assert state.fit_log[0]["steps"] > 0
-
-    settings = FitSettings(1, 2, 1e-3, 0.0, 1.0, 0, torch.device("cpu"), False, token_stride=2)
-    with pytest.raises(MoleflowError, match="cannot train on a sub-grid"):  # fit_task itself still guards
-        fit_task(state.model, 1, tasks[1].train_inputs, [], lambda out: (out["z"].sum(), {}), settings, label="t")
+    with pytest.raises(MoleflowError, match="--token_stride changes nothing unless --use_spatial_lora is off"):
+        _flow(use_spatial_lora=True, token_stride=2)  # in code: the same rule
 
 
 # --- the per-position z-score (--position_std, v9) -----------------------------------------------------
@@ -205,7 +196,7 @@ def test_flow_with_position_std_scores_z_and_saves_the_std_with_the_task():
     base = model.score_baselines["0"]
     torch.testing.assert_close(model.patch_scores(feats, 0), (raw - base.mean) / base.std)
     assert "score_baselines.0.std" in model.task_state(0)
-    with pytest.raises(MoleflowError, match="needs position_baseline"):
+    with pytest.raises(MoleflowError, match="--position_std changes nothing unless --position_baseline"):
         MoLEFlow(DIM, GRID, num_coupling_layers=2, position_std=True)
 
 
@@ -214,14 +205,12 @@ def test_position_std_is_refused_where_it_would_do_nothing():
 
     with pytest.raises(MoleflowError, match="--position_std changes nothing unless --position_baseline is True"):
         train_config("--no_position_baseline", "--position_std")
-    with pytest.raises(MoleflowError, match="--position_std: model 'knn'"):
+    with pytest.raises(MoleflowError, match="--position_std: not a setting, nor an option of model 'knn'"):
         train_config("--model", "knn", "--position_std")
-    assert train_config("--version", "v8", "--position_std").flow.position_std
+    assert train_config("--version", "v8", "--position_std").options.position_std
     # a preset's value is not a request: v9 without the baseline simply has no z-score to take
-    from moleflow.flow.options import MoLEFlowOptions
-
-    options = MoLEFlowOptions.from_settings(train_config("--version", "v9", "--no_position_baseline").flow)
-    assert options.position_std and options.applicable().position_std is False
+    cfg = train_config("--version", "v9", "--no_position_baseline")
+    assert cfg.options.position_std and cfg.options.applicable(cfg.model_context()).position_std is False
 
 
 # --- --ema_decay: a task ends with the moving average of its parameters ------------------------------
@@ -230,7 +219,7 @@ def test_position_std_is_refused_where_it_would_do_nothing():
 def test_ema_decay_ends_the_task_on_the_running_average_of_its_steps():
     """A 1-parameter problem whose every step is known: the run's final value is exactly the exponential
     moving average of the values after each step (starting from the initial value), not the last step."""
-    from moleflow.continual.fit import FitSettings, optimise
+    from moleflow.training import FitSettings, optimise
 
     def run(decay: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
         module = torch.nn.Linear(1, 1, bias=False)
@@ -260,17 +249,13 @@ def test_ema_decay_ends_the_task_on_the_running_average_of_its_steps():
     averaged, _ = run(0.75)
     torch.testing.assert_close(averaged, expected)
     assert not torch.allclose(averaged, last)
-    with pytest.raises(MoleflowError, match="--ema_decay must be in"):
-        run(1.0)
 
 
 def test_ema_decay_is_refused_where_it_would_do_nothing():
     from moleflow.testing import train_config
 
-    with pytest.raises(MoleflowError, match="--ema_decay 0.9: model 'knn' does not use it"):
+    with pytest.raises(MoleflowError, match="--ema_decay: not a setting, nor an option of model 'knn'"):
         train_config("--model", "knn", "--ema_decay", "0.9")
-    assert train_config("--ema_decay", "0.9").train.ema_decay == 0.9
-    from moleflow.continual.trainer import check_components
-
-    with pytest.raises(MoleflowError, match="--ema_decay must be in"):  # before any image is read
-        check_components(train_config("--ema_decay", "1.0"))
+    assert train_config("--ema_decay", "0.9").options.ema_decay == 0.9
+    with pytest.raises(MoleflowError, match=r"--ema_decay 1.0: must be in \[0, 1\)"):  # before any image is read
+        train_config("--ema_decay", "1.0")

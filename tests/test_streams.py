@@ -97,7 +97,7 @@ def test_replay_trains_on_the_new_task_plus_a_fixed_seeded_memory(tiny_bench, ti
     cfg = tiny_config(tiny_bench, tmp_path, strategy="replay", replay_per_task=3, version="v9", num_epochs=1)
     state = ContinualRun(cfg, tasks, extractor.dim, extractor.grid, torch.device("cpu"), progress=False)
     strategy = state.strategy
-    assert isinstance(strategy, ReplayStrategy) and strategy.single_flow
+    assert isinstance(strategy, ReplayStrategy) and strategy.single_model
     assert torch.equal(strategy.training_inputs(0, tasks), tasks[0].train_inputs)  # nothing to replay yet
     second = strategy.training_inputs(2, tasks)
     assert len(second) == len(tasks[2].train_inputs) + 3 + 3

@@ -16,7 +16,7 @@ from PIL import Image
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
-from moleflow.data.synthetic import (
+from moleflow.synth.benchmark import (
     CHANGE_THRESHOLD,
     CLASSES,
     DEFAULT_CLASSES,

@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 from test_synthetic import SIZE, nearest_distance, patch_features
 
-from moleflow.data.synthetic import (
+from moleflow.synth.benchmark import (
     CHANGE_THRESHOLD,
     CLASSES,
     render_defect,

@@ -124,20 +124,20 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_bench, tmp_pat
     cfg = tiny_config(tiny_bench, tmp_path / "a", num_epochs=3, heatmaps=0)
     full = run_training(cfg, progress=False, log=lambda *_: None).read_json("metrics.json")
 
-    from moleflow.continual import fit as fit_mod  # the contract's default fit_task (moleflow/contract.py)
+    from moleflow.flow.model import MoLEFlow
 
-    real_fit = fit_mod.fit_task
+    real_fit = MoLEFlow.fit_task
 
-    def crash_on_task_2(*args, **kwargs):
-        if kwargs["label"].startswith("task 2"):
+    def crash_on_task_2(self, task_id, inputs, params, context):
+        if context.label.startswith("task 2"):
             raise KeyboardInterrupt
-        return real_fit(*args, **kwargs)
+        return real_fit(self, task_id, inputs, params, context)
 
     cfg_b = tiny_config(tiny_bench, tmp_path / "b", num_epochs=3, heatmaps=0)
-    monkeypatch.setattr(fit_mod, "fit_task", crash_on_task_2)
+    monkeypatch.setattr(MoLEFlow, "fit_task", crash_on_task_2)
     with pytest.raises(KeyboardInterrupt):
         run_training(cfg_b, progress=False, log=lambda *_: None)
-    monkeypatch.setattr(fit_mod, "fit_task", real_fit)
+    monkeypatch.setattr(MoLEFlow, "fit_task", real_fit)
     (partial,) = [p for p in (tmp_path / "b").rglob("config.json")]
     assert RunFolder.open(partial.parent).read_json("progress.json")["completed_tasks"] == 2
     assert not (partial.parent / "metrics.json").exists()

@@ -19,60 +19,62 @@ supervised and structural losses of the catalogue read, so each of them trains s
 Why orthogonality: an adaptor that shrinks the features makes the fixed noise trivially separable while the
 normal test features collapse onto each other (SimpleNet's failure mode); a near-orthogonal A keeps distances.
 
-Default loss (`default_loss`, used when `--loss` is not given): bce=1 + iou=1. Scoring: the patch logit on
+Default loss (its option `loss`, when `--loss` is not given): bce=1 + iou=1. Scoring: the patch logit on
 clean features, no noise. Continual contract: each task owns its adaptor, keys and experts (nothing shared),
 frozen at end_task, so forgetting is zero by construction; the router picks the task at test time.
 
-Options (`--model_opt KEY=VALUE`): experts K (default 4), hidden (each expert's MLP width, 128), noise (std
-of the synthetic noise in units of the training features' per-channel std, 1.0), regions (most rectangles
-per image, 2), anomalous_fraction (share of training images that get a region, 0.5), temperature (0.1).
+Options (DiscriminatorOptions: `moleflow train --model discriminator --help`): the shared loop's (--num_epochs,
+--lr, ...), --loss, and --experts K, --hidden, --noise, --regions, --anomalous_fraction, --temperature.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moleflow.config import check_option_names
+from moleflow.contract import FitContext, FitResult, ModelContext
 from moleflow.errors import MoleflowError
+from moleflow.losses.compose import LossOptions, parse_loss_terms
+from moleflow.options import Rule, option
+from moleflow.training import FitSettings, LoopOptions, optimise
 
 #: losses whose value is constant when the gate has a single expert (K = 1): refused there, not ignored
 GATE_LOSSES = ("selector_entropy", "selector_diversity", "distinctness")
 
 
 @dataclass(frozen=True)
-class DiscriminatorOptions:
-    experts: int = 4
-    hidden: int = 128
-    noise: float = 1.0
-    regions: int = 2
-    anomalous_fraction: float = 0.5
-    temperature: float = 0.1
+class DiscriminatorOptions(LoopOptions, LossOptions):
+    # the loop it was measured with (README: discriminator-seeds, then run under v9's loop settings)
+    num_epochs: int = option(30, "training epochs per task", minimum=1)
+    batch_size: int = option(2, "images per optimisation step (all their patches)", minimum=1)
+    lr: float = option(2e-3, "AdamW learning rate (cosine schedule per task)", above=0)
+    loss: list = option(["bce=1.0", "iou=1.0"], "loss terms NAME=WEIGHT (registered in moleflow.losses) over the "
+                        "discriminator's outputs (logits, anomaly_map, selector_probs, prototypes, weight)",
+                        nargs="+", action="extend")
+    experts: int = option(4, "K, gated discriminator experts per task", minimum=1)
+    hidden: int = option(128, "width of each expert's MLP", minimum=1)
+    noise: float = option(1.0, "std of the synthetic feature noise, in units of the training features' "
+                               "per-channel std", above=0)
+    regions: int = option(2, "most noised rectangles per training image", minimum=1)
+    anomalous_fraction: float = option(0.5, "share of training images that get a noised region", above=0, maximum=1)
+    temperature: float = option(0.1, "softmax temperature of the gate over the experts", above=0)
 
-    @classmethod
-    def parse(cls, raw: dict[str, Any]) -> DiscriminatorOptions:
-        known = check_option_names(raw, cls, "discriminator")
-        for key, value in raw.items():
-            wants_int = known[key].type in (int, "int")
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not number or (wants_int and not isinstance(value, int)):
-                kind = "a whole number" if wants_int else "a number"
-                raise MoleflowError(f"--model_opt {key}={value!r}: expected {kind}")
-        opts = cls(**raw)
-        if opts.experts < 1 or opts.hidden < 1 or opts.regions < 1:
-            raise MoleflowError(f"--model_opt experts={opts.experts} hidden={opts.hidden} regions={opts.regions}: "
-                                "each must be >= 1")
-        if not (math.isfinite(opts.noise) and opts.noise > 0) or not (0 < opts.anomalous_fraction <= 1) \
-                or not (math.isfinite(opts.temperature) and opts.temperature > 0):
-            raise MoleflowError(f"--model_opt noise={opts.noise} anomalous_fraction={opts.anomalous_fraction} "
-                                f"temperature={opts.temperature}: noise and temperature must be > 0, "
-                                "anomalous_fraction in (0, 1]")
-        return opts
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(("temperature",), lambda o, c: o.experts > 1,
+             "--experts >= 2 (with one expert the gate is constant and its temperature changes nothing)"),
+    )
+
+    def validate(self, context: Any) -> None:
+        super().validate(context)
+        gate_terms = [n for n, _ in parse_loss_terms(list(self.loss)) if n in GATE_LOSSES]
+        if self.experts == 1 and gate_terms:
+            raise MoleflowError(f"--loss {gate_terms[0]}: with one expert (--experts 1) the gate is "
+                                "constant and this loss changes nothing; use --experts >= 2 or drop it")
 
 
 class TaskDiscriminator(nn.Module):
@@ -96,10 +98,8 @@ class TaskDiscriminator(nn.Module):
 
 class PatchDiscriminator(nn.Module):
     input_kind = "features"
-    #: its fit_task reads these (AdamW, cosine schedule, clip; whole patch grids, so no --token_stride)
-    reads_settings = ("num_epochs", "batch_size", "lr", "weight_decay", "grad_clip", "loss")
-    #: what `--loss` means when it is not given (moleflow's own default, nll, reads flow outputs)
-    default_loss = ("bce=1.0", "iou=1.0")
+    #: the shared loop (AdamW, cosine schedule, clip) on whole patch grids, its loss over its own outputs
+    options_class = DiscriminatorOptions
 
     def __init__(self, dim: int, options: DiscriminatorOptions | None = None) -> None:
         super().__init__()
@@ -109,26 +109,8 @@ class PatchDiscriminator(nn.Module):
         self.register_buffer("_anchor", torch.zeros(0), persistent=False)  # follows .to(device)
 
     @classmethod
-    def validate_config(cls, cfg: Any, *, img_size: tuple[int, int]) -> None:
-        from moleflow.config import parse_options
-        from moleflow.losses.compose import parse_loss_terms
-
-        raw = parse_options(cfg.flow.model_opt)
-        opts = DiscriminatorOptions.parse(raw)
-        if opts.experts == 1 and "temperature" in raw:
-            raise MoleflowError("--model_opt temperature: with one expert (experts=1) the gate is constant and its "
-                                "temperature changes nothing; use experts >= 2 or drop temperature")
-        gate_terms = [n for n, _ in parse_loss_terms(list(cfg.train.loss)) if n in GATE_LOSSES]
-        if opts.experts == 1 and gate_terms:
-            raise MoleflowError(f"--loss {gate_terms[0]}: with one expert (--model_opt experts=1) the gate is "
-                                "constant and this loss changes nothing; use experts >= 2 or drop it")
-
-    @classmethod
-    def from_config(cls, cfg: Any, *, dim: int, grid: tuple[int, int], img_size: tuple[int, int],
-                    overrides: dict) -> PatchDiscriminator:
-        from moleflow.config import parse_options
-
-        return cls(dim, DiscriminatorOptions.parse(parse_options(cfg.flow.model_opt)))
+    def from_options(cls, options: DiscriminatorOptions, context: ModelContext) -> PatchDiscriminator:
+        return cls(context.dim, options)
 
     def describe(self) -> str:
         o = self.opts
@@ -190,15 +172,15 @@ class PatchDiscriminator(nn.Module):
         # all of them, also after end_task froze them: under finetune/joint every round retrains task 0
         return list(self._task(task_id).parameters())
 
-    def fit_task(self, task_id: int, inputs: Tensor, params: list, loss_fn: Any, settings: Any, *, label: str,
-                 on_epoch: Any = None) -> Any:
-        from moleflow.continual.fit import FitResult, optimise
-
+    def fit_task(self, task_id: int, inputs: Tensor, params: list, context: FitContext) -> FitResult:
         if not params:
             return FitResult()
         n = inputs.shape[0]
         if n == 0:
-            raise MoleflowError(f"{label}: no training images")
+            raise MoleflowError(f"{context.label}: no training images")
+        settings = FitSettings.of(self.opts, context)
+        loss_fn = self.opts.make_loss("discriminator").to(context.device)  # fresh per task (its own parameters)
+        params = list(params) + loss_fn.parameters()
         task = self._task(task_id)
         for p in params:
             p.requires_grad_(True)
@@ -210,9 +192,11 @@ class PatchDiscriminator(nn.Module):
             outputs = self.training_outputs(inputs[idx].to(settings.device), task_id, generator)
             return loss_fn(outputs)[0], len(idx)
 
-        return optimise(task, params, settings, step_loss=step_loss, steps_per_epoch=math.ceil(n / settings.batch_size),
-                        epoch_batches=lambda g: torch.randperm(n, generator=g).split(settings.batch_size),
-                        label=label, on_epoch=on_epoch)
+        result = optimise(task, params, settings, step_loss=step_loss, steps_per_epoch=math.ceil(n / settings.batch_size),
+                          epoch_batches=lambda g: torch.randperm(n, generator=g).split(settings.batch_size),
+                          label=context.label, on_epoch=context.on_epoch)
+        result.loss_state = loss_fn.state()
+        return result
 
     def end_task(self, task_id: int) -> None:
         task = self._task(task_id)

@@ -7,46 +7,33 @@ Continual contract: each task owns its memory (saved as its checkpoint), nothing
 trained by gradients, so forgetting is zero by construction under the moleflow strategy. Under
 finetune/joint every round replaces the one memory (model task 0), as those baselines intend.
 
-Options (`--model_opt KEY=VALUE`): k (neighbours, default 1), memory (most patches kept per task,
-default 20000; 0 = all), chunk (query rows per distance block, default 2048; memory only).
+Options (KNNOptions: `moleflow train --model knn --help`): --k, --memory, --chunk.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from moleflow.config import check_option_names
+from moleflow.contract import FitContext, FitResult, ModelContext, closed_form_fit
 from moleflow.errors import MoleflowError
+from moleflow.options import option
 
 
 @dataclass(frozen=True)
 class KNNOptions:
-    k: int = 1
-    memory: int = 20000
-    chunk: int = 2048
-
-    @classmethod
-    def parse(cls, raw: dict[str, Any]) -> KNNOptions:
-        check_option_names(raw, cls, "knn")
-        for key, value in raw.items():
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise MoleflowError(f"--model_opt {key}={value!r}: expected a whole number")
-        opts = cls(**raw)
-        if opts.k < 1 or opts.chunk < 1 or opts.memory < 0:
-            raise MoleflowError(f"--model_opt k={opts.k} memory={opts.memory} chunk={opts.chunk}: k and chunk must "
-                                "be >= 1, memory >= 0 (0 keeps every training patch)")
-        return opts
+    k: int = option(1, "neighbours whose mean distance is a patch's score", minimum=1)
+    memory: int = option(20000, "most training patches kept per task (seeded subsample; 0 = all)", minimum=0)
+    chunk: int = option(2048, "query rows per distance block (memory use only, same scores)", minimum=1)
 
 
 class PatchKNN(nn.Module):
     input_kind = "features"
-    #: no flow and no training loop: every flow/loop flag (--lr, --num_epochs, --lora_rank, ...) is refused
-    reads_settings: tuple[str, ...] = ()
+    #: no flow and no training loop: its options are all it reads (--lr, --num_epochs, ... are not among them)
+    options_class = KNNOptions
 
     def __init__(self, dim: int, options: KNNOptions | None = None) -> None:
         super().__init__()
@@ -54,17 +41,8 @@ class PatchKNN(nn.Module):
         self.opts = options or KNNOptions()
 
     @classmethod
-    def validate_config(cls, cfg: Any, *, img_size: tuple[int, int]) -> None:
-        from moleflow.config import parse_options
-
-        KNNOptions.parse(parse_options(cfg.flow.model_opt))
-
-    @classmethod
-    def from_config(cls, cfg: Any, *, dim: int, grid: tuple[int, int], img_size: tuple[int, int],
-                    overrides: dict) -> PatchKNN:
-        from moleflow.config import parse_options
-
-        return cls(dim, KNNOptions.parse(parse_options(cfg.flow.model_opt)))
+    def from_options(cls, options: KNNOptions, context: ModelContext) -> PatchKNN:
+        return cls(context.dim, options)
 
     def _memory(self, task_id: int) -> Tensor:
         memory = getattr(self, f"memory_{task_id}", None)
@@ -79,22 +57,20 @@ class PatchKNN(nn.Module):
     def trainable_parameters(self, task_id: int) -> list:
         return []
 
-    def fit_task(self, task_id: int, inputs: Tensor, params: list, loss_fn: Any, settings: Any, *, label: str,
-                 on_epoch: Any = None) -> Any:
+    def fit_task(self, task_id: int, inputs: Tensor, params: list, context: FitContext) -> FitResult:
         """Fill the task's memory with its training patches (seeded subsample above `memory`); no epochs."""
-        from moleflow.continual.fit import FitResult
+        return closed_form_fit(lambda: self._fill_memory(task_id, inputs, context))
 
-        start = time.perf_counter()
+    def _fill_memory(self, task_id: int, inputs: Tensor, context: FitContext) -> None:
         rows = inputs.reshape(-1, self.dim)
         if rows.shape[0] == 0:
-            raise MoleflowError(f"{label}: no training images")
+            raise MoleflowError(f"{context.label}: no training images")
         if self.opts.memory and rows.shape[0] > self.opts.memory:
-            pick = torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(settings.seed))
+            pick = torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(context.seed))
             rows = rows[pick[: self.opts.memory]]
         if rows.shape[0] < self.opts.k:
-            raise MoleflowError(f"--model_opt k={self.opts.k} but {label} has only {rows.shape[0]} training patches")
-        self.register_buffer(f"memory_{task_id}", rows.to(settings.device, torch.float32).contiguous())
-        return FitResult(seconds=time.perf_counter() - start)
+            raise MoleflowError(f"--k {self.opts.k} but {context.label} has only {rows.shape[0]} training patches")
+        self.register_buffer(f"memory_{task_id}", rows.to(context.device, torch.float32).contiguous())
 
     def end_task(self, task_id: int) -> None:
         pass  # nothing trainable: the memory is final once fitted

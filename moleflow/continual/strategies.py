@@ -3,7 +3,7 @@ Registered in the `moleflow.strategies` entry-point group (built-ins through mol
 plugin can add one: a `Strategy` subclass, constructed as `cls(model, num_tasks)`.
 
 - moleflow: each task trains only what it owns (task 0: base + its expert/adapter), then freezes it.
-- finetune: one plain flow, trained task after task, nothing frozen: the forgetting lower bound.
+- finetune: one model (a plain flow), trained task after task, nothing frozen: the forgetting lower bound.
 - joint:    one plain flow trained once on all tasks' data together: the upper bound (no sequence, so
             no accuracy-matrix diagonal, BWT or FM).
 - replay:   one plain flow trained task after task on the new task plus a bounded, seeded memory of
@@ -17,16 +17,15 @@ from typing import Any
 
 import torch
 
+from moleflow import registry
 from moleflow.errors import MoleflowError
 
 
 class Strategy:
     name = "base"
-    #: model constructor overrides (plain flow for the baselines)
-    model_overrides: dict[str, Any] = {}
-    #: True when the strategy trains one plain flow with no experts and no adapters: the flow's LoRA and
-    #: adapter flags then change nothing and are refused (inert_settings.py)
-    single_flow = False
+    #: True when the strategy trains one model for every task (nothing owned per task): the model learns it
+    #: from ModelContext.single_model (the flow then builds no experts and no adapters, and refuses their options)
+    single_model = False
     #: True when a task's scoring parameters never change after its end_task (enables score caching)
     frozen_after_task = False
     #: the strategy's own settings (config.TrainConfig); requesting one under another strategy is refused
@@ -78,10 +77,9 @@ class MoLEFlowStrategy(Strategy):
 
 
 class _SingleFlow(Strategy):
-    """One plain flow (no experts, no adapters) used for every task."""
+    """One model (for the flow: a plain flow, no experts, no adapters) used for every task."""
 
-    model_overrides = {"experts": False, "adapter": "none", "task0_lora": False}
-    single_flow = True
+    single_model = True
 
     def model_task(self, task_id: int) -> int:
         return 0
@@ -153,8 +151,6 @@ class ReplayStrategy(_SingleFlow):
 
 def strategy_class(name: str) -> type[Strategy]:
     """The strategy registered as `name` in moleflow.strategies (unknown names list the known ones)."""
-    from moleflow import registry
-
     cls = registry.get("strategies", name)
     if not (isinstance(cls, type) and issubclass(cls, Strategy)):
         raise MoleflowError(f"strategy '{name}' is registered but is not a Strategy subclass ({cls!r})")

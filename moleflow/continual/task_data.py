@@ -11,7 +11,6 @@ from typing import Any
 import torch
 
 from moleflow import registry
-from moleflow.contract import model_traits
 from moleflow.data.dataset import AnomalyDataset, load_split
 from moleflow.data.streams import task_name
 from moleflow.features.cache import FeatureSet, extract_features
@@ -67,17 +66,6 @@ def concat_features(parts: list[FeatureSet]) -> FeatureSet:
                       [path for p in parts for path in p.paths], images)
 
 
-def model_input_kind(cfg: Any) -> str:
-    """'features' or 'images', declared by the registered model class (default: features)."""
-    return model_traits(registry.get("models", cfg.flow.model)).input_kind
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def build_extractor(cfg: Any, device: torch.device) -> torch.nn.Module:
     b = cfg.backbone
     extractor = registry.create(  # every extractor takes the timm extractor's arguments
@@ -109,13 +97,13 @@ def load_datasets(cfg: Any) -> dict[str, tuple[AnomalyDataset, AnomalyDataset]]:
 def prepare_tasks(cfg: Any, device: torch.device, progress: bool = True) -> tuple[list[TaskData], Any, float]:
     """Returns the tasks, the extractor and the seconds spent in the backbone."""
     datasets = load_datasets(cfg)
-    wants_images = model_input_kind(cfg) == "images"
+    wants_images = cfg.spec.input_kind == "images"
     extractor = build_extractor(cfg, device)
     cache = cfg.backbone.feature_cache or None
     start = time.perf_counter()
     tasks = []
     # a model that reads pixels gets the images decoded for the backbone, not decoded a second time
-    kw = dict(batch_size=16, cache_dir=cache, device=device, progress=progress, keep_images=wants_images)
+    kw = dict(images_per_pass=16, cache_dir=cache, device=device, progress=progress, keep_images=wants_images)
     for t, classes in enumerate(cfg.data.tasks):
         trains, tests = [], []
         for cls in classes:

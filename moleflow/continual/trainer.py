@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -12,36 +13,30 @@ import torch
 from tqdm.auto import tqdm
 
 from moleflow import registry
-from moleflow.config import Config, recipe
-from moleflow.contract import ModelHooks, model_traits
-from moleflow.continual.fit import FitSettings, check_ema_decay
+from moleflow.config import FIELD_SPECS, NOT_SETTINGS, Config, recipe
+from moleflow.config_migration import migrate_recipe
+from moleflow.contract import FitContext, ModelHooks
 from moleflow.continual.strategies import strategy_class
-from moleflow.continual.task_data import TaskData, prepare_tasks, resolve_device
+from moleflow.continual.task_data import TaskData, build_extractor, prepare_tasks
 from moleflow.data.streams import task_name
+from moleflow.device import resolve_device
 from moleflow.errors import MoleflowError
 from moleflow.evaluation.evaluator import Evaluator
-from moleflow.inert_settings import settings_read_by
+from moleflow.evaluation.report import write_final_report
+from moleflow.report.writer import write_report
+from moleflow.report.source import from_scored
 from moleflow.rng import deterministic_cuda, seeded_rng
-from moleflow.losses.compose import CompositeLoss, loss_terms
 from moleflow.run_folder import RunFolder
 from moleflow.run_log import TBLogger, collect_env
 
 MATRIX_METRICS = ("image_auroc", "pixel_auroc", "aupro")
 
 
-def build_model(cfg: Config, dim: int, grid: tuple[int, int], overrides: dict[str, Any]) -> torch.nn.Module:
-    """The registered model, built by its own `from_config` from the run config (the built-in flow as any
-    plugin); `overrides` are the strategy's (e.g. one plain flow for finetune/joint)."""
-    return model_builder(cfg)(cfg, dim=dim, grid=grid, img_size=cfg.data.size, overrides=overrides)
-
-
-def model_builder(cfg: Config) -> Any:
-    """The registered model's `from_config`, or one error saying the model cannot be built from a run config."""
-    from_config = model_traits(registry.get("models", cfg.flow.model)).from_config
-    if from_config is None:
-        raise MoleflowError(f"model '{cfg.flow.model}' has no from_config(cfg, *, dim, grid, img_size, overrides) "
-                            "classmethod; see moleflow/contract.py")
-    return from_config
+def build_model(cfg: Config, dim: int, grid: tuple[int, int], device: torch.device) -> torch.nn.Module:
+    """The run's model, built by its own `from_options` from its options and what the run decides around it
+    (contract.ModelContext: feature width and grid, image size, whether the strategy shares one model)."""
+    context = cfg.model_context(dim=dim, grid=grid, build_extractor=partial(build_extractor, cfg, device))
+    return cfg.spec.build(cfg.options, context)
 
 
 class ContinualRun:
@@ -52,21 +47,16 @@ class ContinualRun:
         self.cfg, self.tasks, self.device, self.progress = cfg, tasks, device, progress
         strategy_cls = strategy_class(cfg.train.strategy)
         with seeded_rng(cfg.train.seed, device):  # the model's init, without reseeding the process
-            self.model = build_model(cfg, dim, grid, strategy_cls.model_overrides).to(device)
+            self.model = build_model(cfg, dim, grid, device).to(device)
         self.hooks = ModelHooks.of(self.model)  # the contract's optional hooks, or their defaults
         self.router = registry.create("routers", cfg.train.router)
         # from the config, not `tasks`: predict restores a run without loading any data
         self.task_names = [task_name(classes) for classes in cfg.data.tasks]  # a task's classes joined by '+'
         self.strategy = strategy_cls.from_config(self.model, len(self.task_names), cfg)
-        self.loss: CompositeLoss | None = None  # the current task's loss: train_task builds a fresh one
         self.evaluator = Evaluator(self.model, self.strategy, self.router, cfg.eval, cfg.data.size, device)
         self.results: dict[int, dict[str, dict[str, float]]] = {}  # after task i -> class -> metrics (per class,
         # also when a task holds several classes)
         self.fit_log: list[dict] = []
-
-    def new_loss(self) -> CompositeLoss:
-        terms, options = loss_terms(self.cfg)
-        return CompositeLoss(terms, model_name=self.cfg.flow.model, options=options)
 
     def _task_seed(self, task_id: int) -> int:
         # per-task seeds make a resumed run draw exactly what an uninterrupted one draws
@@ -84,28 +74,16 @@ class ContinualRun:
         inputs = self.strategy.training_inputs(t, self.tasks)
         if inputs is not None:
             self.hooks.observe_training_features(self.strategy.model_task(t), inputs)
-            tr = self.cfg.train
-            reads = settings_read_by(type(self.model)) or frozenset()
-            settings = FitSettings(tr.num_epochs, tr.batch_size, tr.lr, tr.weight_decay, tr.grad_clip,
-                                   self._task_seed(t), self.device, self.progress,
-                                   # a preset's stride / averaging does not apply to a model that does not
-                                   # take it (an explicit one is refused in config.resolve_config)
-                                   tr.token_stride if self.hooks.supports_subgrid else 1,
-                                   tr.ema_decay if "ema_decay" in reads else 0.0)
             log = (lambda e, v: tb.scalar(f"train/loss_task{t}_{task.name}", v, e)) if tb else None
-            # a fresh loss per task: its own parameters (e.g. the SVDD radius) start from their initial
-            # values at every task, so a resumed run trains exactly what an uninterrupted one does
-            self.loss = self.new_loss().to(self.device)
-            params = self.strategy.trainable(t) + self.loss.parameters()
-            # the model's own training procedure (teacher/students, memory banks, ...) or the generic loop
-            fit = self.hooks.fit_task(self.strategy.model_task(t), inputs, params, self.loss,
-                                      settings, label=f"task {t} ({task.name})", on_epoch=log)
+            context = FitContext(seed=self._task_seed(t), device=self.device, label=f"task {t} ({task.name})",
+                                 progress=self.progress, on_epoch=log)
+            # the model's own training procedure: its loop, loss and batches are its options
+            fit = self.model.fit_task(self.strategy.model_task(t), inputs, self.strategy.trainable(t), context)
             self.hooks.observe_trained(self.strategy.model_task(t), inputs)
-            loss_state = self.loss.state()
             self.fit_log.append({"task": t, "class": task.name, "epochs": len(fit.epoch_losses),
                                  "final_loss": fit.epoch_losses[-1] if fit.epoch_losses else None,
                                  "seconds": fit.seconds, "steps": fit.steps,
-                                 **({"loss_state": loss_state} if loss_state else {})})
+                                 **({"loss_state": fit.loss_state} if fit.loss_state else {})})
         self.strategy.end_task(t)
         self.router.add_task(t, task.train.pooled)
 
@@ -169,7 +147,8 @@ def check_recipe(path: Path, meta: dict[str, str], cfg: Config) -> None:
     """Refuse a checkpoint written by a run with other settings, naming the file and the settings."""
     if RECIPE_KEY not in meta:
         return  # written before recipes were recorded: the load itself still checks names and shapes
-    theirs, ours = json.loads(meta[RECIPE_KEY]), json.loads(json.dumps(recipe(cfg)))
+    theirs = migrate_recipe(json.loads(meta[RECIPE_KEY]), set(FIELD_SPECS) - NOT_SETTINGS)
+    ours = json.loads(json.dumps(recipe(cfg)))
     differ = sorted(name for name in set(theirs) | set(ours) if theirs.get(name) != ours.get(name))
     if differ:
         shown = "; ".join(f"{n}: {theirs.get(n)!r} in the checkpoint, {ours.get(n)!r} in this run" for n in differ[:4])
@@ -179,18 +158,11 @@ def check_recipe(path: Path, meta: dict[str, str], cfg: Config) -> None:
 
 
 def check_components(cfg: Config) -> None:
-    """Fail on unknown component names and bad options in seconds, before any image is read or feature
-    computed. A model class may check its own options (--model_opt) in an optional `validate_config`."""
-    model_builder(cfg)
-    traits = model_traits(registry.get("models", cfg.flow.model))
-    if traits.validate_config is not None:
-        traits.validate_config(cfg, img_size=cfg.data.size)
-    check_ema_decay(cfg.train.ema_decay)
+    """Fail on unknown component names in seconds, before any image is read or feature computed (the model's
+    options were checked when the config was resolved or read)."""
     registry.get("routers", cfg.train.router)
     strategy_class(cfg.train.strategy)
     registry.get("extractors", cfg.backbone.extractor)
-    terms, options = loss_terms(cfg)
-    CompositeLoss(terms, model_name=cfg.flow.model, options=options)
 
 
 def peak_rss_mb() -> float | None:
@@ -211,8 +183,6 @@ def add_eval_time(timing: dict, seconds: float) -> None:
 
 def run_training(cfg: Config, *, progress: bool = True, resume: str | None = None, log=print) -> RunFolder:
     """Train the whole task stream and write the run folder. Returns it."""
-    from moleflow.evaluation.report import write_final_report
-
     started = time.perf_counter()  # wall_s: everything this call does but writing the final report
     check_components(cfg)
     if cfg.run.deterministic:
@@ -224,7 +194,7 @@ def run_training(cfg: Config, *, progress: bool = True, resume: str | None = Non
     state = ContinualRun(cfg, tasks, extractor.dim, extractor.grid, device, progress)
     description = state.hooks.describe()  # the contract's optional describe() hook, "" without one
     if description:
-        log(f"model {cfg.flow.model}: {description}")
+        log(f"model {cfg.model}: {description}")
 
     if resume:
         run = RunFolder.open(resume)
@@ -238,7 +208,7 @@ def run_training(cfg: Config, *, progress: bool = True, resume: str | None = Non
         log(f"resuming {run.path} after {completed} completed task(s)" if completed else
             f"resuming {run.path}: it stopped before its first task finished, so it starts again from task 0")
     else:
-        run = RunFolder.create(cfg.run.runs_dir, cfg.run.experiment_name, cfg.run.version)
+        run = RunFolder.create(cfg.run.runs_dir, cfg.run.experiment_name, cfg.run_label)
         run.write_json("config.json", cfg.to_dict())
         run.write_json("env.json", collect_env(cfg.train.seed, str(device)))
         completed, timing = 0, {"train_s": 0.0, "eval_s": 0.0}
@@ -280,9 +250,6 @@ def write_run_report(run: RunFolder, state: ContinualRun, scored: dict[str, Any]
                      progress: bool, log=print) -> None:
     """The HTML report (moleflow/report/) from the maps still in memory; its plots also go to TensorBoard.
     The run's results are written already, so a report that cannot be written is a warning, not a failure."""
-    from moleflow.report import write_report
-    from moleflow.report.source import from_scored
-
     try:
         write_report(run.path, class_maps=from_scored(state.tasks, scored), tb=tb, progress=progress, log=log)
     except MoleflowError as exc:

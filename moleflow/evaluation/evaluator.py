@@ -84,14 +84,14 @@ class ScoredSet:
 
 class Evaluator:
     def __init__(self, model: Any, strategy: Any, router: Any, eval_cfg: Any, img_size: tuple[int, int],
-                 device: torch.device, batch_size: int = 32):
+                 device: torch.device, images_per_pass: int = 32):
         self.model = model
         self.strategy = strategy
         self.router = router
         self.cfg = eval_cfg
         self.img_size = img_size
         self.device = device
-        self.batch_size = batch_size
+        self.images_per_pass = images_per_pass  # scoring chunk: memory only, same scores
         self._cache: dict[tuple[str, int], dict[str, torch.Tensor]] = {}  # (test class, expert) -> scores
         self.class_metrics = per_class_metrics()
 
@@ -104,7 +104,7 @@ class Evaluator:
         model_task = self.strategy.model_task(expert)
         self.model.eval()
         chunks = [model_score_maps(self.model, chunk.to(self.device), model_task)
-                  for chunk in feats.split(self.batch_size)]
+                  for chunk in feats.split(self.images_per_pass)]
         out = {name: torch.cat([c[name].float().cpu() for c in chunks]) for name in chunks[0]}
         if self.strategy.frozen_after_task:
             self._cache[key] = out

@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from moleflow.contract import describe
 from moleflow.evaluation import metrics as M
 from moleflow.evaluation.continual_metrics import accuracy_matrix, continual_summary
-from moleflow.evaluation.visualize import encode_png, overlay_png, overlay_rgb
+from moleflow.evaluation.visualize import class_scales, encode_png, overlay_png, overlay_rgb
 
 SUMMARY_KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "f1", "routing_accuracy",
                 "image_auroc_oracle", "pixel_auroc_oracle", "aupro_oracle")
@@ -44,8 +45,6 @@ def _uint8_image(tensor: torch.Tensor) -> np.ndarray:
 
 
 def write_final_report(run: Any, state: Any, scored: dict[str, Any], timing: dict, tb: Any) -> dict:
-    from moleflow.contract import describe
-
     cfg, tasks = state.cfg, state.tasks
     tests = [test for task in tasks for test in task.tests]
     classes = [test.class_name for test in tests]
@@ -86,9 +85,8 @@ def write_final_report(run: Any, state: Any, scored: dict[str, Any], timing: dic
         c, s, fs = task.class_name, scored[task.class_name], task.test
         thr = per_class[c]["f1_threshold"]
         maps = s.maps.numpy()
-        vmin, vmax = float(np.percentile(maps, 1)), float(np.percentile(maps, 99.5))
         extras = {name: m.numpy() for name, m in s.extra_maps.items()}  # e.g. the Students' uncertainty
-        extra_range = {name: (float(np.percentile(m, 1)), float(np.percentile(m, 99.5))) for name, m in extras.items()}
+        scale, extra_scales = class_scales(maps, extras, thr)  # as the HTML report colours them
         if cfg.eval.save_maps:
             buf = io.BytesIO()
             np.savez_compressed(buf, maps=maps.astype(np.float32), masks=fs.masks[:, 0].numpy(),
@@ -101,11 +99,11 @@ def write_final_report(run: Any, state: Any, scored: dict[str, Any], timing: dic
             if n_maps < 0 or i < n_maps:
                 rgb, mask = _uint8_image(task.image(i)), fs.masks[i, 0].numpy().astype(bool)
                 title = f"{c} gt={label} task={int(s.pred_task[i])}"
-                overlay = overlay_rgb(rgb, maps[i], mask, score, vmin=vmin, vmax=vmax, title=title)
+                overlay = overlay_rgb(rgb, maps[i], mask, score, title=title, **scale._asdict())
                 heat = run.save_heatmap(c, path, encode_png(overlay))
                 for name, m in extras.items():
-                    extra_png = overlay_png(rgb, m[i], mask, score, vmin=extra_range[name][0],
-                                            vmax=extra_range[name][1], title=f"{title} [{name}]")
+                    extra_png = overlay_png(rgb, m[i], mask, score, title=f"{title} [{name}]",
+                                            **extra_scales[name]._asdict())
                     extra_heat[f"heatmap_{name}"] = run.save_heatmap(c, path, extra_png, kind=name)
                 if len([x for x in tb_images if x[0] == c]) < TB_IMAGES_PER_CLASS and label == 1:
                     tb_images.append((c, overlay))  # the array itself: TensorBoard encodes it

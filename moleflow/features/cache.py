@@ -102,7 +102,7 @@ def extract_features(
     extractor: Any,
     dataset: Any,
     *,
-    batch_size: int = 16,
+    images_per_pass: int = 16,
     cache_dir: str | None = None,
     device: str | torch.device = "cpu",
     desc: str = "features",
@@ -114,7 +114,7 @@ def extract_features(
     keep_images: also return the decoded images (for models that read pixels), so nobody decodes them again."""
     extractor = extractor.to(device)
     cache = FeatureCache(cache_dir, extractor.identity) if cache_dir else None
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = DataLoader(dataset, batch_size=images_per_pass, shuffle=False, num_workers=num_workers)
     patches, pooled, labels, masks, paths, kept = [], [], [], [], [], []
     hits = 0
     with tqdm(total=len(dataset), desc=desc, unit="img", disable=not progress) as bar:

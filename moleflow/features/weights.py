@@ -23,7 +23,9 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
+from moleflow import registry
 from moleflow.errors import MoleflowError
+from moleflow.features.offline_weights import timm_shapes
 from moleflow.rng import seeded_rng
 
 HF_FILENAMES = ("model.safetensors", "pytorch_model.bin")  # what timm tries on the hub, in its order
@@ -62,8 +64,6 @@ def check_backbone_name(backbone_name: str) -> None:
         return
     arch, _ = split_model_name_tag(name)
     if not timm.is_model(arch):
-        from moleflow import registry
-
         close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
         hint = f"; close matches: {', '.join(close)}" if close else ""
         offline = ", ".join(registry.names("weights"))
@@ -189,8 +189,6 @@ def resolve_weights(backbone_name: str, *, pretrained: bool, weights_path: str |
 
 def registered_source(backbone_name: str) -> WeightsSource | None:
     """The `moleflow.weights` entry registered under this exact timm name, if any (nothing is read yet)."""
-    from moleflow import registry
-
     if backbone_name not in registry.names("weights"):
         return None
     provider = registry.get("weights", backbone_name)
@@ -233,8 +231,6 @@ def _check_keys(backbone_name: str, state: dict[str, Tensor], path: Path | str, 
 
 def _check_shapes(backbone_name: str, state: dict[str, Tensor], origin: str) -> None:
     """Every tensor of a registered source must have its architecture's shape (no resampling guesswork)."""
-    from moleflow.features.offline_weights import timm_shapes
-
     shapes = timm_shapes(backbone_name)
     for key, tensor in state.items():
         if key in shapes and tuple(tensor.shape) != shapes[key]:

@@ -25,19 +25,22 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
+from moleflow.contract import FitContext, FitResult, ModelContext
 from moleflow.errors import MoleflowError
 from moleflow.features.positional import sinusoidal_2d
 from moleflow.flow.adapters import make_adapter
-from moleflow.flow.blocks import COUPLING_TYPES, build_coupling_flow
+from moleflow.flow.blocks import build_coupling_flow
 from moleflow.flow.cpcf import make_context
+from moleflow.flow.fit import fit_flow_task
 from moleflow.flow.fused_coupling import fusable, fused_flow
-from moleflow.flow.lora import LoRALinear, active_expert, lora_scale
+from moleflow.flow.lora import LoRALinear, active_expert
 from moleflow.flow.options import MoLEFlowOptions
 from moleflow.flow.patch_attention import PatchSelfAttention
 from moleflow.flow.score_baseline import PositionBaseline
 from moleflow.flow.spatial_lora import CornerGroups, SpatialLoRALinear, bilinear_corners
 from moleflow.flow.standardize import ChannelStats
 from moleflow.flow.task_state import TaskStateMixin
+from moleflow.options import check_options
 
 
 class MoLEFlow(TaskStateMixin, nn.Module):
@@ -53,23 +56,13 @@ class MoLEFlow(TaskStateMixin, nn.Module):
     (only the adapters are per task); fused=False computes the forward pass through FrEIA (fused_coupling.py).
     """
 
-    #: the flow reads every flow and training-loop setting (inert_settings.py refuses them for models that don't)
-    reads_settings = "all"
+    options_class = MoLEFlowOptions
 
     @classmethod
-    def from_config(cls, cfg: Any, *, dim: int, grid: tuple[int, int], img_size: Any = None,
-                    overrides: dict[str, Any] | None = None) -> "MoLEFlow":
-        """The flow of a run: its `cfg.flow` options (preset values that cannot apply switched off) and the
-        strategy's `overrides` (e.g. experts=False, adapter="none" for one plain flow)."""
-        overrides = dict(overrides or {})
-        switches = {k: overrides.pop(k) for k in ("experts", "fused") if k in overrides}
-        return cls(dim, grid, MoLEFlowOptions.from_settings(cfg.flow).applicable(), **switches, **overrides)
-
-    @classmethod
-    def validate_config(cls, cfg: Any, *, img_size: Any = None) -> None:
-        if cfg.flow.model_opt:
-            raise MoleflowError(f"--model_opt {' '.join(cfg.flow.model_opt)}: model 'moleflow' takes no --model_opt "
-                                "options; its settings are flags (see `moleflow train --help`)")
+    def from_options(cls, options: MoLEFlowOptions, context: ModelContext) -> "MoLEFlow":
+        """The flow of a run: its options (preset values that cannot apply back at their defaults); under a
+        strategy that trains one model for every task, a plain flow (no LoRA experts, no adapters)."""
+        return cls(context.dim, context.grid, options.applicable(context), experts=not context.single_model)
 
     def __init__(self, dim: int, grid: tuple[int, int], options: MoLEFlowOptions | None = None, *,
                  experts: bool = True, fused: bool = True, **changes: Any) -> None:
@@ -78,6 +71,8 @@ class MoLEFlow(TaskStateMixin, nn.Module):
             o = dataclasses.replace(options or MoLEFlowOptions(), **changes)
         except TypeError as exc:  # an unknown option name
             raise MoleflowError(f"MoLEFlow: {exc}; the options are the fields of MoLEFlowOptions") from None
+        # the options' ranges and rules (flow/options.py), stated there once: in code as on the command line
+        check_options(o, ModelContext(single_model=not experts))
         self.options = o
         # the three options whose stored value and meaning differ (0 / -1 / 0 stand for "default" / "off")
         adapter_hidden = None if o.adapter_hidden is None or o.adapter_hidden < 0 else o.adapter_hidden
@@ -85,28 +80,19 @@ class MoLEFlow(TaskStateMixin, nn.Module):
         subnet_hidden = o.subnet_hidden or 2 * dim
         if dim < 2:
             raise MoleflowError(f"flow dim must be >= 2 (coupling splits channels in two), got {dim}")
-        if o.num_coupling_layers < 1:
-            raise MoleflowError(f"num_coupling_layers must be >= 1, got {o.num_coupling_layers}")
-        if o.coupling_type not in COUPLING_TYPES:
-            raise MoleflowError(f"unknown coupling_type '{o.coupling_type}'; use one of: {', '.join(COUPLING_TYPES)}")
-        if task0_mix is not None and not 0.0 <= task0_mix <= 1.0:
-            raise MoleflowError(f"task0_mix must be in [0, 1] or None, got {task0_mix}")
-        lora_scale(o.lora_alpha, o.lora_rank, o.lora_scaling)  # validates the scaling name early
-        make_adapter(o.adapter, dim, adapter_hidden)  # validates the adapter kind and width early
         h, w = (int(v) for v in grid)
         self.dim = dim
         self.grid = (h, w)
         self.coupling_type = o.coupling_type
         self.experts = experts
-        self.task0_lora = o.task0_lora
-        self.adapter_kind = o.adapter
+        # a plain flow (experts=False, one model for every task) owns nothing per task: no expert, no adapter
+        self.task0_lora = o.task0_lora and experts
+        self.adapter_kind = o.adapter if experts else "none"
         self.adapter_hidden = adapter_hidden
         self.adapter_first_task = o.adapter_first_task
         self.task0_mix = task0_mix
         self.use_pos_embed = o.use_pos_embed
 
-        if o.use_spatial_lora and o.sc_lora_grid_size < 1:
-            raise MoleflowError(f"sc_lora_grid_size must be >= 1, got {o.sc_lora_grid_size}")
         self.flow = build_coupling_flow(
             dim,
             num_coupling_layers=o.num_coupling_layers,
@@ -149,8 +135,6 @@ class MoLEFlow(TaskStateMixin, nn.Module):
         # the scale, and one task's statistics do not fit the next task's features. Saved with the task.
         self.standardize = o.standardize_features
         self.input_stats = nn.ModuleDict()
-        if o.position_std and not o.position_baseline:
-            raise MoleflowError("position_std scales the position baseline: it needs position_baseline=True")
         self.score_baselines = nn.ModuleDict() if o.position_baseline else None  # see score_baseline.py
         self.position_std = o.position_std
         self.register_buffer("pos_embed", sinusoidal_2d(h, w, dim) if o.use_pos_embed else None, persistent=False)  # deterministic: never saved
@@ -219,6 +203,10 @@ class MoLEFlow(TaskStateMixin, nn.Module):
             return self._owned_parameters(task_id)
         return self.base_parameters() + self._adapter_parameters(task_id)
 
+    def fit_task(self, task_id: int, inputs: Tensor, params: list, context: FitContext) -> FitResult:
+        """Train task `task_id` on its patch features (flow/fit.py: its loss, loop and sub-grids)."""
+        return fit_flow_task(self, task_id, inputs, params, context)
+
     def end_task(self, task_id: int) -> None:
         """Freeze everything the task owns (task 0 with experts: base + expert 0 + adapter 0)."""
         self._check_task(task_id)
@@ -243,7 +231,7 @@ class MoLEFlow(TaskStateMixin, nn.Module):
 
     @property
     def supports_subgrid(self) -> bool:
-        """Whether fit_task may train it on strided sub-grids (--token_stride): every flow but SC-LoRA's,
+        """Whether it may train on strided sub-grids (--token_stride): every flow but SC-LoRA's,
         whose experts are blended per position of a whole grid."""
         return not self._spatial_layers
 

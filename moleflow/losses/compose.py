@@ -2,24 +2,22 @@
 
 Every component is looked up through the `moleflow.losses` entry-point group, so plugins' losses combine
 with the built-ins. A component declares the model output keys it reads (`reads`); a missing key is a
-clear error naming the loss, the key and the model. `loss_terms` turns the config's loss switches
-(--focal_gamma, --center_loss_weight) into terms, so version presets stay plain data, and hands each
-term its `--loss_opt NAME.KEY=VALUE` options (checked against the component's signature).
+clear error naming the loss, the key and the model. `LossOptions` is the `--loss` / `--loss_opt` pair a
+model's options class inherits; each term gets its `--loss_opt NAME.KEY=VALUE` options (checked against
+the component's signature).
 """
 
 from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from moleflow import registry
 from moleflow.errors import MoleflowError
-
-if TYPE_CHECKING:
-    from moleflow.config import Config
+from moleflow.options import option, parse_key_values
 
 
 def parse_loss_terms(terms: list[str]) -> list[tuple[str, float]]:
@@ -35,54 +33,57 @@ def parse_loss_terms(terms: list[str]) -> list[tuple[str, float]]:
     return parsed
 
 
-def loss_terms(cfg: Config) -> tuple[list[str], dict[str, dict]]:
-    """--loss terms and per-loss options after the switches: focal_gamma > 0 turns the `nll` term into
-    `focal_nll` (same weight, option gamma); center_loss_weight > 0 appends `center=<weight>`."""
-    tr = cfg.train
-    terms = list(tr.loss)
-    parsed = parse_loss_terms(terms)
-    names = [name for name, _ in parsed]
-    options: dict[str, dict] = {}
-    for flag, value in (("focal_gamma", tr.focal_gamma), ("center_loss_weight", tr.center_loss_weight)):
-        if value < 0:
-            raise MoleflowError(f"--{flag} {value}: must be >= 0 (0 turns it off)")
-    if tr.focal_gamma > 0:
-        if "focal_nll" in names:
-            raise MoleflowError(f"focal NLL defined twice: --loss lists focal_nll and --focal_gamma is "
-                                f"{tr.focal_gamma}; drop one (e.g. --focal_gamma 0)")
-        if "nll" not in names:
-            raise MoleflowError(f"--focal_gamma {tr.focal_gamma} replaces the 'nll' term, but --loss "
-                                f"{' '.join(terms)} has none; add nll=1.0 or use --focal_gamma 0")
-        terms = [f"focal_nll={weight!r}" if name == "nll" else term for term, (name, weight) in zip(terms, parsed)]
-        options["focal_nll"] = {"gamma": tr.focal_gamma}
-    if tr.center_loss_weight > 0:
-        if "center" in names:
-            raise MoleflowError(f"center loss defined twice: --loss lists center and --center_loss_weight is "
-                                f"{tr.center_loss_weight}; drop one (e.g. --center_loss_weight 0)")
-        terms.append(f"center={tr.center_loss_weight!r}")
+def with_loss_options(terms: list[str], options: dict[str, dict], loss_opt: list[str]) -> dict[str, dict]:
+    """`options` (per term name) plus the `--loss_opt NAME.KEY=VALUE` items, each naming a term of `terms`
+    and no option `options` sets already."""
     final_names = [name for name, _ in parse_loss_terms(terms)]
-    for name, given in loss_options(tr.loss_opt).items():
+    merged = {name: dict(values) for name, values in options.items()}
+    for name, given in loss_options(loss_opt).items():
         if name not in final_names:
             raise MoleflowError(f"--loss_opt {name}.{next(iter(given))}: the run has no '{name}' loss term "
                                 f"(terms: {' '.join(terms)}); add {name}=WEIGHT to --loss")
-        clash = sorted(set(given) & set(options.get(name, {})))
+        clash = sorted(set(given) & set(merged.get(name, {})))
         if clash:
-            raise MoleflowError(f"--loss_opt {name}.{clash[0]} is also set by --focal_gamma; drop one of them")
-        options[name] = {**options.get(name, {}), **given}
-    return terms, options
+            raise MoleflowError(f"--loss_opt {name}.{clash[0]} is also set by another option of the model; "
+                                "drop one of them")
+        merged[name] = {**merged.get(name, {}), **given}
+    return merged
 
 
 def loss_options(items: list[str]) -> dict[str, dict]:
     """['bce.pos_weight=5', 'iou.normalize_method=clamp'] -> {'bce': {'pos_weight': 5}, 'iou': {...}}."""
-    from moleflow.config import parse_options
-
     options: dict[str, dict] = {}
-    for key, value in parse_options(items, "--loss_opt").items():
-        name, dot, option = key.partition(".")
-        if not dot or not name or not option:
+    for key, value in parse_key_values(items, "--loss_opt").items():
+        name, dot, option_name = key.partition(".")
+        if not dot or not name or not option_name:
             raise MoleflowError(f"--loss_opt {key}={value!r}: expected NAME.KEY=VALUE, e.g. bce.pos_weight=5")
-        options.setdefault(name, {})[option] = value
+        options.setdefault(name, {})[option_name] = value
     return options
+
+
+@dataclass(frozen=True)
+class LossOptions:
+    """`--loss` and `--loss_opt`, inherited by the options class of a model trained on a weighted sum of
+    registered losses (its own default in place of nll where its outputs differ)."""
+
+    loss: list = option(["nll=1.0"], "loss terms NAME=WEIGHT (registered in moleflow.losses); repeatable; replaces "
+                        "the default. Under AdamW only the ratio of weights matters", nargs="+", action="extend")
+    loss_opt: list = option([], "options of a --loss term, NAME.KEY=VALUE (repeatable; values read as JSON when "
+                            "they parse), e.g. bce.pos_weight=5 or deep_svdd_soft_boundary.nu=0.05. In a --config "
+                            "file also a table: loss_opt = {bce = {pos_weight = 5}}",
+                            nargs="+", action="extend", key_value=True)
+
+    def loss_terms(self) -> tuple[list[str], dict[str, dict]]:
+        """The terms NAME=WEIGHT and each term's options (a model with loss switches overrides this)."""
+        terms = list(self.loss)
+        return terms, with_loss_options(terms, {}, self.loss_opt)
+
+    def make_loss(self, model_name: str) -> "CompositeLoss":
+        terms, options = self.loss_terms()
+        return CompositeLoss(terms, model_name=model_name, options=options)
+
+    def validate(self, context: Any) -> None:
+        self.make_loss("model")  # unknown loss names and options fail before any image is read
 
 
 @dataclass

@@ -13,9 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from moleflow.errors import MoleflowError
+from moleflow.evaluation import metrics as M
 from moleflow.report import html as H
 from moleflow.report.plots import run_plots, thin
 from moleflow.report.writer import MARKER, check_target, swap_in
+from moleflow.run_folder import RunFolder
+from moleflow.run_summary import expand_run_dirs
 
 ROWS = (("matrix_image_auroc", "accuracy matrix, image AUROC"), ("matrix_pixel_auroc", "accuracy matrix, pixel AUROC"),
         ("params", "parameter growth per task"), ("time", "time split"))
@@ -28,9 +31,6 @@ def _curves(run: Path, metrics: dict) -> tuple[dict[str, Any], str]:
             return json.loads(saved.read_text(encoding="utf-8")), "from its report"
         except ValueError:
             pass
-    from moleflow.evaluation import metrics as M
-    from moleflow.run_folder import RunFolder
-
     records = RunFolder.open(run).read_per_image()
     per_class = (metrics.get("final") or {}).get("per_class") or {}
     out = {}
@@ -53,8 +53,6 @@ def _label(run: Path, metrics: dict) -> str:
 
 def write_compare_report(run_dirs: list[str | Path], out: str | Path) -> Path:
     """Write DIR/index.html with the runs' plots side by side; returns its path."""
-    from moleflow.run_summary import expand_run_dirs
-
     runs, _ = expand_run_dirs(run_dirs)
     if not runs:
         raise MoleflowError("no finished runs to put side by side")

@@ -7,6 +7,8 @@ import time
 from html import escape
 from typing import Any
 
+from moleflow import __version__
+from moleflow.options import to_plain
 from moleflow.report import html as H
 
 MATRIX_LABELS = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"))
@@ -19,12 +21,13 @@ def _config_rows(run: Any, cfg: Any) -> list[list[str]]:
     size = "x".join(map(str, cfg.data.size))
     rows = [
         ["run folder", str(run.path)],
-        ["version", cfg.run.version],
-        ["model / strategy / router", f"{cfg.flow.model} / {t.strategy} / {t.router}"],
+        ["version", cfg.run.version or "none (the model's own defaults)"],
+        ["model / strategy / router", f"{cfg.model} / {t.strategy} / {t.router}"],
         ["backbone", f"{b.backbone_name} ({weights}), feature width {b.embed_dim or 'kept'}"],
         ["data", f"{cfg.data.data_path} ({cfg.data.dataset_format}), model input {size} px"],
         ["tasks", " -> ".join("+".join(classes) for classes in cfg.data.tasks)],
-        ["training", f"{t.num_epochs} epochs, batch {t.batch_size}, lr {t.lr:g}, seed {t.seed}"],
+        ["model options", ", ".join(f"{k}={v}" for k, v in to_plain(cfg.options).items())],
+        ["seed", str(t.seed)],
         ["image score", f"{e.score_aggregation}" + (f" (top {e.topk})" if e.score_aggregation == "topk" else "")
          + f", map blur sigma {e.blur_sigma:g}"],
     ]
@@ -87,8 +90,6 @@ def _routing(metrics: dict) -> str:
 
 def index_page(run: Any, cfg: Any, metrics: dict, classes: list[str], slug: dict[str, str], shown: dict[str, dict],
                files: dict[str, str], source: str, nav: list[tuple[str, str]]) -> str:
-    from moleflow import __version__
-
     every = [[k, H.fmt(v) if not isinstance(v, list) else " ".join(map(str, v))] for k, v in sorted(cfg.flat().items())]
     header = ["class", "task", "normal / anomalous", "image AUROC", "pixel AUROC", "AUPRO", "F1",
               "threshold T", "FP / FN at T", "routing", "pages"]

@@ -5,7 +5,8 @@ Three sources, one shape (`ClassMaps`, at the model's input size, exactly what t
 * at the end of `moleflow train` the trainer still holds every class's maps in memory (`from_scored`);
 * `moleflow report RUN_DIR` on a run saved with `--save_maps` reads `maps/<class>.npz` (`from_npz`);
 * on any other finished run it rebuilds the model from the run's checkpoints and scores the test sets again
-  (`moleflow.inference.rescore_run`, what `moleflow eval` does), writing nothing into the run folder.
+  (`moleflow.inference.rescored_maps`, what `moleflow eval` does, handed in by `moleflow report`), writing
+  nothing into the run folder.
 
 The report draws each overlay at the image's own resolution: it reads the image file, upsamples the map
 bilinearly to it and reads the ground-truth mask file when the data set lists one (else upsamples the
@@ -20,6 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from moleflow import registry
 from moleflow.errors import MoleflowError
 
 
@@ -82,8 +84,6 @@ def from_npz(run: Any, classes: list[str]) -> dict[str, ClassMaps] | None:
 def listed_mask_files(cfg: Any) -> dict[str, str]:
     """image path -> mask file of every anomalous test image the run's data set lists (no image is decoded);
     empty when the data set cannot be listed any more (the report then upsamples the model-size masks)."""
-    from moleflow import registry
-
     d = cfg.data
     out: dict[str, str] = {}
     try:
@@ -97,9 +97,15 @@ def listed_mask_files(cfg: Any) -> dict[str, str]:
     return out
 
 
-def load_class_maps(run: Any, cfg: Any, progress: bool, log: Callable[[str], None]) -> tuple[dict[str, ClassMaps], str]:
-    """Maps of a finished run: its maps/*.npz when present, else re-scored from its checkpoints.
-    Returns them and a sentence saying where they came from."""
+#: re-scores a finished run from its checkpoints: (run folder, progress) -> (its tasks, scored maps by class)
+Rescore = Callable[[Any, bool], tuple[list[Any], dict[str, Any]]]
+
+
+def load_class_maps(run: Any, cfg: Any, progress: bool, log: Callable[[str], None],
+                    rescore: Rescore | None = None) -> tuple[dict[str, ClassMaps], str]:
+    """Maps of a finished run: its maps/*.npz when present, else re-scored from its checkpoints by `rescore`
+    (moleflow.inference.rescored_maps; handed in by the caller, so the report does not depend on the
+    trainer). Returns them and a sentence saying where they came from."""
     classes = cfg.data.classes
     found = from_npz(run, classes)
     if found is not None:
@@ -107,10 +113,11 @@ def load_class_maps(run: Any, cfg: Any, progress: bool, log: Callable[[str], Non
         for cm in found.values():
             cm.mask_files = {p: masks[p] for p in cm.paths if p in masks}
         return found, "read from the run's maps/<class>.npz (written with --save_maps)"
-    from moleflow.inference import rescore_run
-
+    if rescore is None:
+        raise MoleflowError(f"{run.path} has no maps/*.npz (--save_maps) and no way to re-score it was given; "
+                            f"use `moleflow report {run.path}`")
     log(f"report: {run.path} has no maps/*.npz (--save_maps), so its model is rebuilt from its checkpoints "
         "and the test sets are scored again")
-    _, state, scored, _ = rescore_run(run.path, progress=progress)
-    return from_scored(state.tasks, scored), ("re-scored from the run's checkpoints (the run has no maps/*.npz; "
+    tasks, scored = rescore(run.path, progress)
+    return from_scored(tasks, scored), ("re-scored from the run's checkpoints (the run has no maps/*.npz; "
                                               "`moleflow train --save_maps` keeps them)")

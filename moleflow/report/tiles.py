@@ -1,37 +1,29 @@
-"""The pixels of the report's image tiles, at each image's own resolution (not the model's input size).
+"""What the report's image tiles need besides the heatmap pipeline of evaluation/visualize.py (which draws the
+evaluation view: the anomaly map upsampled to the image, on one jet scale per class centred on its decision
+threshold, half over the image, the mask's outline in white; extra maps in viridis; JPEG):
 
-* input: the image file as it is;
+* input: the image file as it is, at its own resolution (not the model's input size);
+* the ground-truth mask at that resolution;
 * dataset view: the image with its ground-truth mask as a semi-transparent red overlay (anomalous images);
-* evaluation view: the anomaly map, upsampled bilinearly to the image, as a semi-transparent overlay in the
-  jet colour map (blue = low, red = high) on one scale per class centred on its decision threshold, with the
-  mask's outline in white;
-* extra maps a model returns (the Students' predictive uncertainty) the same way in viridis.
+* the colour bars of the legend.
 
-Colours come from evaluation/visualize.py (colour map table, mask outline); no text is drawn into pixels
-(the page's HTML carries every label, so nothing is cut off). Also: the tile order (worst first) and the
-score badge's colour.
+No text is drawn into pixels (the page's HTML carries every label, so nothing is cut off). Also: the tile order
+(worst first) and the score badge's colour.
 """
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path, PurePath
 
 import numpy as np
-import torch
 from PIL import Image
-from scipy import ndimage
 
 from moleflow.data.image_io import open_image, to_binary_mask, to_float_rgb
-from moleflow.evaluation.visualize import blend_map, colorize, mask_outline
+from moleflow.evaluation.visualize import colorize, encode_png, mask_outline
 
-HEAT_CMAP = "jet"
-EXTRA_CMAP = "viridis"
 MASK_RGB = np.array([255, 0, 0], np.float32)
 MASK_ALPHA = 0.45
-OUTLINE_RGB = (255, 255, 255)
-JPEG_QUALITY = 88
 
 
 def load_rgb(path: str | Path) -> np.ndarray:
@@ -50,64 +42,19 @@ def full_size_mask(mask_file: str | None, model_mask: np.ndarray, size: tuple[in
     return np.asarray(im) > 0
 
 
-def upsample(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A model-size map bilinearly resized to (H,W)."""
-    if amap.shape == tuple(size):
-        return amap
-    t = torch.from_numpy(np.ascontiguousarray(amap, dtype=np.float32))[None, None]
-    return torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
-
-
-def _outline(mask: np.ndarray) -> np.ndarray:
-    """The mask's contour, about 1 px per 256 px of image side so it stays visible on large images."""
-    line = mask_outline(mask)
-    width = max(1, round(max(mask.shape) / 256))
-    return ndimage.binary_dilation(line, iterations=width - 1) if width > 1 else line
-
-
 def mask_overlay(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The dataset view: mask pixels tinted red (alpha 0.45), outlined in red."""
     out = rgb.astype(np.float32)
     out[mask] = (1 - MASK_ALPHA) * out[mask] + MASK_ALPHA * MASK_RGB
     out = out.round().astype(np.uint8)
-    out[_outline(mask)] = MASK_RGB.astype(np.uint8)
+    out[mask_outline(mask)] = MASK_RGB.astype(np.uint8)
     return out
-
-
-def heat_overlay(rgb: np.ndarray, amap: np.ndarray, mask: np.ndarray | None, vmin: float, vmax: float,
-                 cmap: str = HEAT_CMAP) -> np.ndarray:
-    """The evaluation view: half image, half colour-mapped map; the mask outline (if any) in white."""
-    out = blend_map(rgb, amap, vmin, vmax, cmap)
-    if mask is not None and mask.any():
-        out[_outline(mask)] = OUTLINE_RGB
-    return out
-
-
-def encode_jpeg(rgb: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="JPEG", quality=JPEG_QUALITY)
-    return buf.getvalue()
 
 
 def colorbar_png(cmap: str, width: int = 256, height: int = 12) -> bytes:
     """A horizontal colour bar (low on the left) of a colour map, PNG."""
     row = colorize(np.linspace(0.0, 1.0, width, dtype=np.float32)[None], 0.0, 1.0, cmap)
-    buf = io.BytesIO()
-    Image.fromarray(np.repeat(row, height, axis=0)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def map_range(maps: np.ndarray, threshold: float = math.nan) -> tuple[float, float]:
-    """One colour range per class, so its tiles compare: from the 1st percentile of all its maps (low) to
-    2T - low, so that the decision threshold T sits in the middle of the colour map and a single outlier image
-    cannot wash every other map out; without a usable T, the 1st to 99.5th percentile."""
-    finite = maps[np.isfinite(maps)]
-    if finite.size == 0:
-        return 0.0, 1.0
-    low = float(np.percentile(finite, 1))
-    if math.isfinite(threshold) and threshold > low:
-        return low, 2 * threshold - low
-    return low, float(np.percentile(finite, 99.5))
+    return encode_png(np.repeat(row, height, axis=0))
 
 
 def path_label(path: str, data_path: str, class_name: str) -> str:

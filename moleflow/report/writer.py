@@ -18,13 +18,16 @@ from typing import Any, Callable
 
 import numpy as np
 
+from moleflow.config import read_run_config
 from moleflow.errors import MoleflowError
 from moleflow.evaluation import metrics as M
+from moleflow.evaluation import visualize as V
 from moleflow.report import html as H
 from moleflow.report import tiles as T
 from moleflow.report.pages import index_page
 from moleflow.report.plots import png_rgb, run_plots, thin
-from moleflow.report.source import ClassMaps, load_class_maps
+from moleflow.report.source import ClassMaps, Rescore, load_class_maps
+from moleflow.run_folder import RunFolder
 
 MARKER = ".moleflow-report"  # names a folder this module may replace
 EAGER_TILES = 8  # tiles loaded at once (the rest load when scrolled to)
@@ -79,8 +82,7 @@ class _Writer:
             raise MoleflowError(f"per_image.jsonl names {missing[0]} (class {name}), which the maps do not hold; "
                                 "the run folder is inconsistent: run `moleflow eval --run RUN_DIR` first")
         thr = _float(values.get("f1_threshold"))
-        low, high = T.map_range(cm.maps, thr)
-        extra_range = {k: T.map_range(v) for k, v in cm.extras.items()}
+        scale, extra_scales = V.class_scales(cm.maps, cm.extras, thr)
         scores = [float(r["score"]) for r in records]
         finite = [s for s in scores if math.isfinite(s)] or [0.0]
         order = T.worst_first(records, thr)
@@ -96,16 +98,16 @@ class _Writer:
             size = rgb.shape[:2]
             mask = T.full_size_mask(cm.mask_files.get(r["filename"]), cm.masks[i], size)
             stem = f"img/{slug}/{k:04d}"
-            pictures = [(self.put(f"{stem}_input.jpg", T.encode_jpeg(rgb)), f"input {size[1]}x{size[0]}"),
-                        (self.put(f"{stem}_map.jpg", T.encode_jpeg(T.heat_overlay(
-                            rgb, T.upsample(cm.maps[i], size), mask, low, high))), "anomaly map")]
+            pictures = [(self.put(f"{stem}_input.jpg", V.encode_jpeg(rgb)), f"input {size[1]}x{size[0]}"),
+                        (self.put(f"{stem}_map.jpg", V.encode_jpeg(V.heat_overlay(rgb, cm.maps[i], mask, *scale))),
+                         "anomaly map")]
             for extra, m in cm.extras.items():
-                overlay = T.heat_overlay(rgb, T.upsample(m[i], size), mask, *extra_range[extra], T.EXTRA_CMAP)
+                overlay = V.heat_overlay(rgb, m[i], mask, *extra_scales[extra])
                 pictures.append((self.put(f"{stem}_{re.sub(r'[^A-Za-z0-9]+', '_', extra)}.jpg",
-                                          T.encode_jpeg(overlay)), f"{extra} map"))
+                                          V.encode_jpeg(overlay)), f"{extra} map"))
             dataset_picture = pictures[0]
             if mask.any():
-                dataset_picture = (self.put(f"{stem}_mask.jpg", T.encode_jpeg(T.mask_overlay(rgb, mask))),
+                dataset_picture = (self.put(f"{stem}_mask.jpg", V.encode_jpeg(T.mask_overlay(rgb, mask))),
                                    "input + ground-truth mask")
             label = T.path_label(r["filename"], self.cfg.data.data_path, name)
             tiles.append({"record": r, "pictures": pictures, "dataset_picture": dataset_picture, "label": label,
@@ -122,8 +124,8 @@ class _Writer:
                    + (f", {counts['undecided']} undecided" if counts["undecided"] else "")
                    + f". Image AUROC {H.fmt(values.get('image_auroc'))}, pixel AUROC "
                      f"{H.fmt(values.get('pixel_auroc'))}, AUPRO {H.fmt(values.get('aupro'))}.</p>")
-        bars = {k: (f"colorbar_{T.EXTRA_CMAP}.png", *extra_range[k]) for k in cm.extras}
-        view = {"threshold": thr, "range": (low, high), "colorbar": f"colorbar_{T.HEAT_CMAP}.png",
+        bars = {k: (f"colorbar_{s.cmap}.png", s.vmin, s.vmax) for k, s in extra_scales.items()}
+        view = {"threshold": thr, "range": (scale.vmin, scale.vmax), "colorbar": f"colorbar_{scale.cmap}.png",
                 "extra_bars": bars, "shown": shown}
         evaluation = (summary + H.evaluation_legend(view) + "<h2>ROC and PRO curves</h2>"
                       + f'<div class="plots">{H.plot_img(curves_png, f"ROC and PRO curves of {name}")}</div>'
@@ -155,13 +157,11 @@ def swap_in(tmp: Path, target: Path) -> None:
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, *, max_per_class: int | None = None,
                  class_maps: dict[str, ClassMaps] | None = None, tb: Any = None, progress: bool = True,
-                 log: Callable[[str], None] = print) -> Path:
+                 log: Callable[[str], None] = print, rescore: Rescore | None = None) -> Path:
     """Write the report of a finished run; returns its index.html. `class_maps` are the maps kept in memory
     at the end of training; without them they are read from maps/*.npz or re-scored (source.py)."""
-    from moleflow.run_folder import RunFolder
-
     run = RunFolder.open(run_dir)
-    cfg = run.read_config()
+    cfg = read_run_config(run)
     metrics, records = run.read_json("metrics.json"), run.read_per_image()
     limit = cfg.eval.report_max_per_class if max_per_class is None else int(max_per_class)
     if limit < -1:
@@ -169,7 +169,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, max_per_
     target = check_target(Path(out) if out else run.path / "report")
     classes = list(metrics.get("classes") or cfg.data.classes)
     if class_maps is None:
-        class_maps, source = load_class_maps(run, cfg, progress, log)
+        class_maps, source = load_class_maps(run, cfg, progress, log, rescore)
     else:
         source = "kept in memory at the end of training"
     absent = [c for c in classes if c not in class_maps]
@@ -184,8 +184,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, max_per_
         per_class = (metrics.get("final") or {}).get("per_class") or {}
         nav = [("index.html", "index")] + [(f"{slug[c]}_{p}.html", f"{c} {p}") for c in classes
                                              for p in ("dataset", "evaluation")]
-        w.put(f"colorbar_{T.HEAT_CMAP}.png", T.colorbar_png(T.HEAT_CMAP))
-        w.put(f"colorbar_{T.EXTRA_CMAP}.png", T.colorbar_png(T.EXTRA_CMAP))
+        w.put(f"colorbar_{V.HEAT_CMAP}.png", T.colorbar_png(V.HEAT_CMAP))
+        w.put(f"colorbar_{V.EXTRA_CMAP}.png", T.colorbar_png(V.EXTRA_CMAP))
         curves = {c: class_curves([r for r in records if r["class"] == c], class_maps[c], per_class.get(c, {}))
                   for c in classes}
         plots = run_plots(metrics, curves)

@@ -3,23 +3,31 @@
 Continual contract: every task gets its own network (and its own score normalisers), trained only in
 that task's round and frozen at end_task, so nothing used to score an earlier task ever changes (zero
 forgetting by construction; the price is one AE of parameters per task, nothing shared).
+
+Options (AEOptions, moleflow_ae/options.py: `moleflow train --model ae --help`): the loop's --num_epochs,
+--batch_size, --lr, --grad_clip, --loss (default mse=1), and --arch, --channels, --width, --depth, --latent,
+--synthetic, --anomaly_prob, --foreground, --rotate, --scale, --score.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from typing import Any
 
 import torch
 from torch import nn
 
+from moleflow.contract import FitContext, FitResult, ModelContext
 from moleflow.errors import MoleflowError
+from moleflow.options import build_options
+from moleflow.training import FitSettings, optimise
 
 from moleflow_ae.corruption import TrainingCorruption
 from moleflow_ae.networks import ReconstructionNet, build_network, count_parameters
-from moleflow_ae.options import ARCHS, SCORES, AEOptions
+from moleflow_ae.options import AEOptions
 from moleflow_ae.scoring import combine, score_maps, training_means
-
 
 
 class TaskAE(nn.Module):
@@ -33,40 +41,24 @@ class TaskAE(nn.Module):
 
 class ReconstructionAE(nn.Module):
     input_kind = "images"
-    #: its fit_task reads these run settings (Adam without weight decay); any other flow/loop flag is refused
-    reads_settings = ("num_epochs", "batch_size", "lr", "grad_clip", "loss")
-    #: what --loss means when it is not given (moleflow's own default, the flow's NLL, reads no AE output)
-    default_loss = ("mse=1",)
-    # `moleflow train --ae_score both` etc.: spellings of --model_opt score=both (see moleflow/model_flags.py)
-    cli_flags = {
-        "ae_score": {"option": "score", "choices": list(SCORES), "help": "anomaly map: reconstruction error, "
-                     "encoder-feature distance, or both"},
-        "ae_arch": {"option": "arch", "choices": list(ARCHS), "help": "bottleneck AE or the U-Net with skips"},
-        "ae_synthetic": {"option": "synthetic", "choices": ["true", "false"],
-                         "help": "train on synthetic defects (input corrupted, target clean)"},
-        "ae_rotate": {"option": "rotate", "metavar": "DEG", "help": "augmentation: rotation in +-DEG degrees"},
-        "ae_scale": {"option": "scale", "metavar": "S", "help": "augmentation: zoom in [1-S, 1+S]"},
-    }
+    #: every option it reads, the loop's (--num_epochs, --batch_size, --lr, --grad_clip) and --loss included:
+    #: `moleflow train --model ae --help` lists them; any other flow/loop flag is not an option of this model
+    options_class = AEOptions
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, options: AEOptions | None = None, **changes: Any) -> None:
+        """`ReconstructionAE()`, `ReconstructionAE(options)`, `ReconstructionAE(width=4, score="both")`:
+        `changes` replace fields of `options` (default AEOptions()), checked like a flag (names, types,
+        ranges, choices)."""
         super().__init__()
-        self.opts = AEOptions.from_dict(options)
+        base = dataclasses.asdict(options or AEOptions())
+        self.opts = build_options(AEOptions, {**base, **changes}, "model 'ae'")
         self.tasks = nn.ModuleDict()
         # follows model.to(device), so networks created later in begin_task land on the run's device
         self.register_buffer("_anchor", torch.zeros(0), persistent=False)
 
     @classmethod
-    def from_config(cls, cfg, *, dim, grid, img_size, overrides):
-        from moleflow.config import parse_options
-
-        return cls(**parse_options(cfg.flow.model_opt))
-
-    @classmethod
-    def validate_config(cls, cfg, *, img_size):
-        """Contract hook: bad --model_opt values fail before any image is read."""
-        from moleflow.config import parse_options
-
-        AEOptions.from_dict(parse_options(cfg.flow.model_opt))
+    def from_options(cls, options: AEOptions, context: ModelContext) -> ReconstructionAE:
+        return cls(options)
 
     # --- helpers -----------------------------------------------------------------------------------
     def to_model_channels(self, images: torch.Tensor) -> torch.Tensor:
@@ -77,7 +69,7 @@ class ReconstructionAE(nn.Module):
             return images.mean(1, keepdim=True)
         if images.shape[1] != self.opts.channels:
             raise MoleflowError(f"model 'ae' has channels={self.opts.channels} but got {images.shape[1]}-channel "
-                                "images; use --model_opt channels=1 for grey input")
+                                "images; use --channels 1 for grey input")
         return images
 
     def _task(self, task_id: int) -> TaskAE:
@@ -103,13 +95,16 @@ class ReconstructionAE(nn.Module):
         for p in task.parameters():
             p.requires_grad_(False)
 
-    def fit_task(self, task_id, inputs, params, loss_fn, settings, *, label, on_epoch=None):
-        from moleflow.continual.fit import FitResult, optimise
-
+    def fit_task(self, task_id: int, inputs: torch.Tensor, params: list, context: FitContext) -> FitResult:
+        """Adam at a constant --lr (no weight decay, no schedule, as in the reference AE training) on --loss
+        over (reconstruction of the corrupted image, clean target); then the task's score means."""
         if not params:
             return FitResult()
         if inputs.shape[0] == 0:
-            raise MoleflowError(f"{label}: no training images")
+            raise MoleflowError(f"{context.label}: no training images")
+        settings = FitSettings.of(self.opts, context, weight_decay=0.0)
+        loss_fn = self.opts.make_loss("ae").to(context.device)  # fresh per task (a loss may own parameters)
+        params = list(params) + loss_fn.parameters()
         task = self._task(task_id)
         images = self.to_model_channels(inputs).cpu()
         corruption = TrainingCorruption(self.opts, settings.seed)
@@ -123,13 +118,14 @@ class ReconstructionAE(nn.Module):
             return value, len(idx)
 
         start = time.perf_counter()
-        # plain Adam at a constant rate, as in the reference AE training (no weight decay, no schedule)
-        result = optimise(task, params, settings, step_loss=step_loss, steps_per_epoch=1, label=label,
+        result = optimise(task, params, settings, step_loss=step_loss,
+                          steps_per_epoch=math.ceil(len(images) / settings.batch_size), label=context.label,
                           epoch_batches=lambda g: torch.randperm(len(images), generator=g).split(settings.batch_size),
                           make_optimizer=lambda ps: torch.optim.Adam(ps, lr=settings.lr), cosine=False,
-                          on_epoch=on_epoch)
+                          on_epoch=context.on_epoch)
         task.score_means.copy_(training_means(task.net, images, settings.device, settings.batch_size))
         result.seconds = time.perf_counter() - start
+        result.loss_state = loss_fn.state()
         return result
 
     @torch.no_grad()

@@ -1,63 +1,73 @@
-"""The `--model_opt KEY=VALUE` options of the `ae` model, validated once so a typo fails before training."""
+"""The options of the `ae` model: one frozen dataclass of `moleflow.options.option` fields.
+
+Each field is a `moleflow train --model ae` flag of the same name (`--score both`, `--arch unet`,
+`--no_synthetic`, ...), also `--model_opt score=both` and a config file's `{"model": {"name": "ae", "options":
+{...}}}`; types, ranges and choices are checked by moleflow before any image is read, and `rules` refuse an
+option that would change nothing. The training-loop options are the AE's own fields (it trains with plain Adam:
+it has no --weight_decay), `--loss` / `--loss_opt` come from `LossOptions` with `mse=1` as the default.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from moleflow.config import check_option_names
 from moleflow.errors import MoleflowError
+from moleflow.losses.compose import LossOptions
+from moleflow.options import Rule, option
 
 ARCHS = ("ae", "unet")
 SCORES = ("recon", "latent", "both")
+#: the model outputs a --loss term may read (every registered AE loss reads both)
+OUTPUTS = ("reconstruction", "target")
 
 
 @dataclass(frozen=True)
-class AEOptions:
-    arch: str = "ae"  # "ae": bottleneck, no skips; "unet": same layers plus skips, width matched to the AE's size
-    channels: int = 3  # 1 = grey (the (N,3,H,W) input is averaged over channels), 3 = RGB
-    width: int = 16  # channels of the full-resolution level; doubles per level up to 8x
-    depth: int = 4  # stride-2 levels: the bottleneck grid is the (padded) image size / 2**depth
-    latent: int = 32  # bottleneck channels (1x1 squeeze)
-    synthetic: bool = True  # train on synthetic defects (masking, noise): input corrupted, target clean
-    anomaly_prob: float = 0.5  # share of training images that get a synthetic defect (others: plain AE)
-    foreground: bool = True  # keep synthetic defects on the object (Otsu foreground estimate)
-    rotate: float = 0.0  # augmentation: rotation drawn from +-rotate degrees (0 = off)
-    scale: float = 0.0  # augmentation: zoom drawn from [1-scale, 1+scale] (0 = off)
-    score: str = "recon"  # recon | latent | both (see README)
+class AEOptions(LossOptions):
+    loss: list = option(["mse=1"], "loss terms NAME=WEIGHT (registered in moleflow.losses) over the AE's outputs "
+                        "(reconstruction, target), e.g. mse=1 ssim=0.5; repeatable; replaces the default",
+                        nargs="+", action="extend")
+    # the shared loop's options the AE reads (same defaults as moleflow.training.LoopOptions; no weight decay)
+    num_epochs: int = option(40, "training epochs per task", minimum=1)
+    batch_size: int = option(16, "images per optimisation step", minimum=1)
+    lr: float = option(2e-4, "Adam learning rate (constant: no schedule, no weight decay)", above=0)
+    grad_clip: float = option(1.0, "gradient-norm clip (0 = off)", minimum=0)
+    # the network
+    arch: str = option("ae", "ae = bottleneck, no skips; unet = the same layers plus skips, width matched to the "
+                       "AE's parameter count", choices=list(ARCHS))
+    channels: int = option(3, "1 = grey (the RGB input averaged over channels), 3 = RGB", choices=[1, 3])
+    width: int = option(16, "channels of the full-resolution level; doubles per level up to 8x", minimum=1)
+    depth: int = option(4, "stride-2 levels: the bottleneck grid is the (padded) image size / 2**depth", minimum=1)
+    latent: int = option(32, "bottleneck channels (1x1 squeeze; the U-Net's is matched to the AE's size)", minimum=1)
+    # what it trains on
+    synthetic: bool = option(True, "train on synthetic defects (masking, noise): input corrupted, target clean; "
+                             "--no_synthetic = a plain autoencoder")
+    anomaly_prob: float = option(0.5, "share of training images that get a synthetic defect (the others teach "
+                                 "plain reconstruction)", minimum=0, maximum=1)
+    foreground: bool = option(True, "keep synthetic defects on the object (Otsu foreground estimate)")
+    rotate: float = option(0.0, "augmentation: rotation drawn from +-ROTATE degrees (0 = off; conservative: 5)",
+                           minimum=0, maximum=180)
+    scale: float = option(0.0, "augmentation: zoom drawn from [1-SCALE, 1+SCALE] (0 = off; conservative: 0.05)",
+                          minimum=0, below=1)
+    # how it scores
+    score: str = option("recon", "anomaly map: recon = reconstruction error, latent = encoder-feature distance, "
+                        "both = their sum, each divided by its training-set mean", choices=list(SCORES))
 
-    @classmethod
-    def from_dict(cls, options: dict[str, Any]) -> AEOptions:
-        check_option_names(options, cls, "ae")
-        values = {}
-        for name, value in options.items():
-            want = type(cls.__dataclass_fields__[name].default)
-            # JSON gives ints for "rotate=5"; bool is an int subclass, so refuse it where a number is meant
-            ok = isinstance(value, want) or (want is float and isinstance(value, int))
-            if not ok or (want is not bool and isinstance(value, bool)):
-                raise MoleflowError(f"--model_opt {name}={value!r}: expected a {want.__name__}, e.g. "
-                                    f"{name}={str(getattr(cls, name)).lower()}")
-            values[name] = float(value) if want is float else value
-        opts = cls(**values)
-        opts.check()
-        return opts
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(("anomaly_prob",), lambda o, c: o.synthetic,
+             "--synthetic is on (with --no_synthetic no image gets a defect)"),
+        Rule(("synthetic",), lambda o, c: o.anomaly_prob > 0,
+             "--anomaly_prob > 0 (with --anomaly_prob 0 no image gets a defect either way)"),
+        Rule(("foreground",), lambda o, c: o.synthetic and o.anomaly_prob > 0,
+             "--synthetic is on and --anomaly_prob > 0 (it places the synthetic defects)"),
+    )
 
-    def check(self) -> None:
-        problems = []
-        if self.arch not in ARCHS:
-            problems.append(f"arch={self.arch}: use one of {', '.join(ARCHS)}")
-        if self.score not in SCORES:
-            problems.append(f"score={self.score}: use one of {', '.join(SCORES)}")
-        if self.channels not in (1, 3):
-            problems.append(f"channels={self.channels}: use 1 (grey, averaged) or 3 (RGB)")
-        for name, low in (("width", 1), ("depth", 1), ("latent", 1)):
-            if getattr(self, name) < low:
-                problems.append(f"{name}={getattr(self, name)}: must be >= {low}")
-        if not 0.0 <= self.anomaly_prob <= 1.0:
-            problems.append(f"anomaly_prob={self.anomaly_prob}: must be in [0, 1]")
-        if not 0.0 <= self.rotate <= 180.0:
-            problems.append(f"rotate={self.rotate}: degrees in [0, 180]")
-        if not 0.0 <= self.scale < 1.0:
-            problems.append(f"scale={self.scale}: a fraction in [0, 1), e.g. 0.05")
-        if problems:
-            raise MoleflowError("--model_opt " + "; ".join(problems))
+    def validate(self, context: Any) -> None:
+        """Unknown loss names and options (LossOptions), then a term reading an output the AE has not: both
+        before any image is read, not at the first training step."""
+        super().validate(context)
+        for term in self.make_loss("ae").terms:
+            missing = [key for key in getattr(term.fn, "reads", ()) if key not in OUTPUTS]
+            if missing:
+                raise MoleflowError(f"--loss {term.name}: loss '{term.name}' needs model output '{missing[0]}', "
+                                    f"which model 'ae' does not produce (it produces: {', '.join(OUTPUTS)})")

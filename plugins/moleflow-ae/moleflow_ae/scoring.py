@@ -39,7 +39,7 @@ def score_maps(net: ReconstructionNet, images: torch.Tensor) -> tuple[torch.Tens
 
 
 def combine(recon_map: torch.Tensor, latent_map: torch.Tensor, mode: str, means: torch.Tensor) -> torch.Tensor:
-    """The map for `--model_opt score=mode`; `means` = (recon mean, latent mean) on the training set."""
+    """The map for `--score mode`; `means` = (recon mean, latent mean) on the training set."""
     if mode == "recon":
         return recon_map
     if mode == "latent":

@@ -1,6 +1,6 @@
 """moleflow-ae: discovery through the installed distribution, the AE losses against reference
 implementations (skimage, scipy, numpy), the networks on grey non-square input, the training corruption,
-zero forgetting, and one tiny end-to-end run through moleflow's trainer."""
+the options (flags, checks, rules), zero forgetting, and one tiny end-to-end run through moleflow's trainer."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from moleflow import registry
-from moleflow.continual.fit import FitSettings
+from moleflow.contract import FitContext
 from moleflow.errors import MoleflowError
 from moleflow.losses.compose import CompositeLoss
 
@@ -43,16 +43,18 @@ def _images(n: int, height: int = 32, width: int = 32, seed: int = 0) -> torch.T
     return img.clamp(0, 1)
 
 
-def _settings(epochs: int = 2, seed: int = 0) -> FitSettings:
-    return FitSettings(num_epochs=epochs, batch_size=4, lr=1e-3, weight_decay=0.0, grad_clip=0.0, seed=seed,
-                       device=torch.device("cpu"), progress=False)
+#: a tiny network and a short loop (the loop's options are the model's own)
+TINY = {"width": 4, "depth": 2, "latent": 4, "num_epochs": 2, "batch_size": 4, "lr": 1e-3, "grad_clip": 0.0}
+
+
+def _context(seed: int = 0, label: str = "task 0") -> FitContext:
+    return FitContext(seed=seed, device=torch.device("cpu"), label=label, progress=False)
 
 
 def _trained(seed: int = 0, **opts) -> ReconstructionAE:
-    model = ReconstructionAE(**{"width": 4, "depth": 2, "latent": 4, **opts})
+    model = ReconstructionAE(**{**TINY, **opts})
     model.begin_task(0, "a")
-    model.fit_task(0, _images(6, seed=seed), model.trainable_parameters(0), CompositeLoss(["mse=1"]), _settings(),
-                   label="task 0")
+    model.fit_task(0, _images(6, seed=seed), model.trainable_parameters(0), _context())
     model.end_task(0)
     return model
 
@@ -173,14 +175,13 @@ def test_channels_one_averages_rgb():
     model = ReconstructionAE(channels=1)
     images = torch.rand(2, 3, 8, 8)
     assert torch.equal(model.to_model_channels(images), images.mean(1, keepdim=True))
-    with pytest.raises(MoleflowError, match="channels=1"):
+    with pytest.raises(MoleflowError, match="--channels 1"):
         ReconstructionAE(channels=3).to_model_channels(torch.rand(1, 1, 8, 8))
 
 
 def test_score_both_is_the_sum_of_mean_normalised_maps():
     recon_model = _trained(score="recon")
-    latent_model, both_model = ReconstructionAE(width=4, depth=2, latent=4, score="latent"), \
-        ReconstructionAE(width=4, depth=2, latent=4, score="both")
+    latent_model, both_model = ReconstructionAE(**TINY, score="latent"), ReconstructionAE(**TINY, score="both")
     for other in (latent_model, both_model):
         other.load_task_state(0, recon_model.task_state(0))
     images = _images(2, seed=5)
@@ -231,28 +232,143 @@ def test_rotation_is_rigid_on_non_square_images():
     assert math.isclose(float(disc.sum()), float(zoomed.sum()), rel_tol=0.15)
 
 
-def test_options_are_validated():
-    with pytest.raises(MoleflowError, match="unknown option"):
+def test_anomaly_prob_zero_trains_a_plain_autoencoder_too():
+    clean = _images(3)
+    corrupted, _, masks = TrainingCorruption(AEOptions(anomaly_prob=0.0), seed=0)(clean)
+    assert torch.equal(corrupted, clean) and masks.sum() == 0
+
+
+# ------------------------------------------------------------------------------------------- options
+def test_constructor_options_are_checked_like_flags():
+    with pytest.raises(MoleflowError, match=r"--rotation: not an option of model 'ae' \(its options: .*rotate"):
         ReconstructionAE(rotation=5)
-    with pytest.raises(MoleflowError, match="arch=vae"):
+    with pytest.raises(MoleflowError, match="--arch vae: use one of ae, unet"):
         ReconstructionAE(arch="vae")
-    with pytest.raises(MoleflowError, match="expected a float"):
+    with pytest.raises(MoleflowError, match="--channels 2: use one of 1, 3"):
+        ReconstructionAE(channels=2)
+    with pytest.raises(MoleflowError, match="--rotate: cannot use True"):
         ReconstructionAE(rotate=True)
-    with pytest.raises(MoleflowError, match="scale=1.5"):
+    with pytest.raises(MoleflowError, match=r"--scale 1.5: must be in \[0, 1\)"):
         ReconstructionAE(scale=1.5)
-    assert ReconstructionAE(rotate=5).opts.rotate == 5.0
+    with pytest.raises(MoleflowError, match=r"--anomaly_prob -0.1: must be in \[0, 1\]"):
+        ReconstructionAE(anomaly_prob=-0.1)
+    with pytest.raises(MoleflowError, match="--width 0: must be >= 1"):
+        ReconstructionAE(width=0)
+    model = ReconstructionAE(rotate=5)
+    assert model.opts.rotate == 5.0 and isinstance(model.opts.rotate, float)
+    # changes replace fields of the options given, the others are kept
+    model = ReconstructionAE(AEOptions(score="both", width=8), width=4)
+    assert (model.opts.score, model.opts.width, model.opts.depth) == ("both", 4, 4)
 
 
-# ------------------------------------------------------------------------------------------- default loss
-def test_default_loss_is_mse_only_when_loss_is_not_given(tmp_path):
-    assert _cfg(tmp_path, tmp_path).train.loss == ["mse=1"]
-    assert _cfg(tmp_path, tmp_path, "--loss", "nll=1.0", "--loss", "mse=1").train.loss == ["nll=1.0", "mse=1"]
-    images = _images(4)
-    model = ReconstructionAE(width=4, depth=2, latent=4)
+def _cli_cfg(tmp_path, *argv):
+    from moleflow.testing import train_config
+
+    return train_config("--data_path", str(tmp_path), *argv)
+
+
+def test_every_option_is_a_flag_and_a_model_opt(tmp_path):
+    by_flag = _cli_cfg(tmp_path, "--model", "ae", "--score", "both", "--arch", "unet", "--rotate", "5",
+                       "--no_synthetic", "--grad-clip", "0", "--num_epochs", "3", "--lr", "1e-3")
+    by_opt = _cli_cfg(tmp_path, "--model", "ae", "--model_opt", "score=both", "arch=unet", "rotate=5",
+                      "synthetic=false", "grad_clip=0", "num_epochs=3", "lr=0.001")
+    assert isinstance(by_flag.options, AEOptions) and by_flag.options == by_opt.options
+    o = by_flag.options
+    assert (o.score, o.arch, o.rotate, o.synthetic, o.grad_clip, o.num_epochs, o.lr) == \
+        ("both", "unet", 5.0, False, 0.0, 3, 1e-3)
+    assert _cli_cfg(tmp_path, "--model", "ae").options == AEOptions()
+
+
+def test_flags_of_the_ae_are_not_flags_of_another_model(tmp_path):
+    with pytest.raises(MoleflowError, match="--arch: not a setting, nor an option of model 'moleflow'"):
+        _cli_cfg(tmp_path, "--arch", "unet")
+    with pytest.raises(MoleflowError, match="--rotate: not a setting, nor an option of model 'knn'"):
+        _cli_cfg(tmp_path, "--model", "knn", "--rotate", "5")
+    # the AE trains with plain Adam: weight decay is not among its options
+    with pytest.raises(MoleflowError, match="--weight_decay: not a setting, nor an option of model 'ae'"):
+        _cli_cfg(tmp_path, "--model", "ae", "--weight_decay", "0.1")
+
+
+def test_flag_values_are_checked_before_any_image_is_read(tmp_path):
+    from moleflow.testing import model_opt_error
+
+    with pytest.raises(MoleflowError, match=r"--rotate 200(\.0)?: must be in \[0, 180\]"):
+        _cli_cfg(tmp_path, "--model", "ae", "--rotate", "200")
+    with pytest.raises(MoleflowError, match=r"--rotate: cannot use \[1\]"):
+        _cli_cfg(tmp_path, "--model", "ae", "--model_opt", "rotate=[1]")
+    assert "--colour: not an option of model 'ae'" in model_opt_error("ae", "colour=1", tmp_path)
+    assert "must be in [0, 180]" in model_opt_error("ae", "rotate=200", tmp_path)
+
+
+@pytest.mark.parametrize("argv, refused", [
+    (["--no_synthetic", "--anomaly_prob", "0.3"], "anomaly_prob"),
+    (["--model_opt", "synthetic=false", "anomaly_prob=0.3"], "anomaly_prob"),
+    (["--no_synthetic", "--no_foreground"], "foreground"),
+    (["--anomaly_prob", "0", "--foreground"], "foreground"),
+    (["--anomaly_prob", "0", "--no_synthetic"], "anomaly_prob"),
+    (["--anomaly_prob", "0", "--synthetic"], "synthetic"),
+])
+def test_an_option_that_would_change_nothing_is_refused(tmp_path, argv, refused):
+    with pytest.raises(MoleflowError, match=f"^--{refused} changes nothing unless"):
+        _cli_cfg(tmp_path, "--model", "ae", *argv)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--no_synthetic"], {"synthetic": False}),
+    (["--anomaly_prob", "0"], {"anomaly_prob": 0.0, "synthetic": True}),
+    (["--anomaly_prob", "1", "--no_foreground"], {"anomaly_prob": 1.0, "foreground": False}),
+    (["--synthetic", "--foreground", "--anomaly_prob", "0.2"], {"synthetic": True, "foreground": True,
+                                                                 "anomaly_prob": 0.2}),
+])
+def test_options_that_are_read_are_accepted(tmp_path, argv, expected):
+    options = _cli_cfg(tmp_path, "--model", "ae", *argv).options
+    assert {name: getattr(options, name) for name in expected} == expected
+
+
+# ------------------------------------------------------------------------------------------- its loss
+def test_loss_is_an_option_with_mse_as_its_default(tmp_path):
+    assert _cli_cfg(tmp_path, "--model", "ae").options.loss == ["mse=1"]
+    given = _cli_cfg(tmp_path, "--model", "ae", "--loss", "mse=1", "--loss", "focal_frequency=0.5",
+                     "--loss_opt", "focal_frequency.alpha=2")
+    assert given.options.loss == ["mse=1", "focal_frequency=0.5"]  # replaces the default, not added to it
+    terms = given.options.make_loss("ae").terms
+    assert [(t.name, t.weight) for t in terms] == [("mse", 1.0), ("focal_frequency", 0.5)]
+    assert terms[1].fn.alpha == 2.0
+
+
+def test_a_loss_the_ae_cannot_feed_is_refused_before_any_image_is_read(tmp_path):
+    # given, so never replaced: nll reads the flow's outputs
+    with pytest.raises(MoleflowError, match="--loss nll: loss 'nll' needs model output 'patch_score', which "
+                                            "model 'ae' does not produce"):
+        _cli_cfg(tmp_path, "--model", "ae", "--loss", "nll=1.0", "--loss", "mse=1")
+    with pytest.raises(MoleflowError, match="--loss_opt ssim.nope: loss 'ssim' has no option 'nope'"):
+        _cli_cfg(tmp_path, "--model", "ae", "--loss", "ssim=1", "--loss_opt", "ssim.nope=1")
+    with pytest.raises(MoleflowError, match="unknown loss 'nope'"):
+        _cli_cfg(tmp_path, "--model", "ae", "--loss", "nope=1")
+
+
+def test_fit_task_runs_the_models_own_loop_and_loss():
+    images = _images(6)
+    model = ReconstructionAE(**{**TINY, "num_epochs": 3, "batch_size": 4})
     model.begin_task(0)
-    with pytest.raises(MoleflowError, match="needs model output 'patch_score'"):  # given, so never replaced
-        model.fit_task(0, images, model.trainable_parameters(0), CompositeLoss(["nll=1.0"], "ae"), _settings(1),
-                       label="task 0")
+    initial = model.task_state(0)
+    fit = model.fit_task(0, images, model.trainable_parameters(0), _context())
+    assert len(fit.epoch_losses) == 3 and fit.steps == 3 * 2 and fit.seconds > 0  # 6 images in batches of 4
+    assert fit.loss_state == {}  # the AE losses own no parameters
+    # the same start, seed and options train the same network; another --loss trains another one
+    again = ReconstructionAE(**{**TINY, "num_epochs": 3})
+    other = ReconstructionAE(**{**TINY, "num_epochs": 3, "loss": ["mse=1", "ssim=1"]})
+    for m in (again, other):
+        m.load_task_state(0, initial)
+    assert again.fit_task(0, images, again.trainable_parameters(0), _context()).epoch_losses == fit.epoch_losses
+    assert other.fit_task(0, images, other.trainable_parameters(0), _context()).epoch_losses != fit.epoch_losses
+    # the constructor checks names and values, not which outputs a loss reads: fit_task still names the problem
+    flow_loss = ReconstructionAE(**TINY, loss=["nll=1.0"])
+    flow_loss.begin_task(0)
+    with pytest.raises(MoleflowError, match="needs model output 'patch_score'"):
+        flow_loss.fit_task(0, images, flow_loss.trainable_parameters(0), _context())
+    with pytest.raises(MoleflowError, match=r"task 3 \(x\): no training images"):
+        model.fit_task(0, images[:0], model.trainable_parameters(0), _context(label="task 3 (x)"))
 
 
 # ------------------------------------------------------------------------------------------- continual
@@ -263,14 +379,13 @@ def test_zero_forgetting_and_checkpoint_round_trip():
     model.begin_task(1, "b")
     params = model.trainable_parameters(1)
     assert not any(p is q for p in params for q in model.tasks["0"].parameters())
-    model.fit_task(1, _images(6, seed=1) * 0.5, params, CompositeLoss(["mse=1", "ssim=1"]), _settings(seed=1),
-                   label="task 1")
+    model.fit_task(1, _images(6, seed=1) * 0.5, params, _context(seed=1, label="task 1"))
     model.end_task(1)
     assert torch.equal(model.patch_scores(test, 0), before)
     assert not torch.equal(model.patch_scores(test, 1), before)
     counts = model.param_counts()
     assert counts["shared"] == 0 and counts["per_task"] == [count_parameters(model.tasks["0"].net)] * 2
-    restored = ReconstructionAE(width=4, depth=2, latent=4)
+    restored = ReconstructionAE(**TINY)
     for t in (0, 1):
         restored.load_task_state(t, model.task_state(t))
     assert torch.equal(restored.patch_scores(test, 0), before)
@@ -290,13 +405,15 @@ def _cfg(bench, runs, *extra):
                         "--model", "ae", "--runs_dir", str(runs), "--heatmaps", "0", "--device", "cpu", *extra)
 
 
-def test_end_to_end_through_the_trainer(bench, tmp_path):
+def test_end_to_end_through_the_trainer(bench, tmp_path, capsys):
+    from moleflow.cli import main
     from moleflow.continual.trainer import run_training
     from moleflow.inference import evaluate_run
 
-    cfg = _cfg(bench, tmp_path, "--num_epochs", "2", "--lr", "1e-3", "--batch_size", "4",
-               "--model_opt", "arch=unet", "score=both", "width=4", "depth=3", "latent=8", "rotate=5",
-               "scale=0.05", "--loss", "mse=1", "--loss", "ssim=0.5", "--loss", "sobel_gradient=0.5",
+    # flags and --model_opt items are the same options
+    cfg = _cfg(bench, tmp_path, "--num_epochs", "2", "--lr", "1e-3", "--batch_size", "4", "--arch", "unet",
+               "--score", "both", "--model_opt", "width=4", "depth=3", "latent=8", "--rotate", "5",
+               "--scale", "0.05", "--loss", "mse=1", "--loss", "ssim=0.5", "--loss", "sobel_gradient=0.5",
                "--loss", "focal_frequency=1")
     run = run_training(cfg, progress=False, log=lambda *_: None)
     m = run.read_json("metrics.json")
@@ -306,41 +423,15 @@ def test_end_to_end_through_the_trainer(bench, tmp_path):
     assert m["params"]["shared"] == 0 and m["params"]["per_task"] == [expected] * 3
     for metrics in m["final"]["per_class"].values():
         assert 0.0 <= metrics["pixel_auroc"] <= 1.0
+    # the loop's options reached the model's fit_task: 2 epochs of ceil(8 images / 4) steps per task
+    assert [(f["epochs"], f["steps"]) for f in run.read_json("progress.json")["fit"]] == [(2, 4)] * 3
+    # config.json keeps the options typed, by name
+    saved = run.read_json("config.json")["model"]
+    assert saved["name"] == "ae" and saved["options"]["rotate"] == 5.0 and saved["options"]["arch"] == "unet"
+    assert saved["options"]["loss"] == ["mse=1", "ssim=0.5", "sobel_gradient=0.5", "focal_frequency=1"]
     # checkpoints hold everything scoring needs: re-evaluating from them gives the same numbers
     before = m["final"]["per_class"]
     assert evaluate_run(run.path, progress=False).read_json("metrics.json")["final"]["per_class"] == before
-
-
-
-def test_bad_model_opt_fails_before_any_image_is_read(tmp_path):
-    from moleflow.testing import model_opt_error
-
-    assert "colour" in model_opt_error("ae", "colour=1", tmp_path)
-
-
-def _cli_cfg(tmp_path, *argv):
-    from moleflow.testing import train_config
-
-    return train_config("--data_path", str(tmp_path), *argv)
-
-
-def test_ae_flags_are_spellings_of_model_opt(tmp_path):
-    cfg = _cli_cfg(tmp_path, "--model", "ae", "--model_opt", "score=latent", "--ae_score", "both",
-                   "--ae-arch", "unet", "--ae_rotate", "5", "--ae_synthetic", "false")
-    opts = ReconstructionAE.from_config(cfg, dim=0, grid=(0, 0), img_size=(64, 64), overrides={}).opts
-    assert (opts.score, opts.arch, opts.rotate, opts.synthetic) == ("both", "unet", 5.0, False)  # the flag wins
-    assert cfg.flow.model_opt[-4:] == ["score=both", "arch=unet", "rotate=5", "synthetic=false"]
-
-
-def test_ae_flag_with_another_model_is_an_error_not_ignored(tmp_path):
-    with pytest.raises(MoleflowError, match="--ae_score is an option of model 'ae', but this run uses model 'moleflow'"):
-        _cli_cfg(tmp_path, "--ae_score", "both")
-    with pytest.raises(MoleflowError, match=r"rotate=\[1\]: expected a float"):
-        ReconstructionAE.validate_config(_cli_cfg(tmp_path, "--model", "ae", "--ae_rotate", "[1]"), img_size=(64, 64))
-
-
-def test_resume_refuses_model_flags_too(tmp_path, capsys):
-    from moleflow.cli import main
-
-    assert main(["train", "--resume", str(tmp_path), "--ae_score", "both"]) == 2
-    assert "drop: --ae_score" in capsys.readouterr().err
+    # --resume takes every option from the run folder: an option flag with it is refused
+    assert main(["train", "--resume", str(run.path), "--score", "latent"]) == 2
+    assert "drop: --score" in capsys.readouterr().err

@@ -5,8 +5,12 @@ memory of the task's normal embeddings.
 
 Why input_kind "images": the outliers are defects painted on training *images*, so the model needs
 the images and computes their features itself with the run's frozen extractor (same backbone, weights
-and seed as the run's, built by moleflow.continual.task_data.build_extractor). Test images go through
-the same extractor, so normal and defect patches live in one feature space.
+and seed as the run's: `ModelContext.build_extractor()`). Test images go through the same extractor, so
+normal and defect patches live in one feature space.
+
+Options (FIRMOptions, moleflow_firm/options.py: `moleflow train --model firm --help`): the loop's --num_epochs,
+--lr, --weight_decay, --grad_clip (not --batch_size: --batch_patches), --loss (default firm=1.0, its firm term
+configured by --tau/--mode), and the head's, the patches' and the score's own.
 
 Continual contract: every task owns a head, its feature statistics and its memory; nothing is shared
 but the frozen extractor, so a task's scores can never change once it has ended (zero forgetting by
@@ -21,14 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moleflow.contract import FitContext, FitResult, ModelContext
 from moleflow.errors import MoleflowError
 from moleflow.flow.standardize import robust_std
+from moleflow.training import FitSettings
 
-from moleflow_firm.loss import FIRMLoss
 from moleflow_firm.options import FIRMOptions
 from moleflow_firm.patches import build_pools, extract_all
 from moleflow_firm.scoring import knn_distance, mahalanobis_distance, mahalanobis_stats, subsample
-from moleflow_firm.train import OUTLIER_LABEL, train_head
+from moleflow_firm.train import train_head
 
 BUFFERS = ("feat_mean", "feat_std", "memory", "maha_mean", "maha_precision")
 
@@ -67,10 +72,10 @@ class FIRMPatchModel(nn.Module):
     """Registered as model `firm`: one TaskHead per task over the frozen extractor's patch features."""
 
     input_kind = "images"
-    #: the head trains through moleflow's loop (AdamW) on --model_opt batch_patches, not --batch_size
-    reads_settings = ("num_epochs", "lr", "weight_decay", "grad_clip", "loss")
+    #: the head trains through moleflow's loop (AdamW) on --batch_patches patches per step, on its --loss
+    options_class = FIRMOptions
 
-    def __init__(self, extractor: nn.Module, options: FIRMOptions | None = None, *, use_run_loss: bool = False,
+    def __init__(self, extractor: nn.Module, options: FIRMOptions | None = None, *,
                  device: torch.device | str = "cpu") -> None:
         super().__init__()
         # kept out of the module tree: frozen and rebuilt from the config, so it must neither be
@@ -78,30 +83,15 @@ class FIRMPatchModel(nn.Module):
         self.__dict__["extractor"] = extractor
         self.opts = options or FIRMOptions()
         self.dim = int(extractor.dim)
-        self.use_run_loss = use_run_loss
-        self.objective = FIRMLoss(self.opts.tau, OUTLIER_LABEL, self.opts.mode)
         self.device = torch.device(device)
         self.heads = nn.ModuleDict()
 
     @classmethod
-    def from_config(cls, cfg, *, dim, grid, img_size, overrides):
-        from moleflow.config import parse_options
-        from moleflow.continual.task_data import build_extractor, resolve_device
-
-        raw = parse_options(cfg.flow.model_opt)
-        options = FIRMOptions.parse(raw)
-        use_run_loss = uses_run_loss(cfg.train.loss, raw)
-        device = resolve_device(cfg.train.device)
-        return cls(build_extractor(cfg, device), options, use_run_loss=use_run_loss, device=device)
-
-    @classmethod
-    def validate_config(cls, cfg, *, img_size):
-        """Contract hook: bad --model_opt values or --loss mixes fail before any image is read."""
-        from moleflow.config import parse_options
-
-        raw = parse_options(cfg.flow.model_opt)
-        FIRMOptions.parse(raw)
-        uses_run_loss(cfg.train.loss, raw)
+    def from_options(cls, options: FIRMOptions, context: ModelContext) -> FIRMPatchModel:
+        if context.build_extractor is None:
+            raise MoleflowError("model 'firm' scores backbone features itself and needs the run's feature extractor "
+                                "(ModelContext.build_extractor)")
+        return cls(context.build_extractor(), options, device=context.device)
 
     def _head(self, task_id: int) -> TaskHead:
         key = str(task_id)
@@ -120,17 +110,24 @@ class FIRMPatchModel(nn.Module):
     def trainable_parameters(self, task_id: int) -> list:
         return list(self._head(task_id).parameters())
 
-    def fit_task(self, task_id, inputs, params, loss_fn, settings, *, label, on_epoch=None):
+    def fit_task(self, task_id: int, inputs: torch.Tensor, params: list, context: FitContext) -> FitResult:
+        """Features of the task's images and of their synthetic-defect copies, the head trained on --loss
+        over them, then the memory of normal embeddings."""
         start = time.perf_counter()
         head = self._head(task_id)
+        settings = FitSettings.of(self.opts, context, batch_size=self.opts.batch_patches)
         clean = extract_all(self._features, inputs, settings.device)
         pools = build_pools(self._features, inputs, clean, copies=self.opts.synth_per_image,
                             methods=self.opts.anomalies, min_frac=self.opts.outlier_frac, seed=settings.seed,
                             device=settings.device)
         head.feat_mean.copy_(pools.normal.mean(0))
         head.feat_std.copy_(robust_std(pools.normal))
-        objective = (lambda out: loss_fn(out)[0]) if self.use_run_loss else self.objective
-        result = train_head(head, pools, params, objective, settings, self.opts, label=label, on_epoch=on_epoch)
+        # a fresh loss per task: a term with parameters of its own starts from its initial values every task
+        loss_fn = self.opts.make_loss("firm").to(settings.device)
+        params = list(params) + loss_fn.parameters()
+        result = train_head(head, pools, params, lambda out: loss_fn(out)[0], settings, self.opts,
+                            label=context.label, on_epoch=context.on_epoch)
+        result.loss_state = loss_fn.state()
         self._fill_memory(head, pools.normal, settings.seed)
         result.seconds = time.perf_counter() - start  # includes the backbone passes the model makes itself
         return result
@@ -140,8 +137,8 @@ class FIRMPatchModel(nn.Module):
         head.eval()
         memory = head.embed(subsample(normal, self.opts.memory, seed))
         if memory.shape[0] < self.opts.knn:
-            raise MoleflowError(f"--model_opt knn={self.opts.knn} but the task has only {memory.shape[0]} normal "
-                                "patches; lower knn")
+            raise MoleflowError(f"--knn {self.opts.knn} but the task has only {memory.shape[0]} normal patches; "
+                                "lower --knn")
         head.register_buffer("memory", memory.contiguous())
         mean, precision = mahalanobis_stats(memory)
         head.maha_mean.copy_(mean)
@@ -181,25 +178,3 @@ class FIRMPatchModel(nn.Module):
         tasks = sorted(int(k) for k in self.heads)
         return {"shared": 0, "per_task": [sum(v.numel() for v in self.task_state(t).values()) for t in tasks]}
 
-
-def uses_run_loss(loss_terms: list[str], raw_options: dict) -> bool:
-    """Whether training goes through the run's --loss (it names `firm`) or the model's own FIRM objective.
-
-    With --loss firm=W the run's CompositeLoss builds FIRMLoss from `--loss_opt firm.tau=...`, so
-    --model_opt tau/mode could not reach it: refuse the mix instead of ignoring them. Any other --loss
-    than the default (a flow loss) cannot train this model."""
-    from moleflow.config import TrainConfig
-    from moleflow.losses.compose import parse_loss_terms
-
-    names = [name for name, _ in parse_loss_terms(list(loss_terms))]
-    if "firm" in names:
-        clash = sorted({"tau", "mode"} & set(raw_options))
-        if clash:
-            raise MoleflowError(f"--model_opt {', '.join(clash)} configures the model's own FIRM objective, but --loss "
-                                f"names firm, which takes its options from --loss_opt; use --loss_opt firm.{clash[0]}="
-                                f"{raw_options[clash[0]]!r} instead")
-        return True
-    if list(loss_terms) != list(TrainConfig().loss):
-        raise MoleflowError(f"--loss {' '.join(loss_terms)}: model 'firm' trains on the FIRM loss; use --loss firm=1 "
-                            "(extra terms may read z1, z2, labels) or leave --loss unset")
-    return False

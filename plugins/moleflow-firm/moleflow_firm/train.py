@@ -1,8 +1,8 @@
-"""The optimisation of one task's projection head on FIRM, through moleflow's shared loop
-(`moleflow.continual.fit.optimise`: AdamW, cosine schedule over all steps, gradient clipping, a NaN guard
-that names the task, epoch and step).
+"""The optimisation of one task's projection head on its loss (--loss, by default the FIRM term alone), through
+moleflow's shared loop (`moleflow.training.optimise`: AdamW, cosine schedule over all steps, gradient clipping,
+a NaN guard that names the task, epoch and step).
 
-An epoch is one pass over the task's normal patches in chunks of `batch_patches`; each step adds as
+An epoch is one pass over the task's normal patches in chunks of `--batch_patches`; each step adds as
 many outlier patches, drawn without replacement from the outlier pool (all of it when smaller).
 """
 
@@ -14,12 +14,13 @@ from typing import Any
 
 import torch
 
-from moleflow.continual.fit import FitResult, FitSettings, optimise
+from moleflow.contract import FitResult
+from moleflow.training import FitSettings, optimise
 
-from moleflow_firm.options import FIRMOptions
+from moleflow_firm.options import OUTLIER_LABEL, FIRMOptions
 from moleflow_firm.patches import PatchPools, make_view
 
-NORMAL_LABEL, OUTLIER_LABEL = 0, -1  # one ID class per task (one-class AD); FIRMLoss's default outlier label
+NORMAL_LABEL = 0  # one ID class per task (one-class AD); outliers get OUTLIER_LABEL, FIRMLoss's default
 
 Objective = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 
@@ -51,4 +52,4 @@ def train_head(head: torch.nn.Module, pools: PatchPools, params: list[torch.nn.P
 
     return optimise(head, params, settings, epoch_batches=epoch_batches, step_loss=step_loss,
                     steps_per_epoch=math.ceil(n / opts.batch_patches), label=f"{label} (FIRM)",
-                    hint="try a lower --lr, a larger --model_opt tau or --grad_clip 1", on_epoch=on_epoch)
+                    hint="try a lower --lr, a larger --tau or --grad_clip 1", on_epoch=on_epoch)

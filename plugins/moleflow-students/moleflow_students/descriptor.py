@@ -4,9 +4,9 @@
 Its weights follow moleflow's backbone rules (moleflow.features.weights): a local file, timm's pretrained
 weights (fail-fast offline), or a random init seeded with the run seed (`--no_pretrained`). The run's
 `--backbone_weights` is reused when the run's backbone IS the descriptor backbone; otherwise
-`--model_opt descriptor_weights=FILE` names the file.
+`--descriptor_weights FILE` names the file.
 
-`descriptor_backbone=auto` (the default) is the seed's ResNet-18 wherever its weights are at hand (a file,
+`--descriptor_backbone auto` (the default) is the seed's ResNet-18 wherever its weights are at hand (a file,
 timm's cache, the hub, or `--no_pretrained`'s random init), otherwise efficientnet_lite0 with the offline
 ImageNet weights moleflow registers (see moleflow.features.offline_weights): a pretrained descriptor on a
 machine with no network instead of a hard failure. The run log names the one chosen.
@@ -29,26 +29,27 @@ AUTO = "auto"
 AUTO_CANDIDATES = ("resnet18", "efficientnet_lite0")
 
 
-def descriptor_weights(cfg: Any, backbone_name: str, explicit_file: str) -> tuple[str, WeightsSource]:
-    """Resolve (fail fast, before any training) the descriptor backbone and where its weights come from."""
+def descriptor_weights(backbone: Any, seed: int, backbone_name: str, explicit_file: str) -> tuple[str, WeightsSource]:
+    """Resolve (fail fast, before any image is read) the descriptor backbone and where its weights come from.
+    `backbone`: the run's backbone settings (config.BackboneConfig: backbone_name, pretrained, backbone_weights);
+    `seed`: the run's seed (a random init's)."""
     if backbone_name != AUTO:
-        return backbone_name, _resolve(cfg, backbone_name, explicit_file)
+        return backbone_name, _resolve(backbone, seed, backbone_name, explicit_file)
     failures = []
     for candidate in AUTO_CANDIDATES:
         try:
-            return candidate, _resolve(cfg, candidate, explicit_file)
+            return candidate, _resolve(backbone, seed, candidate, explicit_file)
         except MoleflowError as exc:
             failures.append(str(exc))
-    raise MoleflowError(f"descriptor_backbone=auto found no weights for {' or '.join(AUTO_CANDIDATES)} "
+    raise MoleflowError(f"--descriptor_backbone auto found no weights for {' or '.join(AUTO_CANDIDATES)} "
                         f"({'; '.join(failures)})")
 
 
-def _resolve(cfg: Any, backbone_name: str, explicit_file: str) -> WeightsSource:
+def _resolve(backbone: Any, seed: int, backbone_name: str, explicit_file: str) -> WeightsSource:
     check_backbone_name(backbone_name)
-    b = cfg.backbone
-    weights_file = explicit_file or (b.backbone_weights if b.backbone_name == backbone_name else "")
-    return resolve_weights(backbone_name, pretrained=b.pretrained, weights_path=weights_file or None,
-                           init_seed=cfg.train.seed)
+    weights_file = explicit_file or (backbone.backbone_weights if backbone.backbone_name == backbone_name else "")
+    return resolve_weights(backbone_name, pretrained=backbone.pretrained, weights_path=weights_file or None,
+                           init_seed=seed)
 
 
 class PatchDescriptor(nn.Module):

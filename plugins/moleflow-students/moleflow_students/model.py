@@ -10,20 +10,23 @@ Score of a pixel at one scale = ||mean student - teacher||^2 (regression error) 
 ||student - mean student||^2 (predictive uncertainty); the multi-scale score is the mean of the per-scale
 scores, each standardised by its mean/std over the task's training pixels. The evaluator turns the
 (B,H,W) map into an image score by its max.
+
+Options (StudentsOptions, moleflow_students/options.py: `moleflow train --model students --help`): of the loop
+--num_epochs, --batch_size, --grad_clip; its own learning rates and networks; no --loss (fixed objectives).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
+from moleflow.contract import FitContext, FitResult, ModelContext
 from moleflow.errors import MoleflowError
 from moleflow.features.weights import WeightsSource
+from moleflow.training import FitSettings
 from moleflow_students.descriptor import PatchDescriptor, descriptor_weights
-from moleflow_students.options import StudentsOptions
+from moleflow_students.options import StudentsOptions, run_backbone
 from moleflow_students.patchnet import PatchNet
 from moleflow_students.training import channel_stats, distill_teacher, raw_maps, score_stats, train_students
 
@@ -44,8 +47,8 @@ class ScaleStudents(nn.Module):
 
 class UninformedStudents(nn.Module):
     input_kind = "images"
-    #: its optimisers take their own rates (--model_opt teacher_lr/student_lr) and fixed objectives (no --loss)
-    reads_settings = ("num_epochs", "batch_size", "grad_clip")
+    #: its optimisers take their own rates (--teacher_lr, --student_lr) and fixed objectives (no --loss)
+    options_class = StudentsOptions
 
     def __init__(self, options: StudentsOptions, *, descriptor_source: WeightsSource | None = None,
                  descriptor_backbone: str | None = None, init_seed: int = 0) -> None:
@@ -67,22 +70,12 @@ class UninformedStudents(nn.Module):
         self.teacher_log: dict[str, float] = {}
 
     @classmethod
-    def from_config(cls, cfg: Any, *, dim: int, grid: tuple[int, int], img_size: tuple[int, int],
-                    overrides: dict) -> UninformedStudents:
-        from moleflow.config import parse_options
-
-        options = StudentsOptions.parse(parse_options(cfg.flow.model_opt), img_size)
-        # resolved now so that missing weights fail before any image is read or network trained
-        name, source = descriptor_weights(cfg, options.descriptor_backbone, options.descriptor_weights)
-        return cls(options, descriptor_source=source, descriptor_backbone=name, init_seed=cfg.train.seed)
-
-    @classmethod
-    def validate_config(cls, cfg: Any, *, img_size: tuple[int, int]) -> None:
-        """Contract hook: bad --model_opt values and missing descriptor weights fail before any image is read."""
-        from moleflow.config import parse_options
-
-        options = StudentsOptions.parse(parse_options(cfg.flow.model_opt), img_size)
-        descriptor_weights(cfg, options.descriptor_backbone, options.descriptor_weights)
+    def from_options(cls, options: StudentsOptions, context: ModelContext) -> UninformedStudents:
+        """The descriptor's weights follow the run's backbone settings and seed (resolved already when the options
+        were checked, so missing weights failed before any image was read)."""
+        name, source = descriptor_weights(run_backbone(context), context.seed, options.descriptor_backbone,
+                                          options.descriptor_weights)
+        return cls(options, descriptor_source=source, descriptor_backbone=name, init_seed=context.seed)
 
     def describe(self) -> str:
         """Printed by every run and kept in metrics.json: which network the teacher imitates."""
@@ -114,37 +107,38 @@ class UninformedStudents(nn.Module):
     def trainable_parameters(self, task_id: int) -> list:
         return list(self._task(task_id).parameters())
 
-    def fit_task(self, task_id: int, inputs: Tensor, params: list, loss_fn: Any, settings: Any, *, label: str,
-                 on_epoch: Any = None) -> Any:
+    def fit_task(self, task_id: int, inputs: Tensor, params: list, context: FitContext) -> FitResult:
         """Distil the teacher if this is the first task, then train this task's students on `inputs`
-        (N,3,H,W). `loss_fn` (the run's --loss) is not used: the model's objectives are fixed (see losses.py)."""
-        from moleflow.continual.fit import FitResult
-
+        (N,3,H,W). The objectives are the model's own (see losses.py); `params` are this task's students, which
+        it trains all of (its own optimisers, --student_lr)."""
         if inputs.shape[0] == 0:
-            raise MoleflowError(f"{label}: no training images")
+            raise MoleflowError(f"{context.label}: no training images")
         start = time.perf_counter()
+        o = self.opts
+        # the students' loop: --num_epochs, --batch_size, --grad_clip of its options; Adam at --student_lr
+        settings = FitSettings.of(o, context, lr=o.student_lr, weight_decay=o.student_wd)
         if not self.teacher_ready:
-            self._distill(inputs, settings, label)
+            self._distill(inputs, settings, context.label)
         task = self._task(task_id)
         task.requires_grad_(True)
         per_scale: list[list[float]] = []
-        for p in self.opts.patch_sizes:
+        for p in o.patch_sizes:
             scale, teacher = task[_key(p)], self.teachers[_key(p)]
             mean, std = channel_stats(teacher, inputs, settings.device, settings.batch_size)
             scale.teacher_mean.copy_(mean)
             scale.teacher_std.copy_(std)
-            per_scale.append(train_students(scale.students, teacher, mean, std, inputs, self.opts, settings,
-                                            label=label))
+            per_scale.append(train_students(scale.students, teacher, mean, std, inputs, o, settings,
+                                            label=context.label))
             scale.calibration.copy_(score_stats(scale.students, teacher, mean, std, inputs, settings.device,
                                                 settings.batch_size))
         epoch_losses = [sum(values) / len(values) for values in zip(*per_scale)]
-        if on_epoch is not None:
+        if context.on_epoch is not None:
             for epoch, value in enumerate(epoch_losses):
-                on_epoch(epoch, value)
-        steps = len(self.opts.patch_sizes) * settings.num_epochs * -(-inputs.shape[0] // settings.batch_size)
+                context.on_epoch(epoch, value)
+        steps = len(o.patch_sizes) * settings.num_epochs * -(-inputs.shape[0] // settings.batch_size)
         return FitResult(epoch_losses, steps, time.perf_counter() - start)
 
-    def _distill(self, images: Tensor, settings: Any, label: str) -> None:
+    def _distill(self, images: Tensor, settings: FitSettings, label: str) -> None:
         o = self.opts
         descriptor = PatchDescriptor(self.descriptor_backbone, self.descriptor_source, self.init_seed,
                                      o.descriptor_size).to(settings.device)

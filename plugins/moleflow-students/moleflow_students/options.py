@@ -1,90 +1,104 @@
-"""The model's own options (`--model_opt KEY=VALUE`), validated once with one actionable error each.
+"""The options of the `students` model, declared once: each field is a `moleflow train --model students` flag of the
+same name (`--students 3`, also `--model_opt students=3`), a key of a config file's model options, and what
+`UninformedStudents` is built from. Ranges are checked by moleflow before any image is read; `validate` makes
+the checks that need the run (image size, the descriptor's weights) before any image is read too.
+
+Of the shared training loop it reads `--num_epochs`, `--batch_size` (students) and `--grad_clip` (teacher, and
+each student separately), with the help and defaults of moleflow.training.LoopOptions; its optimisers take
+their own rates (`--teacher_lr`, `--student_lr`) and its objectives are fixed (no `--loss`).
 
 The defaults are the real-run (GPU) values; README.md lists the CPU-friendly set used by the demo/tests.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
-from moleflow.config import check_option_names
 from moleflow.errors import MoleflowError
+from moleflow.options import option
+from moleflow.training import LoopOptions
+
+MIN_PATCH = 5
+
+
+def _loop(name: str, help: str = "") -> Any:
+    """A field of the shared loop's options (moleflow.training.LoopOptions): same default, range and help."""
+    f = next(f for f in fields(LoopOptions) if f.name == name)
+    meta = dict(f.metadata)
+    if help:
+        meta["help"] = f"{meta['help']}; {help}"
+    return option(f.default, **meta)
 
 
 @dataclass(frozen=True)
 class StudentsOptions:
-    patch_sizes: tuple[int, ...] = (33,)  # receptive fields (odd); several = multi-scale
-    students: int = 3  # M, students per scale and task
-    width: int = 128  # channels of every hidden conv of the teacher and the students
-    descriptor_dim: int = 128  # d, the teacher's output per pixel
-    descriptor_backbone: str = "auto"  # timm CNN whose pooled features the teacher imitates (auto: see descriptor.py)
-    descriptor_size: int = 64  # patches are resized to this before the descriptor backbone
-    descriptor_weights: str = ""  # local weights file for the descriptor backbone ("" = the backbone rules)
-    teacher_patches: int = 10000  # random patches of task 0 whose descriptors are computed once
-    teacher_steps: int = 5000  # optimisation steps of the distillation
-    teacher_batch: int = 64
-    teacher_lr: float = 2e-4
-    teacher_wd: float = 1e-5
-    # lambda_c of the compactness loss (distillation has weight 1). Small because the loss is a SUM over
-    # d(d-1) correlations whose batch-noise floor alone is ~d^2/sqrt(batch) (~600 at d=64, batch 64): at
-    # 1e-3 it already stops the distillation (README, "choosing compactness_weight")
-    compactness_weight: float = 1e-4
-    student_lr: float = 1e-4
-    student_wd: float = 1e-5
-    crop: int = 0  # students train on random crop x crop windows of each image per epoch (0 = whole image)
+    # the loop settings it reads (its own Adam optimisers, not moleflow.training.optimise)
+    num_epochs: int = _loop("num_epochs", "the students' (the teacher's distillation takes --teacher_steps)")
+    batch_size: int = _loop("batch_size", "the students', also the chunk of the statistics passes")
+    grad_clip: float = _loop("grad_clip", "the teacher's, and each student's separately")
+    # the networks
+    patch_sizes: tuple = option((33,), f"receptive fields, odd and >= {MIN_PATCH}; several = multi-scale "
+                                       "(e.g. 17 33 65)", type=int)
+    students: int = option(3, "M, students per scale and task (>= 2: the uncertainty is their variance)", minimum=2)
+    width: int = option(128, "channels of every hidden conv of the teacher and the students", minimum=1)
+    descriptor_dim: int = option(128, "d, the teacher's output per pixel", minimum=1)
+    # the descriptor the teacher imitates
+    descriptor_backbone: str = option("auto", "timm CNN whose pooled features the teacher imitates (auto: resnet18 "
+                                              "where its weights are at hand, else the offline efficientnet_lite0)")
+    descriptor_size: int = option(64, "patches are resized to this many px before the descriptor backbone",
+                                  minimum=1)
+    descriptor_weights: str = option("", "local weights file for the descriptor backbone (empty = the run's "
+                                         "backbone rules: --backbone_weights when --backbone_name is the "
+                                         "descriptor's, --pretrained, --no_pretrained)")
+    # the teacher's distillation (once, on task 0)
+    teacher_patches: int = option(10000, "random patches of task 0 whose descriptors are computed once", minimum=1)
+    teacher_steps: int = option(5000, "optimisation steps of the teacher's distillation", minimum=1)
+    teacher_batch: int = option(64, "patches per distillation step (>= 2: the compactness loss correlates a "
+                                    "batch)", minimum=2)
+    teacher_lr: float = option(2e-4, "Adam learning rate of the teacher", above=0)
+    teacher_wd: float = option(1e-5, "Adam weight decay of the teacher", minimum=0)
+    # lambda_c: small because the loss is a SUM over d(d-1) correlations whose batch-noise floor alone is
+    # ~d^2/sqrt(batch) (~600 at d=64, batch 64): at 1e-3 it already stops the distillation (README)
+    compactness_weight: float = option(1e-4, "lambda_c, weight of the compactness loss (distillation: 1)", minimum=0)
+    # the students
+    student_lr: float = option(1e-4, "Adam learning rate of the students", above=0)
+    student_wd: float = option(1e-5, "Adam weight decay of the students", minimum=0)
+    crop: int = option(0, "students train on one random crop x crop window of each image per epoch (0 = the "
+                          "whole image)", minimum=0)
 
-    @classmethod
-    def parse(cls, raw: dict[str, Any], img_size: tuple[int, int]) -> StudentsOptions:
-        known = check_option_names(raw, cls, "students")
-        values: dict[str, Any] = {}
-        for name, value in raw.items():
-            default = known[name].default
-            if name == "patch_sizes":
-                value = _patch_sizes(value)
-            elif isinstance(default, str):
-                value = str(value)
-            elif isinstance(default, (int, float)) and not isinstance(value, bool) and isinstance(value, (int, float)):
-                if isinstance(default, int) and value != int(value):
-                    raise MoleflowError(f"--model_opt {name}={value}: expected a whole number")
-                value = type(default)(value)
-            else:
-                raise MoleflowError(f"--model_opt {name}={value!r}: expected a number like {default}")
-            values[name] = value
-        options = cls(**values)
-        options._check(img_size)
-        return options
+    def validate(self, context: Any) -> None:
+        """Checks across options and against the run (its image size; the descriptor's weights are resolved, so
+        missing weights fail now, before any image is read or any network trained)."""
+        from moleflow_students.descriptor import descriptor_weights
 
-    def _check(self, img_size: tuple[int, int]) -> None:
-        positive = ("students", "width", "descriptor_dim", "descriptor_size", "teacher_patches", "teacher_steps",
-                    "teacher_batch", "teacher_lr", "student_lr")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise MoleflowError(f"--model_opt {name}={getattr(self, name)}: must be > 0")
-        for name in ("teacher_wd", "student_wd", "compactness_weight", "crop"):
-            if getattr(self, name) < 0:
-                raise MoleflowError(f"--model_opt {name}={getattr(self, name)}: must be >= 0")
-        if self.students < 2:
-            # the predictive uncertainty (variance over students) needs at least two of them
-            raise MoleflowError(f"--model_opt students={self.students}: needs at least 2 students")
-        if self.teacher_batch < 2:
-            raise MoleflowError("--model_opt teacher_batch: needs >= 2 (the compactness loss correlates a batch)")
-        if self.crop > min(img_size):
-            raise MoleflowError(f"--model_opt crop={self.crop}: larger than the images "
-                                f"({img_size[0]}x{img_size[1]}); use 0 (whole images) or <= {min(img_size)}")
+        self.check_patch_sizes()
+        h, w = context.img_size
+        if self.crop > min(h, w):
+            raise MoleflowError(f"--crop {self.crop}: larger than the images ({h}x{w}); use 0 (whole images) or "
+                                f"<= {min(h, w)}")
         for p in self.patch_sizes:
-            if p // 2 >= min(img_size):  # reflect padding cannot pad more than the image is wide
-                raise MoleflowError(f"--model_opt patch_sizes: patch {p} needs images larger than {p // 2} px, "
-                                    f"got --img_size {img_size[0]} {img_size[1]}; use smaller patches or images")
+            if p // 2 >= min(h, w):  # reflect padding cannot pad more than the image is wide
+                raise MoleflowError(f"--patch_sizes {p}: needs images larger than {p // 2} px, got --img_size {h} {w}; "
+                                    "use smaller patches or images")
+        descriptor_weights(run_backbone(context), context.seed, self.descriptor_backbone, self.descriptor_weights)
+
+    def check_patch_sizes(self) -> None:
+        spelled = " ".join(map(str, self.patch_sizes))
+        if not self.patch_sizes:
+            raise MoleflowError("--patch_sizes: name at least one patch size, e.g. --patch_sizes 33")
+        for p in self.patch_sizes:
+            if p < MIN_PATCH or p % 2 == 0:
+                raise MoleflowError(f"--patch_sizes {spelled}: {p} must be odd (centred on its pixel) and >= "
+                                    f"{MIN_PATCH}")
+        if len(set(self.patch_sizes)) != len(self.patch_sizes):
+            raise MoleflowError(f"--patch_sizes {spelled}: lists a size twice")
 
 
-def _patch_sizes(value: Any) -> tuple[int, ...]:
-    sizes = value if isinstance(value, list) else [value]
-    if not sizes or not all(isinstance(p, int) and not isinstance(p, bool) for p in sizes):
-        raise MoleflowError(f"--model_opt patch_sizes={value!r}: expected an odd integer or a list like [17,33]")
-    for p in sizes:
-        if p < 5 or p % 2 == 0:
-            raise MoleflowError(f"--model_opt patch_sizes: {p} must be odd (centred on its pixel) and >= 5")
-    if len(set(sizes)) != len(sizes):
-        raise MoleflowError(f"--model_opt patch_sizes={value!r}: lists a size twice")
-    return tuple(sizes)
+def run_backbone(context: Any) -> Any:
+    """The run's backbone settings (ModelContext.backbone), or the engine's defaults where a context has none."""
+    if context.backbone is not None:
+        return context.backbone
+    from moleflow.config import BackboneConfig
+
+    return BackboneConfig()

@@ -32,7 +32,7 @@ from moleflow_students.patchnet import PatchNet, pad_for_patches, sample_patches
 def _check_finite(loss: Tensor, label: str, epoch: int, step: int, what: str) -> None:
     if not torch.isfinite(loss):
         raise MoleflowError(f"{label}: {what} loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                            "training stopped (try a lower --model_opt teacher_lr/student_lr or --grad_clip 1)")
+                            "training stopped (try a lower --teacher_lr/--student_lr or --grad_clip 1)")
 
 
 @torch.no_grad()

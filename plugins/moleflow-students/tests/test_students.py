@@ -17,9 +17,9 @@ from moleflow.errors import MoleflowError
 from moleflow_students.losses import CompactnessLoss, DistillationLoss, regression_and_uncertainty
 from moleflow_students.patchnet import PatchNet, layer_plan, pad_for_patches, receptive_field
 
-# CPU-tiny: 48 px images, patches 9 (+17 for two scales), width 8, d 16, two students
-TINY = ["students=2", "width=8", "descriptor_dim=16", "descriptor_size=32", "teacher_patches=128",
-        "teacher_steps=15", "teacher_batch=16", "teacher_lr=1e-3", "student_lr=1e-3"]
+# CPU-tiny: 48 px images, patches 9 (+17 for two scales), width 8, d 16, two students; the model's own flags
+TINY = ["--students", "2", "--width", "8", "--descriptor_dim", "16", "--descriptor_size", "32", "--teacher_patches",
+        "128", "--teacher_steps", "15", "--teacher_batch", "16", "--teacher_lr", "1e-3", "--student_lr", "1e-3"]
 
 
 def test_components_come_from_the_installed_distribution():
@@ -105,28 +105,51 @@ def _cfg(bench, runs, *model_opt, extra=()):
     # real features (the offline efficientnet_lite0 weights): routing and detection are measured on them
     return train_config("--data_path", str(bench), "--img_size", "48", "--embed_dim", "32",
                         "--model", "students", "--runs_dir", str(runs), "--heatmaps", "0", "--device", "cpu",
-                        "--num_epochs", "2", "--batch_size", "4", *extra, "--model_opt", *TINY, *model_opt)
+                        "--num_epochs", "2", "--batch_size", "4", *TINY, *extra,
+                        *(["--model_opt", *model_opt] if model_opt else []))
 
 
 def _model(cfg):
     from moleflow.continual.trainer import build_model
 
-    return build_model(cfg, 16, (4, 4), {})
+    return build_model(cfg, 16, (4, 4), torch.device("cpu"))
 
 
 @pytest.mark.parametrize("option, message", [
-    ("colour=1", "not an option of model 'students'"),
-    ("patch_sizes=16", "must be odd"),
-    ("patch_sizes=[9,9]", "twice"),
-    ("students=1", "at least 2 students"),
-    ("patch_sizes=97", "needs images larger than 48 px"),
-    ("crop=50", "larger than the images"),
-    ("width=-3", "must be > 0"),
-    ("student_lr=fast", "expected a number"),
+    ("colour=1", "--colour: not an option of model 'students'"),
+    ("patch_sizes=16", "--patch_sizes 16: 16 must be odd"),
+    ("patch_sizes=[9,9]", "--patch_sizes 9 9: lists a size twice"),
+    ("patch_sizes=[]", "--patch_sizes: name at least one"),
+    ("patch_sizes=9.5", "--patch_sizes: cannot use 9.5"),
+    ("students=1", "--students 1: must be >= 2"),
+    ("teacher_batch=1", "--teacher_batch 1: must be >= 2"),
+    ("patch_sizes=97", "--patch_sizes 97: needs images larger than 48 px"),
+    ("crop=50", "--crop 50: larger than the images"),
+    ("width=-3", "--width -3: must be >= 1"),
+    ("teacher_lr=0", "--teacher_lr 0.0: must be > 0"),
+    ("student_lr=fast", "--student_lr: cannot use 'fast'"),
+    ("descriptor_weights=/no/such/file.safetensors", "backbone weights file not found"),
 ])
-def test_bad_options_fail_with_one_actionable_error(bench, tmp_path, option, message):
-    with pytest.raises(MoleflowError, match=message.replace("(", r"\(").replace("[", r"\[")):
-        _model(_cfg(bench, tmp_path, option))
+def test_bad_options_fail_before_any_image_is_read(bench, tmp_path, option, message):
+    # resolving the command line (what `moleflow train` does before reading data) is where they fail
+    import re
+
+    with pytest.raises(MoleflowError, match=re.escape(message)):
+        _cfg(bench, tmp_path, option)
+
+
+@pytest.mark.parametrize("flag", [["--lr", "1e-3"], ["--weight_decay", "0"], ["--loss", "students_distill=1"]])
+def test_loop_settings_it_does_not_read_are_not_its_options(bench, tmp_path, flag):
+    with pytest.raises(MoleflowError, match=f"{flag[0]}: not a setting, nor an option of model 'students'"):
+        _cfg(bench, tmp_path, extra=flag)
+
+
+def test_flags_and_model_opt_spell_the_same_options(bench, tmp_path):
+    flags = _cfg(bench, tmp_path, extra=["--patch_sizes", "9", "17", "--crop", "16", "--grad_clip", "0.5"]).options
+    assert (flags.patch_sizes, flags.crop, flags.grad_clip) == ((9, 17), 16, 0.5)
+    assert (flags.num_epochs, flags.batch_size) == (2, 4)  # the loop settings it reads are its options too
+    assert _cfg(bench, tmp_path, "patch_sizes=[9,17]", "crop=16", "grad_clip=0.5").options == flags
+    assert _cfg(bench, tmp_path, "patch_sizes=9,17", "crop=16", "grad_clip=0.5").options == flags
 
 
 def test_named_pretrained_descriptor_offline_fails_fast_with_the_options(bench, tmp_path, monkeypatch):
@@ -135,7 +158,7 @@ def test_named_pretrained_descriptor_offline_fails_fast_with_the_options(bench, 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty_hub_cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(MoleflowError, match="--no_pretrained"):  # named explicitly: no fallback to lite0
-        _model(_cfg(bench, tmp_path, "descriptor_backbone=resnet18"))
+        _cfg(bench, tmp_path, extra=["--descriptor_backbone", "resnet18"])  # before any image is read
 
 
 def test_run_backbone_weights_file_is_reused_for_a_resnet18_descriptor(bench, tmp_path):
@@ -173,7 +196,7 @@ def test_tiny_run_through_the_trainer_two_scales_and_checkpoints(bench, tmp_path
     from moleflow.continual.trainer import run_training
     from moleflow.inference import evaluate_run
 
-    cfg = _cfg(bench, tmp_path, "patch_sizes=[9,17]", "crop=16", extra=["--save_maps", "--heatmaps", "1"])
+    cfg = _cfg(bench, tmp_path, "patch_sizes=[9,17]", extra=["--crop", "16", "--save_maps", "--heatmaps", "1"])
     run = run_training(cfg, progress=False, log=lambda *_: None)
     m = run.read_json("metrics.json")
     # the predictive-uncertainty map is saved beside the anomaly map, and scored against the masks
@@ -208,7 +231,7 @@ def test_task_zero_scores_are_bitwise_unchanged_by_later_tasks(bench, tmp_path):
     from moleflow.continual.task_data import prepare_tasks
     from moleflow.continual.trainer import ContinualRun
 
-    cfg = _cfg(bench, tmp_path, "patch_sizes=9")
+    cfg = _cfg(bench, tmp_path, extra=["--patch_sizes", "9"])
     tasks, ex, _ = prepare_tasks(cfg, torch.device("cpu"), progress=False)
     assert tasks[0].train_inputs.shape[1:] == (3, 48, 48)  # images, not features
     state = ContinualRun(cfg, tasks, ex.dim, ex.grid, torch.device("cpu"), progress=False)
@@ -233,25 +256,33 @@ def test_task_zero_scores_are_bitwise_unchanged_by_later_tasks(bench, tmp_path):
 
 
 def test_non_finite_student_loss_names_task_epoch_and_step(bench, tmp_path):
-    from moleflow.continual.fit import FitSettings
+    from moleflow.contract import FitContext
 
-    model = _model(_cfg(bench, tmp_path, "patch_sizes=9"))
-    settings = FitSettings(1, 4, 0.0, 0.0, 1.0, 0, torch.device("cpu"), False)
+    model = _model(_cfg(bench, tmp_path, extra=["--patch_sizes", "9", "--num_epochs", "1"]))
     images = torch.rand(4, 3, 48, 48)
+    epochs = []
+
+    def context(label):
+        return FitContext(seed=0, device=torch.device("cpu"), label=label, progress=False,
+                          on_epoch=lambda e, v: epochs.append((e, v)))
+
     model.begin_task(0)
-    model.fit_task(0, images, [], None, settings, label="task 0 (leather)")
+    fit = model.fit_task(0, images, [], context("task 0 (leather)"))
+    # --num_epochs 1 over 4 images in steps of --batch_size 4; the per-epoch callback gets the same loss
+    assert (len(fit.epoch_losses), fit.steps) == (1, 1) and epochs == [(0, fit.epoch_losses[0])]
+    assert model.teacher_ready
     model.end_task(0)
     model.begin_task(1)
     images[2, :, 5, 5] = float("nan")
     with pytest.raises(MoleflowError, match=r"task 1 \(grid\): students \(p=9\) loss became nan at epoch 1, step 1"):
-        model.fit_task(1, images, [], None, settings, label="task 1 (grid)")
+        model.fit_task(1, images, [], context("task 1 (grid)"))
 
 
 def test_finetune_baseline_keeps_the_teacher_but_retrains_the_shared_students(bench, tmp_path):
     from moleflow.continual.task_data import prepare_tasks
     from moleflow.continual.trainer import ContinualRun
 
-    cfg = _cfg(bench, tmp_path, "patch_sizes=9", extra=["--strategy", "finetune"])
+    cfg = _cfg(bench, tmp_path, "patch_sizes=9", extra=["--strategy", "finetune"])  # --model_opt spelling
     tasks, ex, _ = prepare_tasks(cfg, torch.device("cpu"), progress=False)
     state = ContinualRun(cfg, tasks, ex.dim, ex.grid, torch.device("cpu"), progress=False)
     state.train_task(0, None)
@@ -269,7 +300,8 @@ def test_finetune_baseline_keeps_the_teacher_but_retrains_the_shared_students(be
 
 
 
-def test_bad_model_opt_fails_before_any_image_is_read(tmp_path):
+def test_bad_model_opt_fails_through_the_cli_before_any_image_is_read(tmp_path):
     from moleflow.testing import model_opt_error
 
     assert "colour" in model_opt_error("students", "colour=1", tmp_path)
+    assert "--crop 999: larger than the images" in model_opt_error("students", "crop=999", tmp_path / "again")

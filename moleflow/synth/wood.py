@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from moleflow.data.synthetic_draw import coverage, lerp, pixel_grid, polyline_distance, random_point_in
-from moleflow.data.synthetic_window import grid, noise, pasted, points_box, random_blob
+from moleflow.synth.draw import coverage, lerp, pixel_grid, polyline_distance, random_point_in
+from moleflow.synth.window import grid, noise, pasted, points_box, random_blob
 
 EARLY = np.array([0.81, 0.65, 0.48], dtype=np.float32)  # light earlywood
 LATE = np.array([0.59, 0.42, 0.28], dtype=np.float32)  # darker latewood lines

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from moleflow.data.synthetic_draw import coverage, lerp, pixel_grid
-from moleflow.data.synthetic_window import fine_grain, square
+from moleflow.synth.draw import coverage, lerp, pixel_grid
+from moleflow.synth.window import fine_grain, square
 
 # Radial colour profile, radius as a fraction of the bottle's radius. The lip is the bright ring at
 # 0.33-0.5; the shoulder's highlights sit at 0.7-0.8 and at the rim.

@@ -18,8 +18,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from moleflow.data.synthetic_draw import coverage, lerp, pixel_grid
-from moleflow.data.synthetic_window import fine_grain, noise, square
+from moleflow.synth.draw import coverage, lerp, pixel_grid
+from moleflow.synth.window import fine_grain, noise, square
 
 CABLE_R, SHEATH_IN = 0.465, 0.405  # outer and inner radius of the sheath, fractions of the image side
 CORE_DIST, CORE_R, COPPER_R = 0.2, 0.163, 0.098

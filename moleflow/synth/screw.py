@@ -17,12 +17,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import ndimage
 
-from moleflow.data.synthetic_draw import (
+from moleflow.synth.draw import (
     coverage,
     pixel_grid,
     segment_distance,
 )
-from moleflow.data.synthetic_window import fine_noise, noise, rotate
+from moleflow.synth.window import fine_noise, noise, rotate
 
 # Object frame (fractions of the image side): the axis runs along ox, head at negative ox.
 HEAD_START, HEAD_END, HEAD_HALF = -0.28, -0.185, 0.062

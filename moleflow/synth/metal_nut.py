@@ -17,8 +17,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from moleflow.data.synthetic_draw import coverage, irregular_blob, lerp
-from moleflow.data.synthetic_window import (FULL, Window, box, grid, jagged_path, noise, pasted, pose, rgb,
+from moleflow.synth.draw import coverage, irregular_blob, lerp
+from moleflow.synth.window import (FULL, Window, box, grid, jagged_path, noise, pasted, pose, rgb,
                                             stroke_distance, to_image)
 
 HOLE, THREAD, BODY, TAB_OUT = 0.1, 0.135, 0.29, 0.39  # radii as fractions of the image side

@@ -1,26 +1,41 @@
-"""The optimisation loop of one task: AdamW, cosine schedule, gradient clipping, NaN guard (`optimise`,
-shared with plugins that bring their own batches), and `fit_task`, the flow's use of it.
-
-Training touches only cached backbone features: every epoch is flow work, nothing else.
+"""The optimisation loop every trained model shares (`optimise`: AdamW, cosine schedule, gradient clipping,
+NaN guard, optional EMA of the parameters) and `LoopOptions`, the options of that loop a model takes into its
+own options class (`class MyOptions(LoopOptions)`), so `--num_epochs`, `--lr`, ... exist exactly for the models
+that train through it. A model with no gradient steps (knn) has none of them, and they are refused for it.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable
 
 import torch
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
+from moleflow.contract import FitContext, FitResult
 from moleflow.errors import MoleflowError
+from moleflow.options import option
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    """The shared loop's options, inherited by the options class of a model that trains through `optimise`."""
+
+    num_epochs: int = option(40, "training epochs per task", minimum=1)
+    batch_size: int = option(16, "images per optimisation step (all their patches)", minimum=1)
+    lr: float = option(2e-4, "AdamW learning rate (cosine schedule per task)", above=0)
+    weight_decay: float = option(1e-5, "AdamW weight decay", minimum=0)
+    grad_clip: float = option(1.0, "gradient-norm clip (0 = off)", minimum=0)
 
 
 @dataclass
 class FitSettings:
+    """One task's loop: the model's loop options with the engine's FitContext (seed, device, progress)."""
+
     num_epochs: int
     batch_size: int
     lr: float
@@ -29,15 +44,14 @@ class FitSettings:
     seed: int
     device: torch.device
     progress: bool = True
-    token_stride: int = 1  # fit_task: each step sees the patches [dy::s, dx::s] of its images, random (dy, dx)
     ema_decay: float = 0.0  # > 0: the task ends with an exponential moving average of its parameters' steps
 
-
-@dataclass
-class FitResult:
-    epoch_losses: list[float] = field(default_factory=list)
-    steps: int = 0
-    seconds: float = 0.0
+    @classmethod
+    def of(cls, loop: Any, context: FitContext, **changes: Any) -> "FitSettings":
+        """From options with the LoopOptions fields (or `changes` for those a model does not have)."""
+        values = {name: changes.pop(name) if name in changes else getattr(loop, name)
+                  for name in ("num_epochs", "batch_size", "lr", "weight_decay", "grad_clip")}
+        return cls(**values, seed=context.seed, device=context.device, progress=context.progress, **changes)
 
 
 def _adamw(params: list[torch.nn.Parameter], *, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -45,12 +59,6 @@ def _adamw(params: list[torch.nn.Parameter], *, lr: float, weight_decay: float) 
     step is launch-bound at these sizes, and the per-tensor loop was ~13 % of it (83 tensors, CPU)."""
     fusable = all(p.dtype.is_floating_point and p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fusable or None)
-
-
-def check_ema_decay(decay: float) -> None:
-    """The one range check of --ema_decay (run by check_components before any image is read, and by optimise)."""
-    if not 0.0 <= decay < 1.0:
-        raise MoleflowError(f"--ema_decay must be in [0, 1) (0 = off), got {decay}")
 
 
 def optimise(
@@ -67,11 +75,11 @@ def optimise(
     cosine: bool = True,
     on_epoch: Callable[[int, float], Any] | None = None,
 ) -> FitResult:
-    """The loop every trainer shares (the core flow, and plugins with their own batches): per epoch, for
-    each batch of `epoch_batches(generator)`, `step_loss(batch, generator) -> (loss, size)`, a NaN guard
-    naming task/epoch/step, backward, gradient clipping, an optimiser step (AdamW unless
-    `make_optimizer`) and a per-step cosine schedule over all epochs (unless `cosine=False`).
-    One generator seeded with `settings.seed` drives every random draw, in call order."""
+    """Per epoch, for each batch of `epoch_batches(generator)`, `step_loss(batch, generator) -> (loss, size)`,
+    a NaN guard naming task/epoch/step, backward, gradient clipping, an optimiser step (AdamW unless
+    `make_optimizer`) and a per-step cosine schedule over all epochs (unless `cosine=False`); with
+    `settings.ema_decay` > 0 the parameters end as the exponential moving average of their steps
+    (torch.optim.swa_utils' EMA update). One generator seeded with `settings.seed` drives every random draw."""
     result = FitResult()
     if not params:
         return result
@@ -79,10 +87,10 @@ def optimise(
     optimizer = (make_optimizer or partial(_adamw, lr=settings.lr, weight_decay=settings.weight_decay))(params)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=max(1, settings.num_epochs * steps_per_epoch)) if cosine else None
-    check_ema_decay(settings.ema_decay)
     foreach = all(p.device.type in ("cpu", "cuda") for p in params) or None
     # the average starts at the initial values; with a decay d it weights the last ~1/(1-d) steps
     ema = [p.detach().clone() for p in params] if settings.ema_decay > 0 else None
+    ema_update = get_ema_multi_avg_fn(settings.ema_decay) if ema is not None else None
     start = time.perf_counter()
     module.train()
     bar = tqdm(range(settings.num_epochs), desc=f"train {label}", disable=not settings.progress, leave=False)
@@ -98,9 +106,9 @@ def optimise(
             if settings.grad_clip > 0:  # foreach: one norm kernel over all tensors (~20 % of the clip's time, CPU)
                 torch.nn.utils.clip_grad_norm_(params, settings.grad_clip, foreach=foreach)
             optimizer.step()
-            if ema is not None:
+            if ema_update is not None:
                 with torch.no_grad():
-                    torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - settings.ema_decay)
+                    ema_update(ema, [p.detach() for p in params], result.steps)
             if scheduler is not None:
                 scheduler.step()
             total += loss.item() * size
@@ -117,40 +125,3 @@ def optimise(
     module.eval()
     result.seconds = time.perf_counter() - start
     return result
-
-
-def fit_task(
-    model: torch.nn.Module,
-    model_task: int,
-    feats: torch.Tensor,
-    params: list[torch.nn.Parameter],
-    loss_fn: Callable[[dict], tuple[torch.Tensor, dict]],
-    settings: FitSettings,
-    *,
-    label: str,
-    on_epoch: Callable[[int, float], Any] | None = None,
-) -> FitResult:
-    """Train `params` on `feats` (N,h,w,D) for the given model task. `label` names the task in errors."""
-    n = feats.shape[0]
-    if params and n == 0:
-        raise MoleflowError(f"{label}: no training images")
-
-    stride = settings.token_stride
-    if stride < 1:
-        raise MoleflowError(f"--token_stride must be >= 1 (1 = every patch), got {stride}")
-    if stride > 1 and not getattr(model, "supports_subgrid", False):
-        raise MoleflowError(f"--token_stride {stride}: model {type(model).__name__} cannot train on a sub-grid of "
-                            "patches; use --token_stride 1")
-
-    def step_loss(idx: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, int]:
-        batch = feats[idx].to(settings.device, non_blocking=True)
-        if stride == 1:
-            return loss_fn(model(batch, model_task))[0], len(idx)
-        # neighbouring patches of 3x3-aggregated features are near copies: a strided sub-grid at a random
-        # offset keeps the positions' variety at 1/s^2 of the flow's cost per step
-        dy, dx = (int(v) for v in torch.randint(stride, (2,), generator=generator))
-        return loss_fn(model(batch, model_task, subgrid=(dy, dx, stride)))[0], len(idx)
-
-    return optimise(model, params, settings, epoch_batches=lambda g: torch.randperm(n, generator=g).split(settings.batch_size),
-                    step_loss=step_loss, steps_per_epoch=math.ceil(n / settings.batch_size), label=label,
-                    hint="try a lower --lr, a smaller --clamp or --grad_clip 1", on_epoch=on_epoch)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import ndimage
 
-from moleflow.data.synthetic_draw import coverage, irregular_blob, lerp, pixel_grid, polyline_distance, smooth_noise
+from moleflow.synth.draw import coverage, irregular_blob, lerp, pixel_grid, polyline_distance, smooth_noise
 
 BODY_HALF = (0.14, 0.19)  # (height, width) / 2 as fractions of the image side
 BODY_CENTRE_Y = -0.06

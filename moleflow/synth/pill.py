@@ -17,8 +17,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import ndimage
 
-from moleflow.data.synthetic_draw import coverage, irregular_blob, lerp, polyline_distance
-from moleflow.data.synthetic_window import (FULL, Window, box, grid, jagged_path, noise, pasted, pose, rgb,
+from moleflow.synth.draw import coverage, irregular_blob, lerp, polyline_distance
+from moleflow.synth.window import (FULL, Window, box, grid, jagged_path, noise, pasted, pose, rgb,
                                             stroke_distance, to_image, window)
 
 SEMI_AXES = (0.2, 0.38)  # (y, x) half sizes of the tablet as fractions of the image side

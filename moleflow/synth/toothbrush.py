@@ -17,14 +17,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import ndimage
 
-from moleflow.data.synthetic_draw import (
+from moleflow.synth.draw import (
     coverage,
     irregular_blob,
     lerp,
     pixel_grid,
     polyline_distance,
 )
-from moleflow.data.synthetic_window import fine_noise, jagged_path, noise, object_square, rotate
+from moleflow.synth.window import fine_noise, jagged_path, noise, object_square, rotate
 
 HEAD_HALF = (0.40, 0.20)  # (height, width) / 2 of the head, fractions of the image side
 HEAD_CENTRE_Y = -0.05

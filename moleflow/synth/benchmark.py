@@ -29,11 +29,10 @@ from PIL import Image
 from scipy import ndimage
 from tqdm import tqdm
 
-from moleflow.data import (synthetic_bottle, synthetic_cable, synthetic_capsule, synthetic_carpet, synthetic_grid,
-                           synthetic_hazelnut, synthetic_leather, synthetic_metal_nut, synthetic_pill, synthetic_screw,
-                           synthetic_tile, synthetic_toothbrush, synthetic_transistor, synthetic_wood, synthetic_zipper)
 from moleflow.data.streams import MVTEC15
 from moleflow.errors import MoleflowError
+from moleflow.synth import (bottle, cable, capsule, carpet, grid, hazelnut, leather, metal_nut, pill, screw, tile,
+                            toothbrush, transistor, wood, zipper)
 
 GENERATOR_VERSION = 1  # bump when rendering changes, so stale folders are regenerated instead of reused
 DEFAULT_CLASSES = ("leather", "grid", "transistor")
@@ -71,21 +70,21 @@ def _spec(name: str, module: Any) -> tuple[str, ClassSpec]:
 
 
 CLASSES: Mapping[str, ClassSpec] = MappingProxyType(dict(sorted([
-    _spec("leather", synthetic_leather),
-    _spec("grid", synthetic_grid),
-    _spec("transistor", synthetic_transistor),
-    _spec("bottle", synthetic_bottle),
-    _spec("cable", synthetic_cable),
-    _spec("hazelnut", synthetic_hazelnut),
-    _spec("carpet", synthetic_carpet),
-    _spec("tile", synthetic_tile),
-    _spec("wood", synthetic_wood),
-    _spec("capsule", synthetic_capsule),
-    _spec("pill", synthetic_pill),
-    _spec("metal_nut", synthetic_metal_nut),
-    _spec("screw", synthetic_screw),
-    _spec("toothbrush", synthetic_toothbrush),
-    _spec("zipper", synthetic_zipper),
+    _spec("leather", leather),
+    _spec("grid", grid),
+    _spec("transistor", transistor),
+    _spec("bottle", bottle),
+    _spec("cable", cable),
+    _spec("hazelnut", hazelnut),
+    _spec("carpet", carpet),
+    _spec("tile", tile),
+    _spec("wood", wood),
+    _spec("capsule", capsule),
+    _spec("pill", pill),
+    _spec("metal_nut", metal_nut),
+    _spec("screw", screw),
+    _spec("toothbrush", toothbrush),
+    _spec("zipper", zipper),
 ], key=lambda item: MVTEC_CLASSES.index(item[0]))))
 
 

@@ -10,7 +10,7 @@ on black), faulty_imprint (part of the print missing or smeared), poke (a small 
 a lit rim), scratch (a long thin pale line), squeeze (one side of the outline pinched inward).
 
 Speed: every field is computed per channel on 2-D arrays (broadcasting over a trailing colour axis is
-several times slower), and defects redraw only a window around the edit (synthetic_window).
+several times slower), and defects redraw only a window around the edit (window.py).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import ndimage
 
-from moleflow.data.synthetic_draw import coverage, irregular_blob, lerp, polyline_distance
-from moleflow.data.synthetic_window import (FULL, Window, box, dent, grid, jagged_path, noise, pasted, pose, rgb,
+from moleflow.synth.draw import coverage, irregular_blob, lerp, polyline_distance
+from moleflow.synth.window import (FULL, Window, box, dent, grid, jagged_path, noise, pasted, pose, rgb,
                                             stroke_distance, to_image, window)
 
 RADIUS = 0.125  # capsule radius as a fraction of the image side

@@ -19,7 +19,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from moleflow.data.synthetic_draw import irregular_blob, pixel_grid, random_point_in, smooth_noise
+from moleflow.synth.draw import irregular_blob, pixel_grid, random_point_in, smooth_noise
 
 Window = tuple[slice, slice]
 FULL: Window = (slice(None), slice(None))

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from moleflow.data.synthetic_draw import coverage, lerp, pixel_grid, polyline_distance
-from moleflow.data.synthetic_window import grid, noise, pasted, points_box, random_blob, random_path, texture_noise
+from moleflow.synth.draw import coverage, lerp, pixel_grid, polyline_distance
+from moleflow.synth.window import grid, noise, pasted, points_box, random_blob, random_path, texture_noise
 
 YARN = np.array([0.62, 0.56, 0.49], dtype=np.float32)
 LEG_OFFSET, LEG_SLANT = 0.24, 0.42  # leg centre from the column centre, and sideways drift per row (columns)

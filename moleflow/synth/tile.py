@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from moleflow.data.synthetic_draw import coverage, lerp, polyline_distance, smooth_noise
-from moleflow.data.synthetic_window import grid, noise, pasted, points_box, random_blob, random_path, texture_noise
+from moleflow.synth.draw import coverage, lerp, polyline_distance, smooth_noise
+from moleflow.synth.window import grid, noise, pasted, points_box, random_blob, random_path, texture_noise
 
 BINDER = np.array([0.80, 0.80, 0.78], dtype=np.float32)
 

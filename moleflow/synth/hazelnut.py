@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moleflow.data.synthetic_draw import (
+from moleflow.synth.draw import (
     coverage,
     lerp,
     pixel_grid,
@@ -25,7 +25,7 @@ from moleflow.data.synthetic_draw import (
     segment_distance,
     smooth_noise,
 )
-from moleflow.data.synthetic_window import fine_grain, pasted, rotate, square
+from moleflow.synth.window import fine_grain, pasted, rotate, square
 
 SHELL = np.array([0.50, 0.30, 0.15], dtype=np.float32)
 CAP = np.array([0.54, 0.45, 0.35], dtype=np.float32)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import ndimage
 
-from moleflow.data.synthetic_draw import coverage, irregular_blob, lerp, pixel_grid, random_point_in, smooth_noise
+from moleflow.synth.draw import coverage, irregular_blob, lerp, pixel_grid, random_point_in, smooth_noise
 
 
 @dataclass(frozen=True)

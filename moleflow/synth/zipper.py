@@ -19,14 +19,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import ndimage
 
-from moleflow.data.synthetic_draw import (
+from moleflow.synth.draw import (
     coverage,
     irregular_blob,
     lerp,
     pixel_grid,
     polyline_distance,
 )
-from moleflow.data.synthetic_window import fine_noise, noise, object_square, rotate
+from moleflow.synth.window import fine_noise, noise, object_square, rotate
 
 TOOTH_ROOT = 0.11  # |ox| of a tooth's root (the tape edge), fraction of the image side
 TOOTH_REACH = 1.42  # a tooth spans this many TOOTH_ROOTs from its root, past the centre

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from moleflow.data.synthetic_draw import (
+from moleflow.synth.draw import (
     coverage,
     irregular_blob,
     lerp,
