@@ -9,10 +9,8 @@ Flag names use underscores, as in the version history; a hyphenated alias is acc
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from numbers import Integral

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import ndimage
 
-from moleflow.synth.draw import coverage, irregular_blob, lerp, polyline_distance
+from moleflow.synth.draw import PosedScene, coverage, irregular_blob, lerp, polyline_distance
 from moleflow.synth.window import (FULL, Window, box, dent, grid, jagged_path, noise, pasted, pose, rgb,
                                             stroke_distance, to_image, window)
 
@@ -42,9 +42,7 @@ SPECULAR = (1.0, 0.98, 0.95)
 
 
 @dataclass(frozen=True)
-class CapsuleScene:
-    oy: np.ndarray  # object-frame coordinates of every pixel (pose applied), in pixels
-    ox: np.ndarray
+class CapsuleScene(PosedScene):
     frame: tuple[float, float, float, float]  # the pose, for mapping object points to the image
     paper: np.ndarray  # (size, size) background brightness
     ink: np.ndarray  # (size, size) coverage of the print

@@ -7,6 +7,7 @@ distance (in pixels) into a coverage in [0, 1] over a one-pixel ramp.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -105,3 +106,22 @@ def warp(image: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
     coords = np.stack([y + dy, x + dx])
     channels = [ndimage.map_coordinates(image[..., c], coords, order=1, mode="reflect") for c in range(image.shape[2])]
     return np.stack(channels, axis=-1)
+
+
+@dataclass(frozen=True)
+class PosedScene:
+    """What every posed object's scene starts with: the object-frame coordinates of every pixel (pose
+    applied), in pixels; each class's scene adds its own parts."""
+
+    oy: np.ndarray
+    ox: np.ndarray
+
+
+@dataclass(frozen=True)
+class Layer:
+    """Something drawn over an object inside `box` (image rows, columns): its alpha (h, w) and its paint, a
+    colour (h, w, 3) or a grey shade (h, w)."""
+
+    box: tuple[slice, slice]
+    alpha: np.ndarray
+    paint: np.ndarray

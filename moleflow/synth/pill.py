@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import ndimage
 
-from moleflow.synth.draw import coverage, irregular_blob, lerp, polyline_distance
+from moleflow.synth.draw import PosedScene, coverage, irregular_blob, lerp, polyline_distance
 from moleflow.synth.window import (FULL, Window, box, grid, jagged_path, noise, pasted, pose, rgb,
                                             stroke_distance, to_image, window)
 
@@ -31,9 +31,7 @@ SPECKLE_COLOUR = (0.68, 0.24, 0.18)
 
 
 @dataclass(frozen=True)
-class PillScene:
-    oy: np.ndarray  # object-frame coordinates of every pixel (pose applied), in pixels
-    ox: np.ndarray
+class PillScene(PosedScene):
     frame: tuple[float, float, float, float]  # the pose, for mapping object points to the image
     background: np.ndarray  # (size, size) brightness
     speckles: np.ndarray  # (size, size) coverage of the red speckles

@@ -17,13 +17,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import ndimage
 
-from moleflow.synth.draw import (
-    coverage,
-    irregular_blob,
-    lerp,
-    pixel_grid,
-    polyline_distance,
-)
+from moleflow.synth.draw import Layer, PosedScene, coverage, irregular_blob, lerp, pixel_grid, polyline_distance
 from moleflow.synth.window import fine_noise, jagged_path, noise, object_square, rotate
 
 HEAD_HALF = (0.40, 0.20)  # (height, width) / 2 of the head, fractions of the image side
@@ -38,18 +32,7 @@ WHITE, BLUE = np.array([0.95, 0.95, 0.94], np.float32), np.array([0.58, 0.78, 0.
 
 
 @dataclass(frozen=True)
-class Layer:
-    """Something drawn over the brush inside `box` (image rows, columns): alpha (h, w), colour (h, w, 3)."""
-
-    box: tuple[slice, slice]
-    alpha: np.ndarray
-    colour: np.ndarray
-
-
-@dataclass(frozen=True)
-class ToothbrushScene:
-    oy: np.ndarray  # object-frame coordinates of every pixel (pose applied), in pixels
-    ox: np.ndarray
+class ToothbrushScene(PosedScene):
     pose: tuple[float, float, float]  # image (y, x) of the object-frame origin and the rotation (radians)
     box: tuple[slice, slice]  # image rows / columns the brush and its shadow can touch
     centres: np.ndarray  # (ROWS, COLS, 2) tuft centres (y, x) in object pixels
@@ -141,7 +124,7 @@ def _compose(scene: ToothbrushScene, region: tuple[slice, slice] | None = None) 
 def _with_layer(scene: ToothbrushScene, layer: Layer) -> np.ndarray:
     """The normal image with `layer` drawn over it."""
     image = scene.image.copy()
-    image[layer.box] = np.clip(lerp(image[layer.box], layer.colour, layer.alpha), 0, 1)
+    image[layer.box] = np.clip(lerp(image[layer.box], layer.paint, layer.alpha), 0, 1)
     return image
 
 

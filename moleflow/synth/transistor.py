@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import ndimage
 
-from moleflow.synth.draw import coverage, irregular_blob, lerp, pixel_grid, polyline_distance, smooth_noise
+from moleflow.synth.draw import (PosedScene, coverage, irregular_blob, lerp, pixel_grid, polyline_distance,
+                                 smooth_noise)
 
 BODY_HALF = (0.14, 0.19)  # (height, width) / 2 as fractions of the image side
 BODY_CENTRE_Y = -0.06
@@ -25,9 +26,7 @@ LEAD_TOP, LEAD_BOTTOM, LEAD_HALF_WIDTH = 0.07, 0.44, 0.017
 
 
 @dataclass(frozen=True)
-class TransistorScene:
-    oy: np.ndarray  # object-frame coordinates of every pixel (pose applied), in pixels
-    ox: np.ndarray
+class TransistorScene(PosedScene):
     leads: tuple[np.ndarray, ...]  # polylines in object coordinates, (n, 2) of (y, x)
     body_colour: float
     background: np.ndarray  # (size, size, 3), already lit

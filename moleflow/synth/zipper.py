@@ -19,13 +19,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import ndimage
 
-from moleflow.synth.draw import (
-    coverage,
-    irregular_blob,
-    lerp,
-    pixel_grid,
-    polyline_distance,
-)
+from moleflow.synth.draw import Layer, PosedScene, coverage, irregular_blob, lerp, pixel_grid, polyline_distance
 from moleflow.synth.window import fine_noise, noise, object_square, rotate
 
 TOOTH_ROOT = 0.11  # |ox| of a tooth's root (the tape edge), fraction of the image side
@@ -35,18 +29,7 @@ THREAD = 0.014  # weave period
 
 
 @dataclass(frozen=True)
-class Layer:
-    """Something drawn over the zipper inside `box` (image rows, columns): alpha and shade, both (h, w)."""
-
-    box: tuple[slice, slice]
-    alpha: np.ndarray
-    shade: np.ndarray
-
-
-@dataclass(frozen=True)
-class ZipperScene:
-    oy: np.ndarray  # object-frame coordinates of every pixel (pose applied), in pixels
-    ox: np.ndarray
+class ZipperScene(PosedScene):
     pose: tuple[float, float, float]  # image (y, x) of the object-frame origin and the rotation (radians)
     band: slice  # image columns the teeth and their shadows can reach
     phase: float  # y of the first left tooth, pixels
@@ -137,7 +120,7 @@ def _compose(scene: ZipperScene, fabric: np.ndarray | None = None, overlay: Laye
     band = lerp(band, left_shade, left)
     image[:, scene.band] = lerp(band, right_shade, right)
     if overlay is not None:
-        image[overlay.box] = lerp(image[overlay.box], overlay.shade, overlay.alpha)
+        image[overlay.box] = lerp(image[overlay.box], overlay.paint, overlay.alpha)
     image = image * scene.shading
     return np.repeat(np.clip(image, 0, 1)[..., None], 3, -1)
 
