@@ -130,8 +130,8 @@ class EvalConfig:
 @dataclass
 class RunConfig:
     version: str = option("", "a version preset of the model (`moleflow versions` lists them, UPDATE_NOTES.md explains "
-                            "them; explicit flags override it); empty = the model's default preset if it has one "
-                            "(moleflow: the newest); not the package version (`moleflow --version`)")
+                            "them; explicit flags override it); empty = the preset marked default for the model, if "
+                            "it has one; not the package version (`moleflow --version`)")
     experiment_name: str = option("default", "runs/<experiment>/<version, or the model without one>/<run>")
     runs_dir: str = option("runs", "where run folders are created")
     deterministic: bool = option(False, "CUDA runs: deterministic algorithms only (torch.use_deterministic_algorithms, "

@@ -85,7 +85,10 @@ def test_unknown_version_and_setting_are_clear_errors(tmp_path):
 
 
 def test_every_setting_and_option_has_exactly_one_flag():
-    for model in ("moleflow", "knn", "discriminator"):
+    """For every installed model, plugins included: its options and the engine's settings never share a name."""
+    from moleflow import registry
+
+    for model in registry.names("models"):
         parser = train_parser(["--model", model])
         dests = [a.dest for a in parser._actions if a.option_strings and a.dest not in ("help",)]
         cfg = train_config("--model", model)

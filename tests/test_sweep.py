@@ -70,6 +70,23 @@ def test_trials_are_versions_x_seeds_x_orders_with_exact_argv():
         sweep.expand_trials(["v9"], [1], ["leather,,grid"], [])
 
 
+def test_without_versions_each_trial_runs_the_models_default_and_is_named_after_it(bench, tmp_path):
+    """A model without presets (knn) is swept without --versions: its trials carry no --version and are named
+    <model>-seed<S>; the flow without --versions gets its default preset's name. Resolved, not run."""
+    import argparse
+
+    runs = tmp_path / "runs"
+    for model, label in (("knn", "knn"), ("moleflow", "v10")):
+        flags = ["--data_path", str(bench), "--runs_dir", str(runs), "--model", model]
+        trials = sweep.expand_trials(None, [0, 1], None, flags)
+        assert [t.argv[:3] for t in trials] == [["train", "--seed", "0"], ["train", "--seed", "1"]]
+        args = argparse.Namespace(backend="local", ray_address=None, gpus_per_trial=None, cpus_per_trial=None,
+                                  max_parallel=None, task_orders=None, train_flags=flags)
+        sweep.check_flags(args, trials)
+        assert [t.name for t in trials] == [f"{label}-seed0", f"{label}-seed1"]
+        assert trials[0].log.name == f"{label}-seed0.log"
+
+
 @pytest.mark.parametrize("sweep_flags, extra, message", [
     ([], ["--num_epohcs", "2"], "error: train flags: --num_epohcs: not a setting, nor an option of model 'moleflow'"),
     ([], ["--num_epochs", "0"], "error: trial v9-seed0: --num_epochs 0: must be >= 1"),
