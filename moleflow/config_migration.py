@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from moleflow.errors import MoleflowError
 from moleflow.options import option_fields, parse_key_values
 from moleflow.registry import get
 from moleflow.versions import get_preset
@@ -43,7 +44,7 @@ def migrate(data: dict) -> dict:
         try:
             if get_preset(version).model != model:
                 new["run"]["version"] = ""
-        except Exception:  # noqa: BLE001 - a preset no longer installed: keep the name as recorded
+        except MoleflowError:  # a preset no longer installed: keep the name as recorded
             pass
     new["model"] = {"name": model, "options": options}
     return new

@@ -108,7 +108,8 @@ def coerce(name: str, f: dataclasses.Field, value: Any) -> Any:
         if isinstance(default, (list, tuple)):
             if isinstance(value, dict) and f.metadata.get("key_value"):
                 return flatten_options(value)
-            if isinstance(value, str) and "," in value:
+            if isinstance(value, str) and "," in value and not f.metadata.get("key_value"):
+                # --model_opt anomalies=cutpaste,noise; never a KEY=VALUE item, whose JSON value may hold commas
                 value = [v.strip() for v in value.split(",") if v.strip()]
             items = value if isinstance(value, (list, tuple)) else [value]
             kind = _item_type(f, default)

@@ -74,13 +74,19 @@ def optimise(
     make_optimizer: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer] | None = None,
     cosine: bool = True,
     on_epoch: Callable[[int, float], Any] | None = None,
+    loss: Any = None,
 ) -> FitResult:
     """Per epoch, for each batch of `epoch_batches(generator)`, `step_loss(batch, generator) -> (loss, size)`,
     a NaN guard naming task/epoch/step, backward, gradient clipping, an optimiser step (AdamW unless
     `make_optimizer`) and a per-step cosine schedule over all epochs (unless `cosine=False`); with
     `settings.ema_decay` > 0 the parameters end as the exponential moving average of their steps
-    (torch.optim.swa_utils' EMA update). One generator seeded with `settings.seed` drives every random draw."""
+    (torch.optim.swa_utils' EMA update). One generator seeded with `settings.seed` drives every random draw.
+    `loss`: the task's composed loss (LossOptions.make_loss, fresh per task so a resumed run trains what an
+    uninterrupted one does) when it may own parameters (the soft-boundary SVDD radius): they are optimised
+    with `params`, and their learnt values end in the result's `loss_state`."""
     result = FitResult()
+    if loss is not None:
+        params = list(params) + loss.parameters()
     if not params:
         return result
     generator = torch.Generator().manual_seed(settings.seed)
@@ -97,12 +103,12 @@ def optimise(
     for epoch in bar:
         total, count = 0.0, 0
         for step, batch in enumerate(epoch_batches(generator)):
-            loss, size = step_loss(batch, generator)
-            if not torch.isfinite(loss):
-                raise MoleflowError(f"{label}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+            value, size = step_loss(batch, generator)
+            if not torch.isfinite(value):
+                raise MoleflowError(f"{label}: loss became {value.item()} at epoch {epoch + 1}, step {step + 1}; "
                                     f"training stopped ({hint})")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            value.backward()
             if settings.grad_clip > 0:  # foreach: one norm kernel over all tensors (~20 % of the clip's time, CPU)
                 torch.nn.utils.clip_grad_norm_(params, settings.grad_clip, foreach=foreach)
             optimizer.step()
@@ -111,7 +117,7 @@ def optimise(
                     ema_update(ema, [p.detach() for p in params], result.steps)
             if scheduler is not None:
                 scheduler.step()
-            total += loss.item() * size
+            total += value.item() * size
             count += size
             result.steps += 1
         result.epoch_losses.append(total / count)
@@ -124,4 +130,6 @@ def optimise(
                 p.copy_(average)
     module.eval()
     result.seconds = time.perf_counter() - start
+    if loss is not None:
+        result.loss_state = loss.state()
     return result

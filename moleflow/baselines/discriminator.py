@@ -179,8 +179,7 @@ class PatchDiscriminator(nn.Module):
         if n == 0:
             raise MoleflowError(f"{context.label}: no training images")
         settings = FitSettings.of(self.opts, context)
-        loss_fn = self.opts.make_loss("discriminator").to(context.device)  # fresh per task (its own parameters)
-        params = list(params) + loss_fn.parameters()
+        loss_fn = self.opts.make_loss("discriminator").to(context.device)  # fresh per task: see optimise
         task = self._task(task_id)
         for p in params:
             p.requires_grad_(True)
@@ -192,11 +191,9 @@ class PatchDiscriminator(nn.Module):
             outputs = self.training_outputs(inputs[idx].to(settings.device), task_id, generator)
             return loss_fn(outputs)[0], len(idx)
 
-        result = optimise(task, params, settings, step_loss=step_loss, steps_per_epoch=math.ceil(n / settings.batch_size),
-                          epoch_batches=lambda g: torch.randperm(n, generator=g).split(settings.batch_size),
-                          label=context.label, on_epoch=context.on_epoch)
-        result.loss_state = loss_fn.state()
-        return result
+        return optimise(task, params, settings, step_loss=step_loss, steps_per_epoch=math.ceil(n / settings.batch_size),
+                        epoch_batches=lambda g: torch.randperm(n, generator=g).split(settings.batch_size),
+                        label=context.label, on_epoch=context.on_epoch, loss=loss_fn)
 
     def end_task(self, task_id: int) -> None:
         task = self._task(task_id)

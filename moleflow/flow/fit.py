@@ -19,15 +19,13 @@ from moleflow.training import FitSettings, optimise
 
 def fit_flow_task(model: Any, model_task: int, feats: torch.Tensor, params: list[torch.nn.Parameter],
                   context: FitContext) -> FitResult:
-    """Train `params` (the strategy's, plus the loss's own) on `feats` (N,h,w,D) for the given model task."""
+    """Train `params` (the strategy's; the loss's own are added by `optimise`) on `feats` (N,h,w,D) for the
+    given model task."""
     options = model.options
     n = feats.shape[0]
     if params and n == 0:
         raise MoleflowError(f"{context.label}: no training images")
-    # a fresh loss per task: its own parameters (e.g. the SVDD radius) start from their initial values at
-    # every task, so a resumed run trains exactly what an uninterrupted one does
     loss_fn = options.make_loss("moleflow").to(context.device)
-    params = list(params) + loss_fn.parameters()
     stride = options.token_stride
     settings = FitSettings.of(options, context, ema_decay=options.ema_decay)
 
@@ -40,9 +38,7 @@ def fit_flow_task(model: Any, model_task: int, feats: torch.Tensor, params: list
         dy, dx = (int(v) for v in torch.randint(stride, (2,), generator=generator))
         return loss_fn(model(batch, model_task, subgrid=(dy, dx, stride)))[0], len(idx)
 
-    result = optimise(model, params, settings, step_loss=step_loss, steps_per_epoch=math.ceil(n / settings.batch_size),
-                      epoch_batches=lambda g: torch.randperm(n, generator=g).split(settings.batch_size),
-                      label=context.label, hint="try a lower --lr, a smaller --clamp or --grad_clip 1",
-                      on_epoch=context.on_epoch)
-    result.loss_state = loss_fn.state()
-    return result
+    return optimise(model, params, settings, step_loss=step_loss, steps_per_epoch=math.ceil(n / settings.batch_size),
+                    epoch_batches=lambda g: torch.randperm(n, generator=g).split(settings.batch_size),
+                    label=context.label, hint="try a lower --lr, a smaller --clamp or --grad_clip 1",
+                    on_epoch=context.on_epoch, loss=loss_fn)

@@ -103,8 +103,7 @@ class ReconstructionAE(nn.Module):
         if inputs.shape[0] == 0:
             raise MoleflowError(f"{context.label}: no training images")
         settings = FitSettings.of(self.opts, context, weight_decay=0.0)
-        loss_fn = self.opts.make_loss("ae").to(context.device)  # fresh per task (a loss may own parameters)
-        params = list(params) + loss_fn.parameters()
+        loss_fn = self.opts.make_loss("ae").to(context.device)  # fresh per task: see moleflow.training.optimise
         task = self._task(task_id)
         images = self.to_model_channels(inputs).cpu()
         corruption = TrainingCorruption(self.opts, settings.seed)
@@ -122,10 +121,9 @@ class ReconstructionAE(nn.Module):
                           steps_per_epoch=math.ceil(len(images) / settings.batch_size), label=context.label,
                           epoch_batches=lambda g: torch.randperm(len(images), generator=g).split(settings.batch_size),
                           make_optimizer=lambda ps: torch.optim.Adam(ps, lr=settings.lr), cosine=False,
-                          on_epoch=context.on_epoch)
+                          on_epoch=context.on_epoch, loss=loss_fn)
         task.score_means.copy_(training_means(task.net, images, settings.device, settings.batch_size))
         result.seconds = time.perf_counter() - start
-        result.loss_state = loss_fn.state()
         return result
 
     @torch.no_grad()

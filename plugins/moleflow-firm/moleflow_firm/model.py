@@ -122,12 +122,9 @@ class FIRMPatchModel(nn.Module):
                             device=settings.device)
         head.feat_mean.copy_(pools.normal.mean(0))
         head.feat_std.copy_(robust_std(pools.normal))
-        # a fresh loss per task: a term with parameters of its own starts from its initial values every task
-        loss_fn = self.opts.make_loss("firm").to(settings.device)
-        params = list(params) + loss_fn.parameters()
+        loss_fn = self.opts.make_loss("firm").to(settings.device)  # fresh per task: see moleflow.training.optimise
         result = train_head(head, pools, params, lambda out: loss_fn(out)[0], settings, self.opts,
-                            label=context.label, on_epoch=context.on_epoch)
-        result.loss_state = loss_fn.state()
+                            label=context.label, on_epoch=context.on_epoch, loss=loss_fn)
         self._fill_memory(head, pools.normal, settings.seed)
         result.seconds = time.perf_counter() - start  # includes the backbone passes the model makes itself
         return result

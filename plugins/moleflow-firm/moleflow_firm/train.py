@@ -36,7 +36,7 @@ def batch_outputs(head: torch.nn.Module, normal: torch.Tensor, outlier: torch.Te
 
 def train_head(head: torch.nn.Module, pools: PatchPools, params: list[torch.nn.Parameter], objective: Objective,
                settings: FitSettings, opts: FIRMOptions, *, label: str,
-               on_epoch: Callable[[int, float], Any] | None = None) -> FitResult:
+               on_epoch: Callable[[int, float], Any] | None = None, loss: Any = None) -> FitResult:
     n = pools.normal.shape[0]
 
     def epoch_batches(generator: torch.Generator):
@@ -52,4 +52,4 @@ def train_head(head: torch.nn.Module, pools: PatchPools, params: list[torch.nn.P
 
     return optimise(head, params, settings, epoch_batches=epoch_batches, step_loss=step_loss,
                     steps_per_epoch=math.ceil(n / opts.batch_patches), label=f"{label} (FIRM)",
-                    hint="try a lower --lr, a larger --tau or --grad_clip 1", on_epoch=on_epoch)
+                    hint="try a lower --lr, a larger --tau or --grad_clip 1", on_epoch=on_epoch, loss=loss)
