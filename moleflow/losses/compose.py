@@ -133,16 +133,23 @@ class CompositeLoss:
         return {f"{term.name}.{k}": v.detach().item() for term in self.terms if isinstance(term.fn, torch.nn.Module)
                 for k, v in term.fn.named_parameters() if v.numel() == 1}
 
+    def first_unfed(self, produced: Any) -> tuple[str, str] | None:
+        """(term name, output key) of the first term that reads an output not in `produced`, else None: what a
+        model checks against the outputs it declares before any image is read, and every step checks again."""
+        for term in self.terms:
+            for key in getattr(term.fn, "reads", ()):
+                if key not in produced:
+                    return term.name, key
+        return None
+
     def __call__(self, outputs: dict[str, torch.Tensor], batch: dict | None = None) -> tuple[torch.Tensor, dict]:
+        unfed = self.first_unfed(outputs)
+        if unfed is not None:
+            raise MoleflowError(f"loss '{unfed[0]}' needs model output '{unfed[1]}', which model '{self.model_name}' "
+                                f"does not produce (it produces: {', '.join(sorted(outputs))})")
         total: torch.Tensor | None = None
         parts: dict[str, float] = {}
         for term in self.terms:
-            for key in getattr(term.fn, "reads", ()):
-                if key not in outputs:
-                    raise MoleflowError(
-                        f"loss '{term.name}' needs model output '{key}', which model '{self.model_name}' does not "
-                        f"produce (it produces: {', '.join(sorted(outputs))})"
-                    )
             value = term.fn(outputs, batch)
             parts[term.name] = float(value.detach())
             if term.weight == 0:

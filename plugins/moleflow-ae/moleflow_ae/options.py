@@ -65,9 +65,9 @@ class AEOptions(LossOptions):
     def validate(self, context: Any) -> None:
         """Unknown loss names and options (LossOptions), then a term reading an output the AE has not: both
         before any image is read, not at the first training step."""
-        super().validate(context)
-        for term in self.make_loss("ae").terms:
-            missing = [key for key in getattr(term.fn, "reads", ()) if key not in OUTPUTS]
-            if missing:
-                raise MoleflowError(f"--loss {term.name}: loss '{term.name}' needs model output '{missing[0]}', "
-                                    f"which model 'ae' does not produce (it produces: {', '.join(OUTPUTS)})")
+        # building the loss is LossOptions.validate's check (unknown names and options), made once here
+        unfed = self.make_loss("ae").first_unfed(OUTPUTS)
+        if unfed is not None:
+            name, key = unfed
+            raise MoleflowError(f"--loss {name}: loss '{name}' needs model output '{key}', "
+                                f"which model 'ae' does not produce (it produces: {', '.join(OUTPUTS)})")

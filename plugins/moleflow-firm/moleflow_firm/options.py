@@ -98,13 +98,11 @@ class FIRMOptions(LossOptions):
         return terms, with_loss_options(terms, options, self.loss_opt)
 
     def validate(self, context: Any) -> None:
-        super().validate(context)  # the loss: unknown names and options
-        loss = self.make_loss("firm")
-        for term in loss.terms:
-            missing = [key for key in getattr(term.fn, "reads", ()) if key not in OUTPUTS]
-            if missing:
-                raise MoleflowError(f"--loss {term.name}: it reads '{missing[0]}', which model 'firm' does not "
-                                    f"produce (it produces: {', '.join(OUTPUTS)})")
+        # building the loss is LossOptions.validate's check (unknown names and options), made once here
+        unfed = self.make_loss("firm").first_unfed(OUTPUTS)
+        if unfed is not None:
+            raise MoleflowError(f"--loss {unfed[0]}: it reads '{unfed[1]}', which model 'firm' does not "
+                                f"produce (it produces: {', '.join(OUTPUTS)})")
         if not self.anomalies:
             raise MoleflowError(f"--anomalies: name at least one of {', '.join(METHODS)}")
         if self.score == "knn" and self.knn > self.memory:
