@@ -9,15 +9,18 @@ plugin can add one: a `Strategy` subclass, constructed as `cls(model, num_tasks)
 - replay:   one plain flow trained task after task on the new task plus a bounded, seeded memory of
             earlier tasks' training inputs (`--replay_per_task` images each): the classic baseline
             between finetune and joint.
+- separate: a fresh model per task, nothing shared (continual/separate.py): the no-sharing ceiling a
+            zero-forgetting method is measured against; it grows by one whole model per task.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from moleflow import registry
+from moleflow.continual.separate import separate_models
 from moleflow.errors import MoleflowError
 
 
@@ -34,6 +37,12 @@ class Strategy:
     def __init__(self, model: Any, num_tasks: int):
         self.model = model
         self.num_tasks = num_tasks
+
+    @classmethod
+    def model_for_run(cls, model: Any, build: Callable[[int], Any]) -> Any:
+        """The model the run trains, given the one it built (`build(t)` builds another, seeded from task t):
+        by default that one."""
+        return model
 
     @classmethod
     def from_config(cls, model: Any, num_tasks: int, cfg: Any) -> "Strategy":
@@ -74,6 +83,19 @@ class Strategy:
 class MoLEFlowStrategy(Strategy):
     name = "moleflow"
     frozen_after_task = True
+
+
+class SeparateStrategy(MoLEFlowStrategy):
+    """A fresh model per task (task t is task 0 of its own model); nothing shared, nothing forgotten."""
+
+    name = "separate"
+
+    @classmethod
+    def model_for_run(cls, model: Any, build: Callable[[int], Any]) -> Any:
+        return separate_models(model, build)
+
+    def shared_changes(self, task_id: int) -> bool:
+        return False  # each task's checkpoint holds its whole model
 
 
 class _SingleFlow(Strategy):

@@ -47,7 +47,13 @@ class ContinualRun:
         self.cfg, self.tasks, self.device, self.progress = cfg, tasks, device, progress
         strategy_cls = strategy_class(cfg.train.strategy)
         with seeded_rng(cfg.train.seed, device):  # the model's init, without reseeding the process
-            self.model = build_model(cfg, dim, grid, device).to(device)
+            model = build_model(cfg, dim, grid, device).to(device)
+
+        def build_for_task(t: int) -> torch.nn.Module:  # another model, for a strategy that keeps one per task
+            with seeded_rng(self._task_seed(t), device):
+                return build_model(cfg, dim, grid, device).to(device)
+
+        self.model = strategy_cls.model_for_run(model, build_for_task)
         self.hooks = ModelHooks.of(self.model)  # the contract's optional hooks, or their defaults
         self.router = registry.create("routers", cfg.train.router)
         # from the config, not `tasks`: predict restores a run without loading any data
