@@ -69,6 +69,10 @@ REFUSED = {
                                               "--lora_rank: not an option of model 'knn' (its options: k, memory, chunk)"),
     "discriminator temperature with one expert": (["--model", "discriminator", "--experts", "1", "--temperature", "0.2"],
                                                   "--temperature changes nothing unless --experts >= 2"),
+    "task block width without task blocks": (["--task_block_hidden", "32"],
+                                             "--task_block_hidden changes nothing unless --task_blocks is 1 or more"),
+    "task blocks with sc-lora": (["--use_spatial_lora", "--task_blocks", "1"],
+                                 "--task_blocks changes nothing unless --use_spatial_lora is off"),
     "report tiles without a report": (["--no_report", "--report_max_per_class", "3"],
                                       "--report_max_per_class changes nothing unless --report is on"),
 }
@@ -87,6 +91,7 @@ ACCEPTED = {
     "finetune with loop settings": ["--strategy", "finetune", "--num_epochs", "3", "--clamp", "1.5"],
     "replay with its memory": ["--strategy", "replay", "--replay_per_task", "5", "--num_epochs", "3"],
     "report tiles with the report": ["--report_max_per_class", "3"],
+    "task blocks with their width": ["--task_blocks", "2", "--task_block_hidden", "32"],
     "knn with its own options": ["--model", "knn", "--model_opt", "k=3", "--embed_dim", "64", "--topk", "3",
                                  "--score_aggregation", "topk"],
 }

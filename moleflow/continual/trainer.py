@@ -21,6 +21,7 @@ from moleflow.continual.task_data import TaskData, build_extractor, prepare_task
 from moleflow.data.streams import task_name
 from moleflow.device import resolve_device
 from moleflow.errors import MoleflowError
+from moleflow.options import default_of, option_fields
 from moleflow.evaluation.evaluator import Evaluator
 from moleflow.evaluation.report import write_final_report
 from moleflow.report.writer import write_report
@@ -155,7 +156,10 @@ def check_recipe(path: Path, meta: dict[str, str], cfg: Config) -> None:
         return  # written before recipes were recorded: the load itself still checks names and shapes
     theirs = migrate_recipe(json.loads(meta[RECIPE_KEY]), set(FIELD_SPECS) - NOT_SETTINGS)
     ours = json.loads(json.dumps(recipe(cfg)))
-    differ = sorted(name for name in set(theirs) | set(ours) if theirs.get(name) != ours.get(name))
+    # an option added after the checkpoint was written did not exist then: the run computed its default
+    added = json.loads(json.dumps({name: default_of(f) for name, f in option_fields(type(cfg.options)).items()
+                                   if name not in theirs}))
+    differ = sorted(name for name in set(theirs) | set(ours) if theirs.get(name, added.get(name)) != ours.get(name))
     if differ:
         shown = "; ".join(f"{n}: {theirs.get(n)!r} in the checkpoint, {ours.get(n)!r} in this run" for n in differ[:4])
         more = f" (and {len(differ) - 4} more)" if len(differ) > 4 else ""

@@ -5,7 +5,10 @@ SequenceINN of coupling blocks whose subnets are LoRALinear layers. Ownership is
 
 * task 0 trains the shared base (subnet base Linears and AllInOneBlock's global affine scale/offset)
   plus its own expert (unless task0_lora=False) and adapter (unless adapter_first_task=False);
-* task t >= 1 trains only expert t and adapter t; the base is frozen once task 0 ends.
+* task t >= 1 trains only expert t and adapter t; the base is frozen once task 0 ends;
+* with task_blocks > 0, every task also owns that many coupling blocks after the shared flow
+  (z = own_t(shared_t(x')), log-dets added): capacity that is the task's alone, where a low-rank change of a
+  base fitted to task 0 cannot carry a task that looks different.
 
 So after a task ends nothing used to score it changes, and its scores stay bitwise identical.
 The patch score is the NLL of the adapted token x' under the flow: 0.5*||z||^2 - log|det dz/dx'|
@@ -41,6 +44,11 @@ from moleflow.flow.spatial_lora import CornerGroups, SpatialLoRALinear, bilinear
 from moleflow.flow.standardize import ChannelStats
 from moleflow.flow.task_state import TaskStateMixin
 from moleflow.options import check_options
+
+
+def _is_permutation(name: str) -> bool:
+    """FrEIA AllInOneBlock's fixed permutation matrices (nn.Parameter with requires_grad=False)."""
+    return name.rsplit(".", 1)[-1] in ("w_perm", "w_perm_inv")
 
 
 class MoLEFlow(TaskStateMixin, nn.Module):
@@ -105,6 +113,14 @@ class MoLEFlow(TaskStateMixin, nn.Module):
             cond_dim=dim if o.use_cpcf else 0,
             spatial_grid=o.sc_lora_grid_size if o.use_spatial_lora else 0,
         )
+        # Each task's own coupling blocks after the shared flow (task_blocks > 0), built when the task begins:
+        # a whole (narrow) flow stage the task owns, for what the frozen base and a low-rank expert cannot carry
+        self.task_flows = nn.ModuleDict()
+        self._task_flow_spec = dict(
+            num_coupling_layers=o.task_blocks, coupling_type=o.coupling_type, clamp=o.clamp,
+            subnet_hidden=o.task_block_hidden or dim, lora_rank=o.lora_rank, lora_alpha=o.lora_alpha,
+            lora_scaling=o.lora_scaling, cond_dim=dim if o.use_cpcf else 0,
+        ) if experts and o.task_blocks > 0 else None
         # FrEIA's fixed permutation matrices are nn.Parameter(requires_grad=False); remember them by name
         # now, because after end_task(0) requires_grad no longer tells them apart from the frozen base.
         self._fixed_names = frozenset(n for n, p in self.flow.named_parameters() if not p.requires_grad)
@@ -164,6 +180,9 @@ class MoLEFlow(TaskStateMixin, nn.Module):
             for layer in self._lora_layers:
                 layer.add_expert(task_id)
         ref = self._lora_layers[0].base.weight  # follows .to(device/dtype) of the model
+        if self._task_flow_spec is not None:
+            # its LoRA layers never get an expert: the whole block belongs to the task
+            self.task_flows[str(task_id)] = build_coupling_flow(self.dim, **self._task_flow_spec).to(ref.device, ref.dtype)
         if self.adapter_kind != "none" and (task_id > 0 or self.adapter_first_task):
             self.adapters[str(task_id)] = make_adapter(self.adapter_kind, self.dim, self.adapter_hidden).to(ref.device, ref.dtype)
         if self.standardize:
@@ -179,6 +198,13 @@ class MoLEFlow(TaskStateMixin, nn.Module):
         key = str(task_id)
         return list(self.adapters[key].parameters()) if key in self.adapters else []
 
+    def _task_flow_parameters(self, task_id: int) -> list[nn.Parameter]:
+        """The learnable parameters of the task's own blocks (never FrEIA's fixed permutation matrices)."""
+        key = str(task_id)
+        if key not in self.task_flows:
+            return []
+        return [p for name, p in self.task_flows[key].named_parameters() if not _is_permutation(name)]
+
     def base_parameters(self) -> list[nn.Parameter]:
         """All learnable shared parameters: flow base (never the fixed permutations, never experts) and,
         when enabled, the patch attention block and the learnable CPCF context extractor."""
@@ -191,7 +217,7 @@ class MoLEFlow(TaskStateMixin, nn.Module):
         return base
 
     def _owned_parameters(self, task_id: int) -> list[nn.Parameter]:
-        own = self._expert_parameters(task_id) + self._adapter_parameters(task_id)
+        own = self._expert_parameters(task_id) + self._adapter_parameters(task_id) + self._task_flow_parameters(task_id)
         if self.experts and task_id == 0:
             own = self.base_parameters() + own
         return own
@@ -301,11 +327,21 @@ class MoLEFlow(TaskStateMixin, nn.Module):
         """(B,h,w,D) grid of x' or z -> (B*h*w, D) rows out and their log-dets."""
         rows = grid.reshape(-1, grid.shape[-1])
         cond = None if context is None else context.reshape(rows.shape[0], -1)
+        own = self.task_flows[str(task_id)] if str(task_id) in self.task_flows else None
         if self.fused and not rev:
-            return fused_flow(self.flow, rows, str(task_id), cond)
+            z, log_jac_det = fused_flow(self.flow, rows, str(task_id), cond)
+            if own is not None:  # z = own(shared(x')): the log-dets add
+                z, own_log_jac_det = fused_flow(own, z, None, cond)
+                log_jac_det = log_jac_det + own_log_jac_det
+            return z, log_jac_det
+        c = [] if cond is None else [cond]
         with self._active_expert(task_id, rows.shape[0]):
-            out, log_jac_det = self.flow(rows, c=[] if cond is None else [cond], rev=rev, jac=True)
-        return out, log_jac_det
+            if rev and own is not None:  # inverse: the task's blocks first, then the shared flow
+                rows, own_log_jac_det = own(rows, c=c, rev=True, jac=True)
+            out, log_jac_det = self.flow(rows, c=c, rev=rev, jac=True)
+            if not rev and own is not None:
+                out, own_log_jac_det = own(out, c=c, jac=True)
+        return out, log_jac_det if own is None else log_jac_det + own_log_jac_det
 
     def forward(self, feats: Tensor, task_id: int, subgrid: tuple[int, int, int] | None = None) -> dict[str, Tensor]:
         """feats (B,h,w,D) -> z (B,h,w,D), log_jac_det (B,h,w), patch_score (B,h,w); `embedding` is z again
@@ -367,6 +403,8 @@ class MoLEFlow(TaskStateMixin, nn.Module):
                 keys += [f"{name}.lora_A.{task_id}", f"{name}.lora_B.{task_id}"]
         if str(task_id) in self.adapters:
             keys += [f"adapters.{task_id}.{k}" for k in self.adapters[str(task_id)].state_dict()]
+        if str(task_id) in self.task_flows:
+            keys += [f"task_flows.{task_id}.{k}" for k in self.task_flows[str(task_id)].state_dict()]
         if str(task_id) in self.input_stats:
             keys += [f"input_stats.{task_id}.{k}" for k in self.input_stats[str(task_id)].state_dict()]
         if self.score_baselines is not None and str(task_id) in self.score_baselines:
@@ -382,6 +420,7 @@ class MoLEFlow(TaskStateMixin, nn.Module):
         return {
             "shared": count(self.base_parameters()),
             "per_task": [
-                count(self._expert_parameters(t) + self._adapter_parameters(t)) for t in range(self.num_tasks)
+                count(self._expert_parameters(t) + self._adapter_parameters(t) + self._task_flow_parameters(t))
+                for t in range(self.num_tasks)
             ],
         }

@@ -17,7 +17,7 @@ from moleflow.training import LoopOptions
 
 #: options read only by a flow that keeps per-task parts (experts, adapters): not under one shared model
 PER_TASK_OPTIONS = ("lora_rank", "lora_alpha", "lora_scaling", "task0_lora", "adapter", "adapter_first_task",
-                    "task0_mix", "adapter_hidden")
+                    "task0_mix", "adapter_hidden", "task_blocks", "task_block_hidden")
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,11 @@ class MoLEFlowOptions(LoopOptions, LossOptions):
                                      "0 = no MLP: LayerNorm + per-channel gamma/beta only, 2D+1 parameters per task)",
                                  minimum=-1)
     adapter_first_task: bool = option(True, "task 0 gets an input adapter too")
+    task_blocks: int = option(0, "coupling blocks each task owns, after the shared flow (z = task blocks(shared "
+                                 "flow(x')), conditioned like the shared blocks; trained by their task only): "
+                                 "capacity for what the task-0 base and a low-rank expert cannot model", minimum=0)
+    task_block_hidden: int = option(0, "hidden width of the task blocks' subnets (0 = the feature width D)",
+                                    minimum=0)
     position_baseline: bool = option(False, "v8: subtract each task's mean training NLL at each patch position from "
                                             "its scores (fitted once after the task trains; see flow/score_baseline.py)")
     position_std: bool = option(False, "v9: divide the position baseline's centred score by each position's "
@@ -83,6 +88,9 @@ class MoLEFlowOptions(LoopOptions, LossOptions):
              "--strategy keeps experts, e.g. moleflow (finetune, joint and replay train one plain flow: no LoRA "
              "experts, no adapters)"),
         Rule(("adapter_hidden",), lambda o, c: o.adapter == "film", "--adapter is film"),
+        Rule(("task_block_hidden",), lambda o, c: o.task_blocks > 0, "--task_blocks is 1 or more"),
+        Rule(("task_blocks",), lambda o, c: o.task_blocks == 0 or not o.use_spatial_lora,
+             "--use_spatial_lora is off (task blocks are plain coupling blocks)"),
         Rule(("adapter_first_task",), lambda o, c: o.adapter != "none", "--adapter is film or instancenorm"),
         Rule(("task0_mix",), lambda o, c: o.adapter != "none" and o.adapter_first_task,
              "task 0 has an adapter (--adapter film or instancenorm with --adapter_first_task)"),
