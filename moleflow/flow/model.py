@@ -150,7 +150,6 @@ class MoLEFlow(TaskStateMixin, nn.Module):
         # often tiny (random-init ResNet: std ~0.05), so the clamped couplings would spend their steps on
         # the scale, and one task's statistics do not fit the next task's features. Saved with the task.
         self.standardize = o.standardize_features
-        self.whiten = o.whiten_features
         self.input_stats = nn.ModuleDict()
         self.score_baselines = nn.ModuleDict() if o.position_baseline else None  # see score_baseline.py
         self.position_std = o.position_std
@@ -187,7 +186,7 @@ class MoLEFlow(TaskStateMixin, nn.Module):
         if self.adapter_kind != "none" and (task_id > 0 or self.adapter_first_task):
             self.adapters[str(task_id)] = make_adapter(self.adapter_kind, self.dim, self.adapter_hidden).to(ref.device, ref.dtype)
         if self.standardize:
-            self.input_stats[str(task_id)] = ChannelStats(self.dim, whiten=self.whiten).to(ref.device, ref.dtype)
+            self.input_stats[str(task_id)] = ChannelStats(self.dim).to(ref.device, ref.dtype)
         if self.score_baselines is not None:
             self.score_baselines[str(task_id)] = PositionBaseline(self.grid, scale=self.position_std).to(ref.device, ref.dtype)
         self.task_names.append(class_name or f"task{task_id}")

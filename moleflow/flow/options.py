@@ -49,9 +49,6 @@ class MoLEFlowOptions(LoopOptions, LossOptions):
     use_pos_embed: bool = option(True, "add a fixed 2-D sinusoidal positional embedding before the adapter")
     standardize_features: bool = option(True, "standardise features per channel with statistics of each task's "
                                               "own training features (frozen and saved with the task)")
-    whiten_features: bool = option(False, "after the per-channel standardisation, decorrelate each task's features "
-                                          "by its own ZCA matrix (D x D statistics per task, fitted on its training "
-                                          "features and frozen with it; see flow/standardize.py)")
     use_patch_attention: bool = option(False, "v6: gated single-head patch self-attention before the flow, "
                                               "trained at task 0, frozen after")
     use_cpcf: bool = option(False, "v4: condition every coupling subnet on a k x k neighbourhood context of the "
@@ -97,7 +94,6 @@ class MoLEFlowOptions(LoopOptions, LossOptions):
         Rule(("adapter_first_task",), lambda o, c: o.adapter != "none", "--adapter is film or instancenorm"),
         Rule(("task0_mix",), lambda o, c: o.adapter != "none" and o.adapter_first_task,
              "task 0 has an adapter (--adapter film or instancenorm with --adapter_first_task)"),
-        Rule(("whiten_features",), lambda o, c: o.standardize_features, "--standardize_features is on"),
         Rule(("position_std",), lambda o, c: o.position_baseline, "--position_baseline is True"),
         Rule(("token_stride",), lambda o, c: o.token_stride == 1 or not o.use_spatial_lora,
              "--use_spatial_lora is off (SC-LoRA needs whole patch grids)"),
