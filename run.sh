@@ -102,7 +102,7 @@ demo() {
 COMMON=(--data_path "$DATA_PATH" --heatmaps 10 --quiet)
 # The v1..v7 history keeps the training settings it was measured with (v8 changes them: see UPDATE_NOTES.md).
 HISTORY=(--embed_dim 128 --num_epochs 30 --batch_size 8)
-SWEEP_ITEMS="v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint knn v10 v10-seeds knn-seeds knn-embed128 v9-seeds \
+SWEEP_ITEMS="v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint separate knn v10 v10-seeds knn-seeds knn-embed128 v9-seeds \
 v10-k5 v10-dil2 v10-learned v10-stride1 v10-epochs30 v10-nobaseline v10-v3experts v10-batch8 v10-embed128 \
 v10-160px knn-160px discriminator-seeds catalogue-seeds stream15 stream15-v10 v11-seeds separate-seeds stream15-v11 \
 scenario105"
@@ -148,6 +148,8 @@ sweep() {
         moleflow sweep --versions v7 --seeds 0 "${sw[@]}" -- --focal_gamma 2.0 "${HISTORY[@]}" "${base[@]}" ;;
       finetune)  # lower bound: one plain flow, trained task after task, nothing frozen
         moleflow sweep --versions v3 --seeds 0 "${sw[@]}" -- --strategy finetune "${HISTORY[@]}" "${baselines[@]}" ;;
+      separate)  # the no-sharing ceiling: a whole v3 flow per task (each task is task 0 of its own flow)
+        moleflow sweep --versions v3 --seeds 0 "${sw[@]}" -- --strategy separate "${HISTORY[@]}" "${baselines[@]}" ;;
       joint)     # upper bound: one plain flow on all tasks' data at once
         moleflow sweep --versions v3 --seeds 0 "${sw[@]}" -- --strategy joint "${HISTORY[@]}" "${baselines[@]}" ;;
       knn)       # reference: per-task memory of training patches, 1-NN distance, on the history's features
@@ -177,7 +179,7 @@ sweep() {
       # --- the 1x15 stream over all 15 classes: MoLE-Flow (the defaults) beside the continual baselines -----
       stream15)
         ensure_all_classes
-        for strategy in moleflow finetune replay joint; do
+        for strategy in moleflow finetune replay joint separate; do
           moleflow sweep --versions v9 --seeds 0 "${sw[@]}" -- --strategy "$strategy" "${stream15[@]}"
         done
         moleflow sweep --seeds 0 "${sw[@]}" -- --model knn "${stream15[@]}" ;;
