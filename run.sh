@@ -263,7 +263,7 @@ case "${1:-}" in
   bench) shift; bench "$@" ;;
   *)
     echo "usage: ./run.sh demo | test | sweep [ITEM...] | bench | setup" >&2
-    echo "  demo   set up .venv if missing, generate the embedded benchmark if missing, \`moleflow train\` (v10) on it" >&2
+    echo "  demo   set up .venv if missing, generate the embedded benchmark if missing, \`moleflow train\` (v11) on it" >&2
     echo "  test   set up .venv if missing, run the test suite" >&2
     echo "  sweep  one \`moleflow sweep\` per item (its versions x seeds, one \`moleflow train\` each) on DATA_PATH" >&2
     echo "         (default: the embedded benchmark), then compare tables; SWEEP_BACKEND=local|ray (default local)," >&2
