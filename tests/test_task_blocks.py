@@ -124,10 +124,10 @@ def test_task_block_flags_that_would_change_nothing_are_refused():
     assert (cfg.options.task_blocks, cfg.options.task_block_hidden) == (2, 32)
 
 
-def test_v11_is_v10_with_two_task_blocks():
+def test_v11_is_v10_with_two_task_blocks_and_no_adapter():
     import dataclasses
 
     v10, v11 = train_config("--version", "v10").options, train_config("--version", "v11").options
     differ = {f.name for f in dataclasses.fields(v10) if getattr(v10, f.name) != getattr(v11, f.name)}
-    assert differ == {"task_blocks", "task_block_hidden"}
-    assert (v11.task_blocks, v11.task_block_hidden) == (2, 76)
+    assert differ == {"task_blocks", "task_block_hidden", "adapter"}
+    assert (v11.task_blocks, v11.task_block_hidden, v11.adapter) == (2, 76, "none")
