@@ -33,6 +33,9 @@ def grouped(paths: list[str]) -> dict[str, list[RunSummary]]:
     groups: dict[str, list[RunSummary]] = defaultdict(list)
     for path in runs:
         run = load_summary(path)
+        if run.off_preset is None:  # its config.json does not read against today's options: label unknown
+            print(f"skipped {path}: its settings do not read against today's options", file=sys.stderr)
+            continue
         groups[label(run)].append(run)
     return dict(groups)
 
