@@ -105,3 +105,24 @@ def top_decile_recall(labels, scores) -> float:
 
 
 top_decile_recall.per_class = "image"
+
+
+def trained_state(cfg: Config, tiny_tasks, tasks: int):
+    """A ContinualRun of `cfg` on tiny_tasks' features with its first `tasks` tasks trained."""
+    import torch
+
+    from moleflow.continual.trainer import ContinualRun
+
+    data, extractor = tiny_tasks
+    state = ContinualRun(cfg, data, extractor.dim, extractor.grid, torch.device("cpu"), progress=False)
+    for t in range(tasks):
+        state.train_task(t, None)
+    return state
+
+
+def task_scores(state, task):
+    """(N,h,w) patch scores of `task`'s first test set under its own model task (no routing)."""
+    import torch
+
+    with torch.no_grad():
+        return state.model.patch_scores(task.tests[0].test.patch, state.strategy.model_task(task.task_id))

@@ -5,27 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import run_per_task_model, tiny_config
+from helpers import run_per_task_model, tiny_config, trained_state
+from helpers import task_scores as _scores
 from moleflow.continual.separate import SeparateModels
 from moleflow.continual.trainer import ContinualRun, run_training
 from moleflow.errors import MoleflowError
 
 
-def _scores(state, task):
-    with torch.no_grad():
-        return state.model.patch_scores(task.tests[0].test.patch, state.strategy.model_task(task.task_id))
-
-
 def test_each_task_is_task_zero_of_its_own_flow(tiny_bench, tiny_tasks, tmp_path):
-    tasks, extractor = tiny_tasks
-    runs = {}
-    for strategy in ("moleflow", "separate"):
-        cfg = tiny_config(tiny_bench, tmp_path, strategy=strategy, num_epochs=2)
-        state = ContinualRun(cfg, tasks, extractor.dim, extractor.grid, torch.device("cpu"), progress=False)
-        state.train_task(0, None)
-        state.train_task(1, None)
-        runs[strategy] = state
-    separate, shared = runs["separate"], runs["moleflow"]
+    tasks, _ = tiny_tasks
+    separate, shared = (trained_state(tiny_config(tiny_bench, tmp_path, strategy=strategy, num_epochs=2), tiny_tasks, 2)
+                        for strategy in ("separate", "moleflow"))
     assert isinstance(separate.model, SeparateModels)
     # task 0 is the run's own first model: bitwise the moleflow strategy's task 0
     assert torch.equal(_scores(separate, tasks[0]), _scores(shared, tasks[0]))
@@ -58,13 +48,10 @@ def test_separate_run_routes_forgets_nothing_and_reevaluates(tiny_bench, tiny_ta
 
 def test_separate_wraps_any_model(tiny_bench, tiny_tasks, tmp_path):
     """Model-agnostic: a knn memory per task (already per task) gives the same scores under both strategies."""
-    tasks, extractor = tiny_tasks
+    tasks, _ = tiny_tasks
     scores = {}
     for strategy in ("moleflow", "separate"):
-        cfg = tiny_config(tiny_bench, tmp_path, model="knn", strategy=strategy)
-        state = ContinualRun(cfg, tasks, extractor.dim, extractor.grid, torch.device("cpu"), progress=False)
-        state.train_task(0, None)
-        state.train_task(1, None)
+        state = trained_state(tiny_config(tiny_bench, tmp_path, model="knn", strategy=strategy), tiny_tasks, 2)
         scores[strategy] = [_scores(state, t) for t in tasks[:2]]
     assert all(torch.equal(a, b) for a, b in zip(scores["moleflow"], scores["separate"]))
 
