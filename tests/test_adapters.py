@@ -134,3 +134,29 @@ def test_plain_adapter_at_task0_when_mix_is_none_and_identity_when_no_first_adap
     with torch.no_grad():
         assert torch.equal(v1.adapt(feats, 0), x)
         torch.testing.assert_close(v1.adapt(feats, 1), F.instance_norm(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+
+
+@pytest.mark.parametrize("mix", [None, 0.1])
+def test_film_log_det_is_the_log_det_of_its_jacobian(mix):
+    """FiLMAdapter.log_det (diagonal + rank 2, determinant lemma) against the numerical Jacobian."""
+    torch.manual_seed(0)
+    adapter = FiLMAdapter(6, 0).double()
+    with torch.no_grad():
+        adapter.gamma.copy_(torch.randn(6))
+        adapter.beta.copy_(torch.randn(6))
+        adapter.gate_logit.fill_(0.7)
+    x = torch.randn(6, dtype=torch.double)
+
+    def mapped(v):
+        y = adapter(v)
+        return y if mix is None else (1 - mix) * v + mix * y
+
+    expected = torch.linalg.slogdet(torch.autograd.functional.jacobian(mapped, x))[1]
+    assert abs(expected.item()) > 0.1  # a real volume change is checked
+    assert abs(adapter.log_det(x, mix).item() - expected.item()) < 1e-10
+    assert adapter.log_det(x.expand(3, 4, 6), mix).shape == (3, 4)
+
+
+def test_film_log_det_refuses_the_mlp():
+    with pytest.raises(MoleflowError, match="--adapter_hidden 0"):
+        FiLMAdapter(6, 8).log_det(torch.randn(6))

@@ -126,6 +126,7 @@ CASES = {
     "adapter_none": (["--version", "v10"], ["--version", "v10", "--adapter", "none"], "structure", "params"),
     "adapter_hidden": (["--adapter", "film"], ["--adapter", "film", "--adapter_hidden", "16"], "structure", "params"),
     "task_blocks": ([], ["--task_blocks", "1"], "structure", "params"),
+    "adapter_in_density": (["--adapter", "film"], ["--adapter", "film", "--adapter_in_density"], "scores", None),
     "task_block_hidden": ([], ["--task_block_hidden", "16"], "structure", "params"),
     "position_baseline": (["--no_position_baseline"], ["--position_baseline"], "scores", None),
     "token_stride": ([], ["--token_stride", "1"], "scores", None),

@@ -131,3 +131,23 @@ def test_v11_is_v10_with_two_task_blocks_and_no_adapter():
     differ = {f.name for f in dataclasses.fields(v10) if getattr(v10, f.name) != getattr(v11, f.name)}
     assert differ == {"task_blocks", "task_block_hidden", "adapter"}
     assert (v11.task_blocks, v11.task_block_hidden, v11.adapter) == (2, 76, "none")
+
+
+@pytest.mark.parametrize("task", [0, 1])
+def test_adapter_in_density_adds_the_adapters_log_det(task):
+    """With --adapter_in_density the patch NLL is that of the adapter's input: log|det| of x -> x' -> z."""
+    model = _model(2, adapter="film", adapter_in_density=True, task_blocks=1).double()
+    _randomise(model)
+    feats = torch.randn(1, *GRID, DIM, dtype=torch.float64)
+    x = model._before_adapter(feats, task, None)
+
+    def to_z(v: torch.Tensor) -> torch.Tensor:
+        y, _ = model._adapted(v.view(1, 1, 1, DIM), task)
+        return model._run_flow(y, task, rev=False, context=None)[0].reshape(DIM)
+
+    token = x[0, 0, 0]
+    expected = torch.linalg.slogdet(torch.autograd.functional.jacobian(to_z, token))[1].item()
+    got = model(feats, task)["log_jac_det"][0, 0, 0].item()
+    assert abs(got - expected) < 1e-8
+    without = model._run_flow(model.adapt(feats, task), task, rev=False, context=None)[1].reshape(1, *GRID)[0, 0, 0]
+    assert abs(got - without.item()) > 1e-3  # the adapter's own term is really there

@@ -79,6 +79,30 @@ class FiLMAdapter(nn.Module):
         g = self.gate
         return (1 - g) * x + g * y
 
+    def log_det(self, x: Tensor, mix: float | None = None) -> Tensor:
+        """(..., D) inputs -> log|det dy/dx| per patch of y = forward(x), or of (1 - mix) x + mix forward(x).
+
+        Without the MLP the map is y = (1-g) x + g (γ ⊙ LN(x) + β), and LayerNorm's Jacobian is
+        (I - 11ᵀ/D - x̂x̂ᵀ/D) / σ (x̂ = (x - μ)/σ, σ² = var + eps), so dy/dx = diag(a) + U Vᵀ with
+        a = (1-g) + g γ/σ, U = -(g/(σD)) [γ, γ ⊙ x̂], V = [1, x̂]: by the matrix determinant lemma
+        log|det| = Σ log|a| + log|det(I₂ + Vᵀ diag(1/a) U)|, a 2 x 2 determinant per patch. A task 0 mix m
+        only scales the gate (g -> m g). Why it matters: outside the density the adapter could shrink a
+        task's inputs and so lower its NLL for free (UPDATE_NOTES.md, v11)."""
+        if self.mlp is not None:
+            raise MoleflowError("the FiLM adapter's log-determinant is computed without its MLP only "
+                                "(--adapter_hidden 0)")
+        g = self.gate if mix is None else mix * self.gate
+        eps = 1e-5  # F.layer_norm's default
+        mu = x.mean(-1, keepdim=True)
+        sigma = (x.var(-1, unbiased=False, keepdim=True) + eps).sqrt()
+        xhat = (x - mu) / sigma
+        a = (1 - g) + g * self.gamma / sigma
+        w = self.gamma / a
+        c = -g / (sigma[..., 0] * self.dim)
+        s1, sx, sxx = w.sum(-1), (w * xhat).sum(-1), (w * xhat * xhat).sum(-1)
+        small = (1 + c * s1) * (1 + c * sxx) - (c * sx) ** 2
+        return a.abs().log().sum(-1) + small.abs().log()
+
 
 def make_adapter(kind: str, dim: int, hidden: int | None = None) -> nn.Module:
     """"none" | "instancenorm" | "film" (`hidden`: the FiLM MLP width, None = v3's max(D//2, 128))."""

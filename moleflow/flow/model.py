@@ -99,6 +99,7 @@ class MoLEFlow(TaskStateMixin, nn.Module):
         self.adapter_hidden = adapter_hidden
         self.adapter_first_task = o.adapter_first_task
         self.task0_mix = task0_mix
+        self.adapter_in_density = o.adapter_in_density and self.adapter_kind == "film"
         self.use_pos_embed = o.use_pos_embed
 
         self.flow = build_coupling_flow(
@@ -295,6 +296,9 @@ class MoLEFlow(TaskStateMixin, nn.Module):
         patch attention if enabled, task adapter). subgrid=(dy, dx, s): x' of the patches [dy::s, dx::s] only
         (training on a sub-grid, --token_stride). Every step here is per patch but the attention, so the
         features are sliced first unless the attention must see the whole grid."""
+        return self._adapted(self._before_adapter(feats, task_id, subgrid), task_id)[0]
+
+    def _before_adapter(self, feats: Tensor, task_id: int, subgrid: tuple[int, int, int] | None) -> Tensor:
         self._check_feats(feats)
         pos = self.pos_embed
         if subgrid is not None and self.patch_attention is None:
@@ -311,13 +315,18 @@ class MoLEFlow(TaskStateMixin, nn.Module):
         if subgrid is not None:  # only with patch attention: the whole grid went through it
             rows, cols = self._subgrid_slice(subgrid)
             x = x[:, rows, cols]
+        return x
+
+    def _adapted(self, x: Tensor, task_id: int) -> tuple[Tensor, Tensor | None]:
+        """The task adapter on x: (x', its log|det dx'/dx| per patch with adapter_in_density, else None)."""
         key = str(task_id)
         if key not in self.adapters:
-            return x
+            return x, None
+        mix = self.task0_mix if task_id == 0 else None
         y = self.adapters[key](x)
-        if task_id == 0 and self.task0_mix is not None:
-            y = (1.0 - self.task0_mix) * x + self.task0_mix * y
-        return y
+        if mix is not None:
+            y = (1.0 - mix) * x + mix * y
+        return y, self.adapters[key].log_det(x, mix) if self.adapter_in_density else None
 
     def flow_context(self, x_adapted: Tensor) -> Tensor | None:
         """(B,h,w,D) flow input x' -> its CPCF context (B,h,w,D), or None without use_cpcf."""
@@ -347,18 +356,19 @@ class MoLEFlow(TaskStateMixin, nn.Module):
         """feats (B,h,w,D) -> z (B,h,w,D), log_jac_det (B,h,w), patch_score (B,h,w); `embedding` is z again
         (the flow's output is its embedding: losses on embeddings, e.g. deep_svdd_soft_boundary, read it).
         `subgrid`: see adapt(); a CPCF context is computed from the whole grid's x' and then sliced alike."""
-        if subgrid is not None and self.context is not None:
-            x = self.adapt(feats, task_id)
+        whole = subgrid is not None and self.context is not None  # the context needs the whole grid's x'
+        x, adapter_log_det = self._adapted(self._before_adapter(feats, task_id, None if whole else subgrid), task_id)
+        context = self.flow_context(x)
+        if whole:
             rows, cols = self._subgrid_slice(subgrid)
-            context = self.flow_context(x)[:, rows, cols]
-            x = x[:, rows, cols]
-        else:
-            x = self.adapt(feats, task_id, subgrid)
-            context = self.flow_context(x)
+            x, context = x[:, rows, cols], context[:, rows, cols]
+            adapter_log_det = None if adapter_log_det is None else adapter_log_det[:, rows, cols]
         b, h, w, d = x.shape
         z, log_jac_det = self._run_flow(x, task_id, rev=False, context=context)
         z = z.reshape(b, h, w, d)
         log_jac_det = log_jac_det.reshape(b, h, w)
+        if adapter_log_det is not None:  # the adapter is part of the density: x -> x' -> z
+            log_jac_det = log_jac_det + adapter_log_det
         return {"z": z, "embedding": z, "log_jac_det": log_jac_det,
                 "patch_score": 0.5 * z.pow(2).sum(-1) - log_jac_det}
 

@@ -17,7 +17,7 @@ from moleflow.training import LoopOptions
 
 #: options read only by a flow that keeps per-task parts (experts, adapters): not under one shared model
 PER_TASK_OPTIONS = ("lora_rank", "lora_alpha", "lora_scaling", "task0_lora", "adapter", "adapter_first_task",
-                    "task0_mix", "adapter_hidden", "task_blocks", "task_block_hidden")
+                    "task0_mix", "adapter_hidden", "adapter_in_density", "task_blocks", "task_block_hidden")
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,9 @@ class MoLEFlowOptions(LoopOptions, LossOptions):
                                      "0 = no MLP: LayerNorm + per-channel gamma/beta only, 2D+1 parameters per task)",
                                  minimum=-1)
     adapter_first_task: bool = option(True, "task 0 gets an input adapter too")
+    adapter_in_density: bool = option(False, "count the FiLM adapter's log-determinant in the patch NLL (the adapter "
+                                             "becomes part of the flow, so a task cannot lower its loss by shrinking "
+                                             "its own inputs; needs --adapter film --adapter_hidden 0)")
     task_blocks: int = option(0, "coupling blocks each task owns, after the shared flow (z = task blocks(shared "
                                  "flow(x')), conditioned like the shared blocks; trained by their task only): "
                                  "capacity for what the task-0 base and a low-rank expert cannot model", minimum=0)
@@ -88,6 +91,8 @@ class MoLEFlowOptions(LoopOptions, LossOptions):
              "--strategy keeps experts, e.g. moleflow (finetune, joint and replay train one plain flow: no LoRA "
              "experts, no adapters)"),
         Rule(("adapter_hidden",), lambda o, c: o.adapter == "film", "--adapter is film"),
+        Rule(("adapter_in_density",), lambda o, c: o.adapter == "film" and o.adapter_hidden == 0,
+             "--adapter is film with --adapter_hidden 0 (its log-determinant is computed without the MLP)"),
         Rule(("task_block_hidden",), lambda o, c: o.task_blocks > 0, "--task_blocks is 1 or more"),
         Rule(("task_blocks",), lambda o, c: o.task_blocks == 0 or not o.use_spatial_lora,
              "--use_spatial_lora is off (task blocks are plain coupling blocks)"),
