@@ -136,15 +136,15 @@ V11 = VersionPreset(
     "v11",
     "v10",
     "v10 with two coupling blocks of each task's own after the shared flow (subnets 76 wide, conditioned on the "
-    "same neighbourhood context: z = own_t(shared_t(x'))) and no input adapter. The base is fitted to task 0 and "
-    "frozen, and a later task's rank-4 expert could not carry it to a task that looks different (a flow per "
-    "task, --strategy separate, scored 0.06 higher on the 1x15 stream); the FiLM adapter sat outside the "
-    "density (its Jacobian not in the NLL), so a task could lower its loss by shrinking its own inputs, and a "
-    "five-class task did (its FiLM gain fell to 0.12, its loss to -4.7 against -2.2 for a flow of its own): --scenario 10-5's second "
-    "task fell below chance in pixel AUROC. Every per-task transform is now inside the flow; a task adds "
-    "90,440 parameters, 9.7 % of the shared flow",
-    {"task_blocks": 2, "task_block_hidden": 76, "adapter": "none"},
-    ("task_blocks", "task_block_hidden"),
+    "same neighbourhood context: z = own_t(shared_t(x'))) and the FiLM adapter's log-determinant in the NLL. "
+    "The base is fitted to task 0 and frozen, and a later task's rank-4 expert could not carry it to a task that "
+    "looks different (a flow per task, --strategy separate, scored 0.06 higher on the 1x15 stream); the adapter "
+    "sat outside the density, so a task could lower its loss by shrinking its own inputs, and a five-class task "
+    "did (its FiLM gain fell to 0.12, its loss to -4.7 against -2.2 for a flow of its own): --scenario 10-5's "
+    "second task fell below chance in pixel AUROC. Every per-task transform now counts in log|det J|; a task "
+    "adds 90,745 parameters, 9.8 % of the shared flow",
+    {"task_blocks": 2, "task_block_hidden": 76, "adapter_in_density": True},
+    ("task_blocks", "task_block_hidden", "adapter_in_density"),
     default=True,
 )
 

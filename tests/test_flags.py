@@ -122,11 +122,10 @@ CASES = {
     "no_task0_lora": ([], ["--no_task0_lora"], "structure", "params"),
     "task0_lora": (["--version", "v1"], ["--version", "v1", "--task0_lora"], "structure", "params"),
     "adapter": ([], ["--adapter", "instancenorm"], "structure", "adapters"),
-    # v11 (the default) has no adapter: the adapter's flags are tested where one exists
     "adapter_none": (["--version", "v10"], ["--version", "v10", "--adapter", "none"], "structure", "params"),
     "adapter_hidden": (["--adapter", "film"], ["--adapter", "film", "--adapter_hidden", "16"], "structure", "params"),
     "task_blocks": ([], ["--task_blocks", "1"], "structure", "params"),
-    "adapter_in_density": (["--adapter", "film"], ["--adapter", "film", "--adapter_in_density"], "scores", None),
+    "adapter_in_density": ([], ["--no_adapter_in_density"], "scores", None),
     "task_block_hidden": ([], ["--task_block_hidden", "16"], "structure", "params"),
     "position_baseline": (["--no_position_baseline"], ["--position_baseline"], "scores", None),
     "token_stride": ([], ["--token_stride", "1"], "scores", None),

@@ -71,7 +71,7 @@ REFUSED = {
                                                   "--temperature changes nothing unless --experts >= 2"),
     "task block width without task blocks": (["--task_blocks", "0", "--task_block_hidden", "32"],
                                              "--task_block_hidden changes nothing unless --task_blocks is 1 or more"),
-    "adapter log-det without a plain FiLM adapter": (["--adapter_in_density"],
+    "adapter log-det without a plain FiLM adapter": (["--adapter_hidden", "16", "--adapter_in_density"],
                                                      "--adapter_in_density changes nothing unless --adapter is film with --adapter_hidden 0"),
     "task blocks with sc-lora": (["--use_spatial_lora", "--task_blocks", "1"],
                                  "--task_blocks changes nothing unless --use_spatial_lora is off"),
@@ -94,7 +94,7 @@ ACCEPTED = {
     "replay with its memory": ["--strategy", "replay", "--replay_per_task", "5", "--num_epochs", "3"],
     "report tiles with the report": ["--report_max_per_class", "3"],
     "task blocks with their width": ["--task_blocks", "2", "--task_block_hidden", "32"],
-    "adapter log-det with a plain FiLM adapter": ["--adapter", "film", "--adapter_in_density"],
+    "adapter log-det with a plain FiLM adapter": ["--version", "v10", "--adapter_in_density"],
     "knn with its own options": ["--model", "knn", "--model_opt", "k=3", "--embed_dim", "64", "--topk", "3",
                                  "--score_aggregation", "topk"],
 }

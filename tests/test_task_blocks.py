@@ -124,13 +124,14 @@ def test_task_block_flags_that_would_change_nothing_are_refused():
     assert (cfg.options.task_blocks, cfg.options.task_block_hidden) == (2, 32)
 
 
-def test_v11_is_v10_with_two_task_blocks_and_no_adapter():
+def test_v11_is_v10_with_two_task_blocks_and_the_adapter_in_the_density():
     import dataclasses
 
     v10, v11 = train_config("--version", "v10").options, train_config("--version", "v11").options
     differ = {f.name for f in dataclasses.fields(v10) if getattr(v10, f.name) != getattr(v11, f.name)}
-    assert differ == {"task_blocks", "task_block_hidden", "adapter"}
-    assert (v11.task_blocks, v11.task_block_hidden, v11.adapter) == (2, 76, "none")
+    assert differ == {"task_blocks", "task_block_hidden", "adapter_in_density"}
+    assert (v11.task_blocks, v11.task_block_hidden, v11.adapter_in_density) == (2, 76, True)
+    assert (v11.adapter, v11.adapter_hidden) == ("film", 0)  # v3's FiLM adapter without v8's MLP
 
 
 @pytest.mark.parametrize("task", [0, 1])
