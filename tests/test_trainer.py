@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from helpers import tiny_config
+from helpers import task_scores as _scores, tiny_config
 from moleflow.continual.trainer import ContinualRun, run_training
 from moleflow.run_folder import RunFolder
 
@@ -54,11 +54,6 @@ def test_router_finds_every_task_and_detection_beats_chance(v3_run):
     # detection power on informative features is tested in test_detection.py
     assert m["final"]["mean"]["image_auroc"] > 0.6
     assert max(v["image_auroc"] for v in m["final"]["per_class"].values()) > 0.7
-
-
-def _scores(state: ContinualRun, task) -> torch.Tensor:
-    with torch.no_grad():
-        return state.model.patch_scores(task.tests[0].test.patch, state.strategy.model_task(task.task_id))
 
 
 @pytest.mark.parametrize("version", ["v1", "v2", "v3"])

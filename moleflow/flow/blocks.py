@@ -43,6 +43,13 @@ def build_coupling_flow(
     return flow
 
 
+def is_fixed_permutation(name: str) -> bool:
+    """Whether parameter `name` of a flow built here is one of AllInOneBlock's fixed permutation matrices
+    (nn.Parameter with requires_grad=False): never trained, and after a task freezes its parameters
+    requires_grad no longer tells them apart, so they are known by name."""
+    return name.rsplit(".", 1)[-1] in ("w_perm", "w_perm_inv")
+
+
 def redraw_permutations(flow: Ff.SequenceINN, dim: int) -> None:
     """Draw AllInOneBlock's hard permutations from torch's RNG instead of numpy's global one.
 

@@ -32,7 +32,7 @@ from moleflow.contract import FitContext, FitResult, ModelContext
 from moleflow.errors import MoleflowError
 from moleflow.features.positional import sinusoidal_2d
 from moleflow.flow.adapters import make_adapter
-from moleflow.flow.blocks import build_coupling_flow
+from moleflow.flow.blocks import build_coupling_flow, is_fixed_permutation
 from moleflow.flow.cpcf import make_context
 from moleflow.flow.fit import fit_flow_task
 from moleflow.flow.fused_coupling import fusable, fused_flow
@@ -44,11 +44,6 @@ from moleflow.flow.spatial_lora import CornerGroups, SpatialLoRALinear, bilinear
 from moleflow.flow.standardize import ChannelStats
 from moleflow.flow.task_state import TaskStateMixin
 from moleflow.options import check_options
-
-
-def _is_permutation(name: str) -> bool:
-    """FrEIA AllInOneBlock's fixed permutation matrices (nn.Parameter with requires_grad=False)."""
-    return name.rsplit(".", 1)[-1] in ("w_perm", "w_perm_inv")
 
 
 class MoLEFlow(TaskStateMixin, nn.Module):
@@ -122,9 +117,6 @@ class MoLEFlow(TaskStateMixin, nn.Module):
             subnet_hidden=o.task_block_hidden or dim, lora_rank=o.lora_rank, lora_alpha=o.lora_alpha,
             lora_scaling=o.lora_scaling, cond_dim=dim if o.use_cpcf else 0,
         ) if experts and o.task_blocks > 0 else None
-        # FrEIA's fixed permutation matrices are nn.Parameter(requires_grad=False); remember them by name
-        # now, because after end_task(0) requires_grad no longer tells them apart from the frozen base.
-        self._fixed_names = frozenset(n for n, p in self.flow.named_parameters() if not p.requires_grad)
         self._lora_layers = [m for m in self.flow.modules() if isinstance(m, LoRALinear)]
         # The forward pass (training and scoring) runs through fused_coupling.py where it computes this
         # flow exactly (1.4-1.6x faster per training step on CPU); fused=False keeps FrEIA's, for comparison.
@@ -204,14 +196,14 @@ class MoLEFlow(TaskStateMixin, nn.Module):
         key = str(task_id)
         if key not in self.task_flows:
             return []
-        return [p for name, p in self.task_flows[key].named_parameters() if not _is_permutation(name)]
+        return [p for name, p in self.task_flows[key].named_parameters() if not is_fixed_permutation(name)]
 
     def base_parameters(self) -> list[nn.Parameter]:
         """All learnable shared parameters: flow base (never the fixed permutations, never experts) and,
         when enabled, the patch attention block and the learnable CPCF context extractor."""
         expert_ids = {id(p) for layer in self._lora_layers for d in (layer.lora_A, layer.lora_B) for p in d.values()}
         base = [
-            p for name, p in self.flow.named_parameters() if name not in self._fixed_names and id(p) not in expert_ids
+            p for name, p in self.flow.named_parameters() if not is_fixed_permutation(name) and id(p) not in expert_ids
         ]
         for extra in (self.patch_attention, self.context):
             base += list(extra.parameters()) if extra is not None else []
