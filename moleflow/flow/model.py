@@ -94,7 +94,7 @@ class MoLEFlow(TaskStateMixin, nn.Module):
         self.adapter_hidden = adapter_hidden
         self.adapter_first_task = o.adapter_first_task
         self.task0_mix = task0_mix
-        self.adapter_in_density = o.adapter_in_density and self.adapter_kind == "film"
+        self.adapter_in_density = o.adapter_in_density  # its rule holds: a FiLM adapter without MLP, with experts
         self.use_pos_embed = o.use_pos_embed
 
         self.flow = build_coupling_flow(
