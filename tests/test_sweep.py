@@ -76,7 +76,7 @@ def test_without_versions_each_trial_runs_the_models_default_and_is_named_after_
     import argparse
 
     runs = tmp_path / "runs"
-    for model, label in (("knn", "knn"), ("moleflow", "v11")):
+    for model, label in (("knn", "knn"), ("moleflow", "v12")):
         flags = ["--data_path", str(bench), "--runs_dir", str(runs), "--model", model]
         trials = sweep.expand_trials(None, [0, 1], None, flags)
         assert [t.argv[:3] for t in trials] == [["train", "--seed", "0"], ["train", "--seed", "1"]]

@@ -145,7 +145,9 @@ class MoLEFlow(TaskStateMixin, nn.Module):
         self.standardize = o.standardize_features
         self.input_stats = nn.ModuleDict()
         self.score_baselines = nn.ModuleDict() if o.position_baseline else None  # see score_baseline.py
-        self.position_std = o.position_std
+        self._baseline_spec = dict(scale=o.position_std, interior=o.baseline_interior, border=o.baseline_border)
+        if o.position_baseline:
+            PositionBaseline(self.grid, **self._baseline_spec)  # a border that leaves no interior: refused now
         self.register_buffer("pos_embed", sinusoidal_2d(h, w, dim) if o.use_pos_embed else None, persistent=False)  # deterministic: never saved
 
     # ----- task bookkeeping -------------------------------------------------------------------------
@@ -181,7 +183,7 @@ class MoLEFlow(TaskStateMixin, nn.Module):
         if self.standardize:
             self.input_stats[str(task_id)] = ChannelStats(self.dim).to(ref.device, ref.dtype)
         if self.score_baselines is not None:
-            self.score_baselines[str(task_id)] = PositionBaseline(self.grid, scale=self.position_std).to(ref.device, ref.dtype)
+            self.score_baselines[str(task_id)] = PositionBaseline(self.grid, **self._baseline_spec).to(ref.device, ref.dtype)
         self.task_names.append(class_name or f"task{task_id}")
 
     def _expert_parameters(self, task_id: int) -> list[nn.Parameter]:

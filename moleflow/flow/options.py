@@ -47,6 +47,13 @@ class MoLEFlowOptions(LoopOptions, LossOptions):
                                             "its scores (fitted once after the task trains; see flow/score_baseline.py)")
     position_std: bool = option(False, "v9: divide the position baseline's centred score by each position's "
                                        "training std as well (a z-score per position; needs --position_baseline)")
+    baseline_interior: str = option("position", "v12: the position baseline's interior: every position its own "
+                                                "statistics (v8/v9), or one plane a + b*row + c*col fitted to the "
+                                                "interior positions' training means, so the baseline keeps the "
+                                                "backbone's border and drift and drops the class's layout (see "
+                                                "flow/score_baseline.py)", choices=["position", "plane"])
+    baseline_border: int = option(1, "v12: with --baseline_interior plane, positions fewer than this many patches "
+                                     "from an edge keep their own statistics (zero padding)", minimum=0)
     task0_mix: float = option(0.1, "task-0 adapter output = (1-mix)*x + mix*adapter(x); 0 = plain adapter",
                               minimum=0, maximum=1)
     use_pos_embed: bool = option(True, "add a fixed 2-D sinusoidal positional embedding before the adapter")
@@ -99,7 +106,9 @@ class MoLEFlowOptions(LoopOptions, LossOptions):
         Rule(("adapter_first_task",), lambda o, c: o.adapter != "none", "--adapter is film or instancenorm"),
         Rule(("task0_mix",), lambda o, c: o.adapter != "none" and o.adapter_first_task,
              "task 0 has an adapter (--adapter film or instancenorm with --adapter_first_task)"),
-        Rule(("position_std",), lambda o, c: o.position_baseline, "--position_baseline is True"),
+        Rule(("position_std", "baseline_interior"), lambda o, c: o.position_baseline, "--position_baseline is True"),
+        Rule(("baseline_border",), lambda o, c: o.position_baseline and o.baseline_interior == "plane",
+             "--position_baseline is on with --baseline_interior plane"),
         Rule(("token_stride",), lambda o, c: o.token_stride == 1 or not o.use_spatial_lora,
              "--use_spatial_lora is off (SC-LoRA needs whole patch grids)"),
     )
