@@ -14,8 +14,8 @@ import math
 from pathlib import Path
 
 from moleflow.errors import MoleflowError
-from moleflow.run_summary import (CONTINUAL_METRICS, COLUMNS, METRICS_FILE, TIMING_KEYS, RunSummary,
-                                  expand_run_dirs, load_summary)
+from moleflow.run_summary import (CONTINUAL_METRICS, METRICS_FILE, TIMING_KEYS, RunSummary, expand_run_dirs,
+                                  load_summary, shown_columns)
 
 __all__ = ["compare_runs", "expand_run_dirs", "load_summary", "render_table"]
 
@@ -63,14 +63,15 @@ def render_table(header: list[str], rows: list[list[str]], markdown: bool) -> st
 
 def _run_section(index: int, run: RunSummary, markdown: bool) -> str:
     facts = f"version {run.version} | strategy/model {run.strategy}/{run.model} | experiment {run.experiment}"
+    columns = shown_columns([run])
     head = f"**run {index}** `{run.path}`  \n{facts}" if markdown else f"run {index}: {run.path}\n  {facts}"
     names = sorted({n for values in run.extra_pixel_auroc.values() for n in values})
-    rows = [[c] + [_fmt(run.per_class[c][k]) for k, _ in COLUMNS]
+    rows = [[c] + [_fmt(run.per_class[c][k]) for k, _ in columns]
             + [_fmt(run.extra_pixel_auroc[c][n]) for n in names] for c in run.classes]
     means = [[v for v in (run.extra_pixel_auroc[c][n] for c in run.classes)] for n in names]
-    rows.append(["mean"] + [_fmt(run.mean[k]) for k, _ in COLUMNS]
+    rows.append(["mean"] + [_fmt(run.mean[k]) for k, _ in columns]
                 + [_fmt(sum(v) / len(v)) if v and None not in v else _fmt(None) for v in means])
-    header = ["class"] + [title for _, title in COLUMNS] + [
+    header = ["class"] + [title for _, title in columns] + [
         f"pixel AUROC ({n.removeprefix('pixel_auroc_')} map)" if n.startswith("pixel_auroc_") else n for n in names]
     table = render_table(header, rows, markdown)
     continual = [f"BWT ({title}) {_fmt(run.bwt[key])}, FM ({title}) {_fmt(run.fm[key])}, "
@@ -96,26 +97,28 @@ def _matrix_table(run: RunSummary, markdown: bool) -> str | None:
 
 def _change_section(old: RunSummary, new: RunSummary, markdown: bool) -> str:
     title = f"change: {old.label} -> {new.label}"
+    columns = shown_columns([old, new])
     head = f"**{title}**" if markdown else f"{title}\n  (absolute change, relative change in %; BWT/FM rows: absolute change)"
     classes = list(dict.fromkeys(old.classes + new.classes))
     empty: dict[str, float | None] = {}
-    rows = [[c] + [_change(old.per_class.get(c, empty).get(k), new.per_class.get(c, empty).get(k)) for k, _ in COLUMNS]
+    rows = [[c] + [_change(old.per_class.get(c, empty).get(k), new.per_class.get(c, empty).get(k)) for k, _ in columns]
             for c in classes]
-    rows.append(["mean"] + [_change(old.mean[k], new.mean[k]) for k, _ in COLUMNS])
+    rows.append(["mean"] + [_change(old.mean[k], new.mean[k]) for k, _ in columns])
     for name, values in (("BWT", (old.bwt, new.bwt)), ("FM", (old.fm, new.fm))):
         # BWT/FM are already differences near 0: a relative change of them means nothing.
         cells = {key: _change(values[0][key], values[1][key], relative=False) for key, _ in CONTINUAL_METRICS}
-        rows.append([name] + [cells.get(key, "") for key, _ in COLUMNS])
-    table = render_table(["class"] + [t for _, t in COLUMNS], rows, markdown)
+        rows.append([name] + [cells.get(key, "") for key, _ in columns])
+    table = render_table(["class"] + [t for _, t in columns], rows, markdown)
     return f"{head}\n\n{table}"
 
 
 def _summary_section(runs: list[RunSummary], markdown: bool) -> str:
     """One row per run: the means, BWT/FM (image AUROC) and the parameters each task adds."""
-    header = (["run", "version", "strategy/model"] + [f"mean {t}" for _, t in COLUMNS]
+    columns = shown_columns(runs)
+    header = (["run", "version", "strategy/model"] + [f"mean {t}" for _, t in columns]
               + ["BWT", "FM", "forgetting (Avalanche)", "params/task", "backbone s", "train s", "eval s", "wall s", "peak RSS MB",
                  "settings off the version preset"])
-    rows = [[run.path.name, run.version, f"{run.strategy}/{run.model}"] + [_fmt(run.mean[k]) for k, _ in COLUMNS]
+    rows = [[run.path.name, run.version, f"{run.strategy}/{run.model}"] + [_fmt(run.mean[k]) for k, _ in columns]
             + [_fmt(run.bwt.get("image_auroc")), _fmt(run.fm.get("image_auroc")),
                _fmt(run.forgetting_avalanche.get("image_auroc")), _params_cell(run)]
             + ["n/a" if run.timing.get(k) is None else f"{run.timing[k]:.1f}" for k in TIMING_KEYS]

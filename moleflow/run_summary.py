@@ -21,13 +21,17 @@ METRICS_FILE = "metrics.json"
 # (metrics.json key, column title), in table order
 COLUMNS = (
     ("routing_accuracy", "routing acc"),
+    ("routing_accuracy_normal", "routing normal"),  # the normal test images only
+    ("routing_accuracy_anomalous", "routing anomalous"),  # the anomalous ones (runs before 24: n/a)
     ("image_auroc", "image AUROC"),
     ("pixel_auroc", "pixel AUROC"),
     ("aupro", "AUPRO"),
 )
+#: columns a table shows only when one of its runs has them (runs from before the routing split have none)
+OPTIONAL_COLUMNS = frozenset({"routing_accuracy_normal", "routing_accuracy_anomalous"})
 CONTINUAL_METRICS = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"))
 #: per-class keys of metrics.json every run has (the built-in metrics); any other is shown as an extra column
-STANDARD_PER_CLASS = frozenset({"routing_accuracy", "image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro",
+STANDARD_PER_CLASS = frozenset({"routing_accuracy", "routing_accuracy_normal", "routing_accuracy_anomalous", "image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro",
                                 "f1", "f1_threshold"})
 
 
@@ -234,3 +238,11 @@ def expand_run_dirs(run_dirs: list[str | Path]) -> tuple[list[Path], list[Path]]
         for run in sorted(below, key=sort_key):
             add(run, runs if (run / METRICS_FILE).is_file() else skipped)
     return runs, skipped
+
+
+def shown_columns(runs: list[RunSummary]) -> tuple[tuple[str, str], ...]:
+    """COLUMNS without the optional ones that none of `runs` reports (a table of old runs keeps its shape)."""
+    def reported(key: str) -> bool:
+        return any(run.mean.get(key) is not None or any(run.per_class[c].get(key) is not None for c in run.classes)
+                   for run in runs)
+    return tuple((key, title) for key, title in COLUMNS if key not in OPTIONAL_COLUMNS or reported(key))

@@ -136,9 +136,10 @@ class Evaluator:
         labels = fs.labels.numpy()
         masks = fs.masks[:, 0].numpy().astype(bool)
         routed_ok = bool((scored.pred_task == scored.task_id).all())
-        out: dict[str, float] = {
-            "routing_accuracy": M.routing_accuracy(np.full(len(labels), scored.task_id), scored.pred_task.numpy()),
-        }
+        true = np.full(len(labels), scored.task_id)
+        out: dict[str, float] = {"routing_accuracy": M.routing_accuracy(true, scored.pred_task.numpy())}
+        split = M.routing_accuracy_by_split(true, scored.pred_task.numpy(), labels)
+        out.update({f"routing_accuracy_{name}": value for name, value in split.items()})
         variants = [("", scored.patch, scored.image)]
         if not routed_ok:
             variants.append(("_oracle", scored.patch_oracle, scored.image_oracle))
@@ -161,6 +162,6 @@ class Evaluator:
                 scored.extra_maps[name] = extra
             out[f"pixel_auroc_{name}"] = M.pixel_auroc(masks, extra.numpy())
         if routed_ok:  # identical scores: the oracle numbers are the routed numbers
-            for name in [k for k in out if k != "routing_accuracy" and not k.startswith("pixel_auroc_")]:
+            for name in [k for k in out if not k.startswith(("routing_accuracy", "pixel_auroc_"))]:
                 out[f"{name}_oracle"] = out[name]
         return out

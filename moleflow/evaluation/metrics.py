@@ -373,6 +373,38 @@ def confusion_matrix(true_tasks: Any, pred_tasks: Any, num_tasks: int) -> np.nda
     return sk_confusion_matrix(true, pred, labels=np.arange(num_tasks)).astype(np.int64)
 
 
+#: the test images' ground truth, for routing numbers per split: a defect moves the image's pooled feature, which
+#: a prototype router reads, so anomalous images can be mis-routed where normal ones are not
+ROUTING_SPLITS = (("normal", False), ("anomalous", True))
+
+
+def _routing_split_inputs(true_tasks: Any, pred_tasks: Any, labels: Any, metric: str
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    true, pred = _task_pair(true_tasks, pred_tasks, metric)
+    anomalous = _binary(labels, "labels", metric).reshape(-1)
+    if anomalous.shape != true.shape:
+        raise MoleflowError(f"{metric}: {anomalous.size} labels but {true.size} routed images")
+    return true, pred, anomalous
+
+
+def routing_accuracy_by_split(true_tasks: Any, pred_tasks: Any, labels: Any) -> dict[str, float]:
+    """{"normal": accuracy, "anomalous": accuracy}: routing accuracy of the normal (label 0) and of the anomalous
+    (label 1) images apart; NaN for a split without images (no warning: a class may have no anomalies)."""
+    true, pred, anomalous = _routing_split_inputs(true_tasks, pred_tasks, labels, "routing_accuracy_by_split")
+    return {name: float(np.mean(true[anomalous == flag] == pred[anomalous == flag]))
+            if (anomalous == flag).any() else float("nan") for name, flag in ROUTING_SPLITS}
+
+
+def routing_by_split(true_tasks: Any, pred_tasks: Any, labels: Any, num_tasks: int) -> dict[str, dict]:
+    """Per split (normal, anomalous): {"images": count, "accuracy": routing accuracy, "confusion": counts with
+    rows = true task, columns = routed task}."""
+    true, pred, anomalous = _routing_split_inputs(true_tasks, pred_tasks, labels, "routing_by_split")
+    accuracy = routing_accuracy_by_split(true, pred, anomalous)
+    return {name: {"images": int((anomalous == flag).sum()), "accuracy": accuracy[name],
+                   "confusion": confusion_matrix(true[anomalous == flag], pred[anomalous == flag], num_tasks).tolist()}
+            for name, flag in ROUTING_SPLITS}
+
+
 # ----- which registered metrics the evaluator computes per class (moleflow.metrics; a plugin metric too) -----
 # `per_class = "image"`: called as fn(labels, image_scores); `"pixel"`: fn(masks, anomaly_maps). A float result
 # is stored under the metric's registered name, a dict under `output_names` (only the keys named there; without

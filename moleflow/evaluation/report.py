@@ -15,7 +15,8 @@ from moleflow.evaluation import metrics as M
 from moleflow.evaluation.continual_metrics import accuracy_matrix, continual_summary
 from moleflow.evaluation.visualize import class_scales, encode_png, overlay_png, overlay_rgb
 
-SUMMARY_KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "f1", "routing_accuracy",
+ROUTING_KEYS = ("routing_accuracy", "routing_accuracy_normal", "routing_accuracy_anomalous")
+SUMMARY_KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "f1", *ROUTING_KEYS,
                 "image_auroc_oracle", "pixel_auroc_oracle", "aupro_oracle")
 TB_IMAGES_PER_CLASS = 3
 
@@ -55,8 +56,10 @@ def write_final_report(run: Any, state: Any, scored: dict[str, Any], timing: dic
     # routing is scored per task: an image is routed correctly when it reaches the task holding its class
     true = torch.cat([torch.full_like(scored[t.class_name].pred_task, t.task_id) for t in tests])
     pred = torch.cat([scored[c].pred_task for c in classes])
+    labels = torch.cat([t.test.labels for t in tests])
     routing = {"accuracy": M.routing_accuracy(true.numpy(), pred.numpy()),
                "confusion": M.confusion_matrix(true.numpy(), pred.numpy(), len(tasks)).tolist(),
+               "by_split": M.routing_by_split(true.numpy(), pred.numpy(), labels.numpy(), len(tasks)),
                "router": cfg.train.router}
     metrics = {
         "tasks": [task.name for task in tasks],
@@ -125,13 +128,13 @@ def write_final_report(run: Any, state: Any, scored: dict[str, Any], timing: dic
 def _log_tensorboard(tb: Any, cfg: Any, classes: list[str], per_class: dict, mean: dict, metrics: dict,
                      images: list[tuple[str, np.ndarray]], last: int) -> None:
     for c in classes:
-        for k in ("image_auroc", "pixel_auroc", "aupro", "routing_accuracy"):
+        for k in ("image_auroc", "pixel_auroc", "aupro", *ROUTING_KEYS):
             tb.scalar(f"final/{c}/{k}", per_class[c][k], last)
     for k, v in mean.items():
         tb.scalar(f"final/mean/{k}", v, last)
     for i, (c, rgb) in enumerate(images):
         tb.image(f"heatmaps/{c}/{i}", rgb, last)
-    final = {f"hparam/mean_{k}": mean[k] for k in ("image_auroc", "pixel_auroc", "aupro", "routing_accuracy")}
+    final = {f"hparam/mean_{k}": mean[k] for k in ("image_auroc", "pixel_auroc", "aupro", *ROUTING_KEYS)}
     final["hparam/bwt_image_auroc"] = metrics["continual"]["bwt"]["image_auroc"]
     final["hparam/fm_image_auroc"] = metrics["continual"]["fm"]["image_auroc"]
     tb.hparams(cfg.flat(), final)

@@ -51,13 +51,21 @@ def _class_rows(metrics: dict, classes: list[str], slug: dict[str, str], shown: 
         rows.append([escape(c), escape(tasks[task] if isinstance(task, int) and task < len(tasks) else "?"),
                      f"{n['TN'] + n['FP']} / {n['TP'] + n['FN']}"]
                     + [escape(H.fmt(m.get(k))) for k in ("image_auroc", "pixel_auroc", "aupro", "f1")]
-                    + [escape(H.fmt(m.get("f1_threshold"), 6)), f"{n['FP']} / {n['FN']}",
-                       escape(H.fmt(m.get("routing_accuracy"))), pages])
+                    + [escape(H.fmt(m.get("f1_threshold"), 6)), f"{n['FP']} / {n['FN']}", _routing_cell(m), pages])
     mean = (metrics.get("final") or {}).get("mean") or {}
     rows.append(["<b>mean</b>", "", ""] + [f"<b>{escape(H.fmt(mean.get(k)))}</b>" for k in
                                            ("image_auroc", "pixel_auroc", "aupro", "f1")]
-                + ["", "", f"<b>{escape(H.fmt(mean.get('routing_accuracy')))}</b>", ""])
+                + ["", "", f"<b>{_routing_cell(mean)}</b>", ""])
     return rows
+
+
+def _routing_cell(m: dict) -> str:
+    """"all (normal / anomalous)" routing accuracy; runs from before the split show the total only."""
+    total = escape(H.fmt(m.get("routing_accuracy")))
+    if m.get("routing_accuracy_normal") is None and m.get("routing_accuracy_anomalous") is None:
+        return total
+    return (f"{total} ({escape(H.fmt(m.get('routing_accuracy_normal')))} / "
+            f"{escape(H.fmt(m.get('routing_accuracy_anomalous')))})")
 
 
 def _matrix_tables(metrics: dict) -> str:
@@ -77,22 +85,47 @@ def _matrix_tables(metrics: dict) -> str:
     return "".join(parts) or '<p class="muted">no accuracy matrix in metrics.json</p>'
 
 
-def _routing(metrics: dict) -> str:
+def _confusion_table(confusion: list[list[int]], tasks: list[str]) -> str:
+    rows = [[f"true {tasks[i] if i < len(tasks) else i}"] + [str(v) for v in row] for i, row in enumerate(confusion)]
+    return H.table(["", *[f"to {t}" for t in tasks]], rows)
+
+
+def _misrouted(records: list[dict], tasks: list[str], slug: dict[str, str]) -> str:
+    """Every test image the router sent to another task than its class's, with where it went."""
+    wrong = [r for r in records if r.get("routed_task") is not None and r.get("routed_task") != r.get("task")]
+    if not wrong:
+        return '<p class="muted">no test image was routed to another task</p>'
+
+    def name(task: Any) -> str:
+        return str(tasks[task]) if isinstance(task, int) and 0 <= task < len(tasks) else str(task)
+
+    rows = [[f'<a href="{escape(slug.get(r["class"], ""))}_evaluation.html">{escape(str(r["class"]))}</a>',
+             escape(str(r["filename"]).replace("\\", "/").rsplit("/", 1)[-1]),
+             "anomalous" if r.get("ground_truth") == 1 else "normal", escape(name(r.get("task"))),
+             escape(name(r.get("routed_task")))] for r in wrong]
+    return (f"<h3>Mis-routed test images ({len(wrong)})</h3>"
+            + H.table(["class", "image", "ground truth", "its task", "routed to"], rows, left=2, escape_cells=False))
+
+
+def _routing(metrics: dict, records: list[dict], slug: dict[str, str]) -> str:
     routing = metrics.get("routing") or {}
     confusion, tasks = routing.get("confusion"), metrics.get("tasks") or []
     if not confusion:
         return ""
-    rows = [[f"true {tasks[i] if i < len(tasks) else i}"] + [str(v) for v in row] for i, row in enumerate(confusion)]
-    return (f"<h2>Routing</h2><p>accuracy {escape(H.fmt(routing.get('accuracy')))} (router "
-            f"{escape(str(routing.get('router', '?')))}); rows: true task, columns: routed task</p>"
-            + H.table(["", *[f"to {t}" for t in tasks]], rows))
+    parts = [f"<h2>Routing</h2><p>accuracy {escape(H.fmt(routing.get('accuracy')))} (router "
+             f"{escape(str(routing.get('router', '?')))}); rows: true task, columns: routed task</p>"
+             + _confusion_table(confusion, tasks)]
+    for split, numbers in (routing.get("by_split") or {}).items():  # runs from before the split have none
+        parts.append(f"<h3>{escape(split)} test images ({numbers.get('images', '?')}): accuracy "
+                     f"{escape(H.fmt(numbers.get('accuracy')))}</h3>" + _confusion_table(numbers["confusion"], tasks))
+    return "".join(parts) + _misrouted(records, tasks, slug)
 
 
 def index_page(run: Any, cfg: Any, metrics: dict, classes: list[str], slug: dict[str, str], shown: dict[str, dict],
-               files: dict[str, str], source: str, nav: list[tuple[str, str]]) -> str:
+               files: dict[str, str], source: str, nav: list[tuple[str, str]], records: list[dict]) -> str:
     every = [[k, H.fmt(v) if not isinstance(v, list) else " ".join(map(str, v))] for k, v in sorted(cfg.flat().items())]
     header = ["class", "task", "normal / anomalous", "image AUROC", "pixel AUROC", "AUPRO", "F1",
-              "threshold T", "FP / FN at T", "routing", "pages"]
+              "threshold T", "FP / FN at T", "routing (normal / anomalous)", "pages"]
     plots = "".join(H.plot_img(files[k], k) for k in ("matrix_image_auroc", "matrix_pixel_auroc") if k in files)
     growth = "".join(H.plot_img(files[k], k) for k in ("params", "time") if k in files)
     curves = "".join(H.plot_img(files[f"curves:{c}"], f"ROC and PRO curves of {c}") for c in classes)
@@ -106,7 +139,7 @@ def index_page(run: Any, cfg: Any, metrics: dict, classes: list[str], slug: dict
           "threshold, at which the pages judge each image right or wrong</p>"
         + H.table(header, _class_rows(metrics, classes, slug, shown), left=2, escape_cells=False)
         + "<h2>Continual accuracy matrix</h2>" + f'<div class="plots">{plots}</div>' + _matrix_tables(metrics)
-        + _routing(metrics)
+        + _routing(metrics, records, slug)
         + "<h2>Parameters and time</h2>" + f'<div class="plots">{growth}</div>'
         + "<h2>ROC and PRO curves per class</h2>" + f'<div class="plots">{curves}</div>'
         + f'<p class="muted">anomaly maps {escape(source)}; written {time.strftime("%Y-%m-%d %H:%M:%S")} by '

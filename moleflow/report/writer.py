@@ -198,7 +198,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, max_per_
         w.put("curves.json", json.dumps(curves))
         shown = {c: w.class_pages(c, slug[c], [r for r in records if r["class"] == c], class_maps[c],
                                   per_class.get(c, {}), limit, nav, files[f"curves:{c}"]) for c in classes}
-        w.put("index.html", index_page(run, cfg, metrics, classes, slug, shown, files, source, nav))
+        w.put("index.html", index_page(run, cfg, metrics, classes, slug, shown, files, source, nav, records))
         w.put(MARKER, "written by `moleflow report`; this folder is replaced when the report is written again\n")
         swap_in(tmp, target)
     except BaseException:
