@@ -71,6 +71,14 @@ ensure_all_classes() {
   fi
 }
 
+ensure_lookalike() {
+  # the routing stress stream's look-alike lots (synth/lookalike.py) beside the other classes
+  ensure_benchmark
+  if [ -z "${DATA_PATH_GIVEN:-}" ]; then
+    "$PY" -m moleflow synth --out "$DATA_PATH" --classes lookalike --quiet >/dev/null
+  fi
+}
+
 ensure_benchmark() {
   if [ ! -d "$DATA_PATH" ]; then
     log "generating the embedded benchmark in $DATA_PATH"
@@ -105,7 +113,7 @@ HISTORY=(--embed_dim 128 --num_epochs 30 --batch_size 8)
 SWEEP_ITEMS="v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint separate knn v10 v10-seeds knn-seeds knn-embed128 v9-seeds \
 v10-k5 v10-dil2 v10-learned v10-stride1 v10-epochs30 v10-nobaseline v10-v3experts v10-batch8 v10-embed128 \
 v10-160px knn-160px discriminator-seeds catalogue-seeds stream15 stream15-v10 v11-seeds separate-seeds stream15-v11 \
-scenario105 v12-seeds stream15-v12 scenario105-v12"
+scenario105 v12-seeds stream15-v12 scenario105-v12 lookalike"
 DEFAULT_ITEMS="v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint knn"
 
 sweep() {
@@ -123,6 +131,7 @@ sweep() {
   local v11=(--task_classes $CLASSES --experiment_name "$experiment-v11" "${COMMON[@]}")
   local scenario105=(--scenario 10-5 --experiment_name "$experiment-105" "${COMMON[@]}")
   local v12=(--task_classes $CLASSES --experiment_name "$experiment-v12" "${COMMON[@]}")
+  local lookalike=(--task_classes lookalike --experiment_name "$experiment-lookalike" "${COMMON[@]}")
   # every item is one `moleflow sweep` (one `moleflow train` subprocess per version x seed); the tables are
   # written once, below
   local extra; read -r -a extra <<< "${SWEEP_FLAGS:-}"
@@ -215,11 +224,18 @@ sweep() {
       scenario105-v12) ensure_all_classes
                       moleflow sweep --versions v12 --seeds 0 1 2 3 4 "${sw[@]}" -- "${scenario105[@]}"
                       moleflow sweep --seeds 0 "${sw[@]}" -- --model knn "${scenario105[@]}" ;;
+      lookalike)      # the routing stress stream (issue 24): lda (the default router) against mahalanobis and euclidean
+        ensure_lookalike
+        for router in lda mahalanobis euclidean; do
+          moleflow sweep --seeds 0 "${sw[@]}" -- --model knn --router "$router" "${lookalike[@]}"
+        done
+        moleflow sweep --versions v12 --seeds 0 "${sw[@]}" -- "${lookalike[@]}"
+        moleflow sweep --versions v12 --seeds 0 "${sw[@]}" -- --router mahalanobis "${lookalike[@]}" ;;
       *) log "error: unknown sweep item '$item' (known: $SWEEP_ITEMS)"; exit 2 ;;
     esac
   done
   for folder in "runs/$experiment" "runs/$experiment-baselines" "runs/$experiment-v10" "runs/$experiment-stream15" \
-                "runs/$experiment-v11" "runs/$experiment-105" "runs/$experiment-v12"; do
+                "runs/$experiment-v11" "runs/$experiment-105" "runs/$experiment-v12" "runs/$experiment-lookalike"; do
     if [ -d "$folder" ]; then
       moleflow compare "$folder" --markdown --out "$folder/COMPARE.md" >/dev/null
       echo "tables: $folder/COMPARE.md"

@@ -190,7 +190,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = add("synth", cmd_synth, "generate the embedded MVTec-layout benchmark (real PNGs, deterministic)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--classes", nargs="+", default=DataConfig().task_classes,
-                   help="classes to write, or `all` for the 15 MVTec-named classes")
+                   help="classes to write, `all` for the 15 MVTec-named classes, `lookalike` for the routing stress "
+                        "stream (two lots each of pill and leather that differ by a slight colour cast)")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--n_train", type=int, default=60)
     p.add_argument("--n_test_good", type=int, default=20)

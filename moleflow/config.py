@@ -108,7 +108,9 @@ class TrainConfig:
     replay_per_task: int = option(20, "--strategy replay: training images of each earlier task kept in memory and "
                                     "trained on again with every later task (drawn once per task, seeded)",
                                 minimum=1)
-    router: str = option("mahalanobis", "task router: a name registered in moleflow.routers")
+    router: str = option("lda", "task router: a name registered in moleflow.routers (built-in: lda = each task's "
+                                "mean under the tasks' pooled covariance, mahalanobis = under each task's own, "
+                                "euclidean, oracle = the true task, an upper bound)")
     seed: int = option(0, "seed of everything random in the run")
     device: str = option("auto", "auto | cpu | cuda")
 

@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from moleflow import registry
 from moleflow.errors import MoleflowError
-from moleflow.routing import EuclideanRouter, MahalanobisRouter, OracleRouter
+from moleflow.routing import EuclideanRouter, MahalanobisRouter, OracleRouter, PooledMahalanobisRouter
 
 
 def gaussian_tasks(n_tasks: int, n: int, dim: int, spread: float, seed: int = 0) -> list[torch.Tensor]:
@@ -30,7 +30,7 @@ def test_registered_under_their_names():
     assert registry.get("routers", "oracle") is OracleRouter
 
 
-@pytest.mark.parametrize("cls", [MahalanobisRouter, EuclideanRouter])
+@pytest.mark.parametrize("cls", [MahalanobisRouter, EuclideanRouter, PooledMahalanobisRouter])
 def test_separated_clusters_with_few_samples_route_perfectly(cls):
     train = gaussian_tasks(3, n=20, dim=256, spread=1.0, seed=0)  # 20 images, 256 dims: N << D
     test = [x + torch.randn_like(x) for x in gaussian_tasks(3, n=20, dim=256, spread=1.0, seed=0)]

@@ -323,7 +323,7 @@ def test_plane_baseline_ranks_a_defect_on_the_object_above_background_noise_wher
     assert auroc(plane(test)) > 0.96 > 0.92 > auroc(per_position(test))  # measured: 0.973 and 0.894
 
 
-def test_plane_baseline_options_are_refused_where_they_change_nothing_or_leave_no_interior():
+def test_plane_baseline_options_are_refused_where_they_change_nothing_and_the_ring_fits_small_grids():
     from moleflow.testing import train_config
 
     with pytest.raises(MoleflowError, match="--baseline_border changes nothing unless --position_baseline is on "
@@ -331,8 +331,8 @@ def test_plane_baseline_options_are_refused_where_they_change_nothing_or_leave_n
         train_config("--version", "v11", "--baseline_border", "2")  # v11: every position its own
     with pytest.raises(MoleflowError, match="--baseline_interior changes nothing unless --position_baseline"):
         train_config("--no_position_baseline", "--baseline_interior", "plane")
-    with pytest.raises(MoleflowError, match="--baseline_border 2 leaves no interior on the 4 x 4 patch grid"):
-        _flow(baseline_interior="plane", baseline_border=2)
+    small = PositionBaseline(GRID, interior="plane", border=2)  # 4 x 4: a ring of 2 would leave no interior
+    assert small.border == 1 and int((~small.ring).sum()) == 4
     with pytest.raises(MoleflowError, match="unknown baseline interior"):
         PositionBaseline(GRID, interior="smooth")
 

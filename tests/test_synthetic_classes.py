@@ -77,3 +77,32 @@ def test_defect_region_is_less_normal_than_before_the_defect(name):
             after, before = (patch_features(image / 255)[sample.mask] for image in (sample.image, sample.normal))
             wins.append(nn_distance(after).mean() > nn_distance(before).mean())
         assert np.mean(wins) >= 0.8, f"{name}/{defect}: stands out in only {np.mean(wins):.0%} of images"
+
+
+def test_lookalike_writes_two_lots_per_product_that_differ_by_their_cast_and_carry_large_defects(tmp_path):
+    """`moleflow synth --classes lookalike`: the routing stress stream (synth/lookalike.py)."""
+    import numpy as np
+    from PIL import Image
+
+    from moleflow.data.streams import LOOKALIKE, NAMED_STREAMS
+    from moleflow.synth import lookalike
+    from moleflow.synth.benchmark import CLASSES, generate_benchmark
+
+    summary = generate_benchmark(tmp_path, classes=["lookalike"], size=64, n_train=6, n_test_good=2,
+                                 n_test_defect=6, progress=False, workers=1)
+    assert list(summary) == list(LOOKALIKE) == list(NAMED_STREAMS["lookalike"])
+    assert not set(LOOKALIKE) & set(CLASSES)  # `--classes all` stays MVTec's 15
+
+    def red_over_blue(name: str) -> float:
+        images = [np.asarray(Image.open(p).convert("RGB"), dtype=np.float64)
+                  for p in sorted((tmp_path / name / "train" / "good").glob("*.png"))]
+        return float(np.mean([im[..., 0].mean() / im[..., 2].mean() for im in images]))
+
+    for product in ("pill", "leather"):
+        gains = lookalike.LOTS[f"{product}_lot2"][1]
+        ratio = red_over_blue(f"{product}_lot2") / red_over_blue(f"{product}_lot1")
+        assert ratio == pytest.approx(gains[0] / gains[2], rel=0.03)  # the cast, within the images' own spread
+    masks = [np.asarray(Image.open(p)) > 0 for p in (tmp_path / "pill_lot1" / "ground_truth").rglob("*.png")]
+    assert np.mean([m.mean() for m in masks]) > 0.02  # large defects: on average over 2 % of the image
+    marker = (tmp_path / "pill_lot2" / ".moleflow_synth.json").read_text()
+    assert '"lot"' in marker and '"gains"' in marker  # a changed lot definition is regenerated, not reused

@@ -26,8 +26,11 @@ MVTEC15 = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather"
            "tile", "toothbrush", "transistor", "wood", "zipper")
 VISA12 = ("candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2", "pcb1", "pcb2", "pcb3",
           "pcb4", "pipe_fryum")
+#: the embedded benchmark's routing stress stream (`moleflow synth --classes lookalike`): two lots of one product
+#: per pair, whose normal images differ only by a slight colour cast, with large defects (synth/lookalike.py)
+LOOKALIKE = ("pill_lot1", "pill_lot2", "leather_lot1", "leather_lot2")
 #: a single --task_classes item that stands for a whole stream, one class per task
-NAMED_STREAMS = {"mvtec15": MVTEC15, "visa12": VISA12}
+NAMED_STREAMS = {"mvtec15": MVTEC15, "visa12": VISA12, "lookalike": LOOKALIKE}
 #: the splits of the IUF / CDAD papers (any [BASE-]SIZE[xSTEPS] is accepted)
 PUBLISHED_SCENARIOS = ("14-1", "10-5", "3x5", "10-1x5")
 JOIN = "+"

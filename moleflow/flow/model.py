@@ -146,8 +146,6 @@ class MoLEFlow(TaskStateMixin, nn.Module):
         self.input_stats = nn.ModuleDict()
         self.score_baselines = nn.ModuleDict() if o.position_baseline else None  # see score_baseline.py
         self._baseline_spec = dict(scale=o.position_std, interior=o.baseline_interior, border=o.baseline_border)
-        if o.position_baseline:
-            PositionBaseline(self.grid, **self._baseline_spec)  # a border that leaves no interior: refused now
         self.register_buffer("pos_embed", sinusoidal_2d(h, w, dim) if o.use_pos_embed else None, persistent=False)  # deterministic: never saved
 
     # ----- task bookkeeping -------------------------------------------------------------------------

@@ -53,7 +53,8 @@ class MoLEFlowOptions(LoopOptions, LossOptions):
                                                 "backbone's border and drift and drops the class's layout (see "
                                                 "flow/score_baseline.py)", choices=["position", "plane"])
     baseline_border: int = option(1, "v12: with --baseline_interior plane, positions fewer than this many patches "
-                                     "from an edge keep their own statistics (zero padding)", minimum=0)
+                                     "from an edge keep their own statistics (zero padding); on a grid too small "
+                                     "for it, (min(h, w) - 1) // 2", minimum=0)
     task0_mix: float = option(0.1, "task-0 adapter output = (1-mix)*x + mix*adapter(x); 0 = plain adapter",
                               minimum=0, maximum=1)
     use_pos_embed: bool = option(True, "add a fixed 2-D sinusoidal positional embedding before the adapter")

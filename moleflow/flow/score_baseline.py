@@ -77,10 +77,9 @@ class PositionBaseline(nn.Module):
         super().__init__()
         if interior not in INTERIORS:
             raise MoleflowError(f"unknown baseline interior '{interior}'; use one of: {', '.join(INTERIORS)}")
-        self.ring = border_ring(grid, border) if interior == "plane" else None
-        if self.ring is not None and bool(self.ring.all()):
-            raise MoleflowError(f"--baseline_border {border} leaves no interior on the {grid[0]} x {grid[1]} patch "
-                                f"grid; use a border below {(min(grid) + 1) // 2}")
+        # a grid too small for the ring keeps an interior of one row or column: the default works at any size
+        self.border = min(border, (min(grid) - 1) // 2)
+        self.ring = border_ring(grid, self.border) if interior == "plane" else None
         self.register_buffer("mean", torch.zeros(grid))
         self.register_buffer("std", torch.ones(grid) if scale else None)
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))

@@ -29,10 +29,10 @@ from PIL import Image
 from scipy import ndimage
 from tqdm import tqdm
 
-from moleflow.data.streams import MVTEC15
+from moleflow.data.streams import LOOKALIKE, MVTEC15
 from moleflow.errors import MoleflowError
-from moleflow.synth import (bottle, cable, capsule, carpet, grid, hazelnut, leather, metal_nut, pill, screw, tile,
-                            toothbrush, transistor, wood, zipper)
+from moleflow.synth import (bottle, cable, capsule, carpet, grid, hazelnut, leather, lookalike, metal_nut, pill,
+                            screw, tile, toothbrush, transistor, wood, zipper)
 
 GENERATOR_VERSION = 1  # bump when rendering changes, so stale folders are regenerated instead of reused
 DEFAULT_CLASSES = ("leather", "grid", "transistor")
@@ -54,13 +54,17 @@ class ClassSpec:
     render: Callable[[np.random.Generator, int], Any]  # -> scene with an `.image` (H, W, 3) float in [0, 1]
     defects: Mapping[str, DefectFn]
     grayscale: bool = False  # stored as L-mode PNG (the renderer still returns 3 equal channels)
+    #: the class's own defect size / strength ranges, used where the generation keeps the default ranges
+    extent_range: tuple[float, float] | None = None
+    contrast_range: tuple[float, float] | None = None
 
 
 # MVTec AD's 15 classes in its alphabetical order: the 1x15 stream of the continual-AD literature.
 MVTEC_CLASSES = MVTEC15
 # Part of every image's seed, so fixed forever: the first three classes keep the index they were born with.
 CLASS_INDEX = MappingProxyType({"leather": 0, "grid": 1, "transistor": 2, **{
-    name: 3 + i for i, name in enumerate(n for n in MVTEC_CLASSES if n not in ("leather", "grid", "transistor"))}})
+    name: 3 + i for i, name in enumerate(n for n in MVTEC_CLASSES if n not in ("leather", "grid", "transistor"))},
+    **{name: 100 + i for i, name in enumerate(LOOKALIKE)}})
 
 
 def _spec(name: str, module: Any) -> tuple[str, ClassSpec]:
@@ -88,6 +92,20 @@ CLASSES: Mapping[str, ClassSpec] = MappingProxyType(dict(sorted([
 ], key=lambda item: MVTEC_CLASSES.index(item[0]))))
 
 
+def _lot_spec(name: str) -> tuple[str, ClassSpec]:
+    base, gains = lookalike.LOTS[name]
+    spec = CLASSES[base]
+    return name, ClassSpec(CLASS_INDEX[name], lookalike.lot_renderer(spec.render, gains),
+                           MappingProxyType({d: lookalike.lot_defect(fn, gains) for d, fn in spec.defects.items()}),
+                           grayscale=spec.grayscale, extent_range=lookalike.EXTENT, contrast_range=lookalike.CONTRAST)
+
+
+#: every class the generator writes: MVTec's 15 (CLASSES), then the look-alike lots of the routing stress stream
+SPECS: Mapping[str, ClassSpec] = MappingProxyType({**CLASSES, **dict(_lot_spec(name) for name in LOOKALIKE)})
+#: a --classes item that stands for a group of classes
+NAMED_GROUPS = MappingProxyType({"all": MVTEC_CLASSES, "lookalike": LOOKALIKE})
+
+
 @dataclass(frozen=True)
 class DefectSample:
     normal: np.ndarray  # (H, W, 3) uint8: the same sample before the defect was applied
@@ -97,7 +115,7 @@ class DefectSample:
 
 def _rng(seed: int, class_name: str, split: int, defect_index: int, index: int) -> np.random.Generator:
     # Fixed-length key: SeedSequence pads entropy with zeros, so [a, b] and [a, b, 0] would collide.
-    return np.random.default_rng(np.random.SeedSequence([seed, CLASSES[class_name].index, split, defect_index, index]))
+    return np.random.default_rng(np.random.SeedSequence([seed, SPECS[class_name].index, split, defect_index, index]))
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
@@ -106,7 +124,7 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
 
 def render_good(class_name: str, size: int, seed: int, index: int, split: int = SPLIT_TRAIN) -> np.ndarray:
     """One defect-free sample as (size, size, 3) uint8; `split` is SPLIT_TRAIN or SPLIT_TEST_GOOD."""
-    return _to_uint8(CLASSES[class_name].render(_rng(seed, class_name, split, 0, index), size).image)
+    return _to_uint8(SPECS[class_name].render(_rng(seed, class_name, split, 0, index), size).image)
 
 
 def changed_pixels(normal: np.ndarray, image: np.ndarray) -> np.ndarray:
@@ -128,7 +146,7 @@ def render_defect(class_name: str, defect: str, size: int, seed: int, index: int
                   extent_range: tuple[float, float] = EXTENT_RANGE,
                   contrast_range: tuple[float, float] = CONTRAST_RANGE) -> DefectSample:
     """One defective sample, the normal sample it was made from, and its mask (never empty)."""
-    spec = CLASSES[class_name]
+    spec = SPECS[class_name]
     defect_index = list(spec.defects).index(defect)
     rng = _rng(seed, class_name, SPLIT_TEST_DEFECT, defect_index, index)
     scene = spec.render(rng, size)
@@ -171,14 +189,15 @@ def _check_range(name: str, value: Sequence[float], low: float, high: float) -> 
 
 def _check_classes(classes: Sequence[str] | str) -> list[str]:
     names = classes.split(",") if isinstance(classes, str) else list(classes)
-    names = list(dict.fromkeys(str(name).strip() for name in names if str(name).strip()))
-    if names == ["all"]:  # every class, in MVTec's alphabetical order
-        names = list(CLASSES)
+    names = [str(name).strip() for name in names if str(name).strip()]
+    # "all": MVTec's 15 in its alphabetical order; "lookalike": the lots (a group may sit beside classes)
+    names = list(dict.fromkeys(n for name in names for n in NAMED_GROUPS.get(name, (name,))))
     if not names:
-        raise MoleflowError(f"no synthetic class given; choose from: {', '.join(CLASSES)}")
-    unknown = [name for name in names if name not in CLASSES]
+        raise MoleflowError(f"no synthetic class given; choose from: {', '.join(SPECS)}")
+    unknown = [name for name in names if name not in SPECS]
     if unknown:
-        raise MoleflowError(f"unknown synthetic class {unknown[0]!r}; known classes: {', '.join(CLASSES)}")
+        raise MoleflowError(f"unknown synthetic class {unknown[0]!r}; known classes: {', '.join(SPECS)} "
+                            f"(groups: {', '.join(NAMED_GROUPS)})")
     return names
 
 
@@ -247,11 +266,14 @@ def _save_png(array: np.ndarray, path: Path) -> None:
 
 def _stored(class_name: str, image: np.ndarray) -> np.ndarray:
     # Grayscale classes are stored single-channel, as real MVTec stores grid, screw and zipper.
-    return image[..., 0] if CLASSES[class_name].grayscale else image
+    return image[..., 0] if SPECS[class_name].grayscale else image
 
 
 def _write_class(class_dir: Path, name: str, plan: list, size: int, seed: int, bar: tqdm | None,
                  ranges: tuple[tuple[float, float], tuple[float, float]]) -> None:
+    spec = SPECS[name]
+    if ranges == (EXTENT_RANGE, CONTRAST_RANGE):  # a class with its own ranges keeps them unless others are asked
+        ranges = (spec.extent_range or EXTENT_RANGE, spec.contrast_range or CONTRAST_RANGE)
     for kind, defect, index, relative in plan:
         if kind == "defect":
             sample = render_defect(name, defect, size, seed, index, *ranges)
@@ -299,7 +321,7 @@ def generate_benchmark(
 
     summary = {
         name: {"train": n_train, "test_good": n_test_good,
-               "defects": split_evenly(n_test_defect, list(CLASSES[name].defects))}
+               "defects": split_evenly(n_test_defect, list(SPECS[name].defects))}
         for name in names
     }
     plans = {name: _class_plan(summary[name]) for name in names}
@@ -309,6 +331,10 @@ def generate_benchmark(
                          "counts": summary[name], "complete": True}
         if ranges != (EXTENT_RANGE, CONTRAST_RANGE):  # default generations keep their original marker
             records[name]["ranges"] = [list(r) for r in ranges]
+        if name in lookalike.LOTS:  # a lot's definition is part of what was generated
+            base, gains = lookalike.LOTS[name]
+            records[name]["lot"] = {"base": base, "gains": list(gains), "extent": list(lookalike.EXTENT),
+                                    "contrast": list(lookalike.CONTRAST)}
     todo = [name for name in names if not _is_current(out / name, records[name], plans[name])]
     for name in todo:  # refuse a foreign folder before anything is written or deleted
         _check_class_dir(out / name)
