@@ -85,7 +85,9 @@ class TBLogger:
         self._writer: Any = SummaryWriter(log_dir=str(self.log_dir))
 
     def scalar(self, tag: str, value: Any, step: int) -> None:
-        if self._writer is None or value is None:
+        """One point; an undefined value (None or NaN: e.g. pixel metrics of a data set without masks) is left
+        out, so TensorBoard shows no point rather than a NaN one."""
+        if self._writer is None or value is None or not math.isfinite(float(value)):
             return
         self._writer.add_scalar(tag, float(value), int(step))
 

@@ -113,7 +113,8 @@ def test_train_prints_table_and_names_the_run_folder(trained):
     table = {line.split()[0]: line.split()[1:] for line in trained.a.out.splitlines() if line.strip()}
     for cls in [*CLASSES, "mean"]:
         assert cls in table, f"{cls} missing from the printed table"
-        assert len(table[cls]) == 4 and all(0.0 <= float(v) <= 1.0 for v in table[cls])
+        # routing: all, normal, anomalous; image AUROC, pixel AUROC, AUPRO
+        assert len(table[cls]) == 6 and all(0.0 <= float(v) <= 1.0 for v in table[cls])
     assert trained.a.err == ""  # --quiet: no progress bars
     # the time split: wall covers features, training and evaluation (and more: loading, checkpoints)
     timing = json.loads((run / "metrics.json").read_text())["timing"]
