@@ -73,6 +73,11 @@ REFUSED = {
                                              "--task_block_hidden changes nothing unless --task_blocks is 1 or more"),
     "adapter log-det without a plain FiLM adapter": (["--adapter_hidden", "16", "--adapter_in_density"],
                                                      "--adapter_in_density changes nothing unless --adapter is film with --adapter_hidden 0"),
+    "baseline border with a per-position interior": (["--baseline_interior", "position", "--baseline_border", "1"],
+                                                     "--baseline_border changes nothing unless --position_baseline is on "
+                                                     "with --baseline_interior plane"),
+    "baseline interior without a baseline": (["--no_position_baseline", "--baseline_interior", "plane"],
+                                             "--baseline_interior changes nothing unless --position_baseline"),
     "task blocks with sc-lora": (["--use_spatial_lora", "--task_blocks", "1"],
                                  "--task_blocks changes nothing unless --use_spatial_lora is off"),
     "report tiles without a report": (["--no_report", "--report_max_per_class", "3"],
@@ -95,6 +100,7 @@ ACCEPTED = {
     "report tiles with the report": ["--report_max_per_class", "3"],
     "task blocks with their width": ["--task_blocks", "2", "--task_block_hidden", "32"],
     "adapter log-det with a plain FiLM adapter": ["--version", "v10", "--adapter_in_density"],
+    "v12's baseline options on v11": ["--version", "v11", "--baseline_interior", "plane", "--baseline_border", "1"],
     "knn with its own options": ["--model", "knn", "--model_opt", "k=3", "--embed_dim", "64", "--topk", "3",
                                  "--score_aggregation", "topk"],
 }
