@@ -4,9 +4,11 @@ images (`moleflow predict`). Both rebuild the model from config.json + safetenso
 from __future__ import annotations
 
 import json
+import math
+import re
+from html import escape
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from moleflow.config import Config, read_run_config
@@ -18,7 +20,9 @@ from moleflow.errors import MoleflowError
 from moleflow.evaluation.evaluator import model_score_maps
 from moleflow.evaluation.maps import anomaly_maps, image_scores
 from moleflow.evaluation.report import write_final_report
-from moleflow.evaluation.visualize import overlay_png
+from moleflow.evaluation import visualize as V
+from moleflow.report import html as H
+from moleflow.report import tiles as T
 from moleflow.run_folder import RunFolder, atomic_write_bytes, atomic_write_text
 from moleflow.run_log import TBLogger
 
@@ -72,6 +76,10 @@ def _decide(score: float, threshold: float | None) -> bool | None:
 
 @torch.no_grad()
 def predict_images(run_dir: str | Path, images: list[str], out_dir: str | Path, progress: bool = True) -> list[dict]:
+    """Route and score `images` with a finished run. Writes, under `out_dir`, one tile per image as the report
+    draws it (`predictions.html`: the input at its own resolution, the anomaly map over it, the score badge, the
+    routed task with its router distance, the decision at the routed class's threshold), the map overlays
+    (`heatmaps/`) and `predictions.jsonl`."""
     run, cfg = _open_finished(run_dir)
     missing = [p for p in images if not Path(p).is_file()]
     if missing:
@@ -81,36 +89,48 @@ def predict_images(run_dir: str | Path, images: list[str], out_dir: str | Path, 
     extractor = build_extractor(cfg, device)
     state = ContinualRun(cfg, [], extractor.dim, extractor.grid, device, progress)
     state.restore(run, len(cfg.data.tasks))
+    if cfg.train.router == "oracle":
+        raise MoleflowError("this run uses --router oracle, which needs the true task; predict needs a real router")
     thresholds = {c: m.get("f1_threshold") for c, m in run.read_json("metrics.json")["final"]["per_class"].items()}
     # a decision needs one class's threshold: a task holding several classes (N-M scenarios) has none
     task_threshold = [thresholds.get(classes[0]) if len(classes) == 1 else None for classes in cfg.data.tasks]
     out = Path(out_dir)
     (out / "heatmaps").mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, tiles = [], []
     for path in images:
         image = load_image(path, size)
         patch, pooled = extractor(image.unsqueeze(0).to(device))
-        task = int(state.router.predict(pooled.cpu())[0]) if cfg.train.router != "oracle" else None
-        if task is None:
-            raise MoleflowError("this run uses --router oracle, which needs the true task; predict needs a real router")
+        distances = state.router.distances(pooled.cpu())[0]
+        task = int(state.router.task_ids[int(distances.argmin())])
         model_input = image.unsqueeze(0).to(device) if cfg.spec.input_kind == "images" else patch
         named = model_score_maps(state.model, model_input, state.strategy.model_task(task))
         scores = named["score"].float().cpu()
         score = float(image_scores(scores, cfg.eval.score_aggregation, cfg.eval.topk, out_size=size,
                                    sigma=cfg.eval.blur_sigma)[0])
-        rgb = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        threshold = task_threshold[task]
         row = {"filename": str(path), "routed_task": task, "routed_class": state.task_names[task],
-               "score": score, "anomalous": _decide(score, task_threshold[task])}
+               "router_distance": float(distances.min()), "score": score, "anomalous": _decide(score, threshold)}
+        rgb = T.load_rgb(path)  # the image at its own resolution, as the report draws it
+        stem = f"{len(rows):04d}_{re.sub(r'[^A-Za-z0-9_-]+', '_', Path(path).stem)}"
+        pictures = [(f"tiles/{stem}_input.jpg", f"input {rgb.shape[1]}x{rgb.shape[0]}")]
+        atomic_write_bytes(out / pictures[0][0], V.encode_jpeg(rgb))
         for name, per_patch in named.items():  # the anomaly map, then any extra map the model returns
             amap = anomaly_maps(per_patch.float().cpu(), size, cfg.eval.blur_sigma)[0].numpy()
-            suffix = "" if name == "score" else f" [{name}]"
-            png = overlay_png(rgb, amap, None, score, vmin=float(amap.min()), vmax=float(amap.max()),
-                              title=f"task={task} ({state.task_names[task]}){suffix}")
+            low, high = V.map_range(amap, threshold if name == "score" and threshold is not None else math.nan)
+            overlay = V.heat_overlay(rgb, amap, None, low, high, V.HEAT_CMAP if name == "score" else V.EXTRA_CMAP)
+            suffix = "" if name == "score" else f"_{re.sub(r'[^A-Za-z0-9]+', '_', name)}"
+            atomic_write_bytes(out / f"tiles/{stem}_map{suffix}.jpg", V.encode_jpeg(overlay))
+            pictures.append((f"tiles/{stem}_map{suffix}.jpg", "anomaly map" if name == "score" else f"{name} map"))
             folder = out / "heatmaps" if name == "score" else out / "heatmaps" / name
-            target = folder / f"{len(rows):04d}_{Path(path).stem}.png"
             folder.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(target, png)
-            row["heatmap" if name == "score" else f"heatmap_{name}"] = str(target)
+            atomic_write_bytes(folder / f"{stem}.png", V.encode_png(overlay))
+            row["heatmap" if name == "score" else f"heatmap_{name}"] = str(folder / f"{stem}.png")
+        tiles.append({"record": row, "pictures": pictures})
         rows.append(row)
     atomic_write_text(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    body = (f"<p>{len(rows)} image(s) routed and scored by the run <code>{escape(str(run.path))}</code>; each "
+            "decision is at the routed class's F1-optimal threshold T from that run's test set (a task of several "
+            "classes has none: undecided). Maps coloured from their 1st percentile to 2T - that, T in the middle "
+            "of the colour scale.</p>" + H.grid([H.prediction_tile(t, n < 24) for n, t in enumerate(tiles)]))
+    atomic_write_text(out / "predictions.html", H.page("moleflow predict", [], body))
     return rows

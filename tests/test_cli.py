@@ -186,6 +186,28 @@ def test_predict_routes_each_image_to_its_class(trained, small_bench, tmp_path):
         with Image.open(row["heatmap"]) as im:
             im.verify()
         assert Path(row["heatmap"]).parent == out / "heatmaps"
+        assert np.isfinite(row["router_distance"]) and row["router_distance"] >= 0
+    # the report's tile: the image at its own resolution with the map over it, routed task and distance, decision
+    page = (out / "predictions.html").read_text()
+    for row in rows:
+        assert f'data-filename="{row["filename"]}"' in page
+        assert f"task {row['routed_task']} ({row['routed_class']}), router distance" in page
+        assert ("anomalous (score &gt;= T)" if row["anomalous"] else "normal (score &lt; T)") in page
+
+
+def test_predict_draws_each_image_at_its_own_resolution(trained, small_bench, tmp_path):
+    larger = tmp_path / "larger.png"
+    with Image.open(small_bench / "leather" / "test" / "cut" / "000.png") as im:
+        im.convert("RGB").resize((96, 80)).save(larger)
+    out = tmp_path / "pred"
+    assert cli("predict", "--run", trained.run_a, larger, "--out", out, "--quiet").code == 0
+    row = json.loads((out / "predictions.jsonl").read_text())
+    with Image.open(row["heatmap"]) as heat:
+        assert heat.size == (96, 80)  # not the model's input size
+    tiles = sorted(p.name for p in (out / "tiles").iterdir())
+    assert tiles == ["0000_larger_input.jpg", "0000_larger_map.jpg"]
+    with Image.open(out / "tiles" / "0000_larger_input.jpg") as im:
+        assert im.size == (96, 80)
 
 
 def test_joint_strategy_reports_no_bwt(trained, small_bench):

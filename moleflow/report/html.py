@@ -111,6 +111,30 @@ def evaluation_tile(t: dict, eager: bool) -> str:
             f'</figcaption></figure>')
 
 
+def prediction_tile(t: dict, eager: bool) -> str:
+    """One image scored by `moleflow predict`, drawn as the report's evaluation tile (input at its own
+    resolution, map beside it, score badge): no ground truth, so the badges are the routed task with its router
+    distance and the decision at the routed class's threshold T."""
+    r = t["record"]
+    decision = {True: "anomalous", False: "normal", None: "undecided"}[r.get("anomalous")]
+    distance = r.get("router_distance")
+    route = f"task {r['routed_task']} ({r['routed_class']})" + (
+        f", router distance {fmt(distance, 5)}" if distance is not None else "")
+    pics = [_picture(src, cap, eager) for src, cap in t["pictures"]]
+    return (f'<figure class="tile {decision}" data-filename="{escape(r["filename"])}" data-decision="{decision}">'
+            f'<div class="pics n{len(pics)}">{"".join(pics)}</div><figcaption>'
+            f'<div class="badges"><span class="badge score" style="background:{DECISION_COLOUR[decision]}">'
+            f'score {escape(fmt(r["score"], 5))}</span><span class="badge route">{escape(route)}</span>'
+            f'<span class="verdict {decision}">{escape(PREDICTED[decision])}</span></div>'
+            f'<div class="path">{escape(r["filename"])}</div></figcaption></figure>')
+
+
+#: a prediction's score badge: red above the routed class's threshold, green below, grey without one
+DECISION_COLOUR = {"anomalous": "hsl(0, 75%, 38%)", "normal": "hsl(120, 75%, 38%)", "undecided": "hsl(0, 0%, 55%)"}
+PREDICTED = {"anomalous": "anomalous (score >= T)", "normal": "normal (score < T)",
+             "undecided": "no threshold for this task: undecided"}
+
+
 def dataset_tile(t: dict, eager: bool) -> str:
     """One image on the dataset page: the image (mask tinted red when anomalous), its label badge, its path."""
     r = t["record"]
