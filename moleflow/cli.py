@@ -58,9 +58,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from moleflow.inference import predict_images
 
     for row in predict_images(args.run, args.images, args.out, progress=not args.quiet):
-        print(f"{row['filename']}\ttask={row['routed_task']} ({row['routed_class']})\tscore={row['score']:.4f}"
-              f"\theatmap={row['heatmap']}")
+        decision = {True: "anomalous", False: "normal", None: "undecided"}[row["anomalous"]]
+        print(f"{row['filename']}\ttask={row['routed_task']} ({row['routed_class']})\t"
+              f"distance={row['router_distance']:.4g}\tscore={row['score']:.4f}\t{decision}\theatmap={row['heatmap']}")
     print(f"predictions: {args.out}/predictions.jsonl")
+    print(f"tiles: {args.out}/predictions.html")
     return 0
 
 
