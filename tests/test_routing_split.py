@@ -114,12 +114,13 @@ def test_metrics_json_tensorboard_compare_and_report_show_the_split_and_every_mi
     csv = (run.path / "results.csv").read_text()
     assert "routing_accuracy_normal" in csv.splitlines()[0]
 
-    html = _routing(out, run.read_per_image(), {"grid": "grid"})
+    html = _routing(out, run.read_per_image(), {"grid": "grid"}, "/d")
     assert "normal test images (3): accuracy 0.6667" in html and "anomalous test images (3): accuracy 0.3333" in html
     assert "Mis-routed test images (3)" in html
-    for name, truth in (("001.png", "normal"), ("004.png", "anomalous"), ("005.png", "anomalous")):
+    for name, truth in (("test/good/001.png", "normal"), ("test/cut/004.png", "anomalous"),
+                        ("test/cut/005.png", "anomalous")):
         assert f"<td class=l>{name}</td><td>{truth}</td><td>grid</td><td>wood</td>" in html
-    assert "000.png" not in html
+    assert "good/000.png" not in html
 
     (run.path / "config.json").write_text('{"version": "v12", "model": "moleflow"}')
     table = compare_runs([run.path])

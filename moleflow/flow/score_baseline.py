@@ -25,9 +25,10 @@ the interior's training NLL falls by ~30 nats from top-left to bottom-right, in 
 random phase). The layout is where an object sits on its plain background: the object's patches have a higher
 NLL than the background's, and subtracting it lifts every background patch to the object's level, so in the
 pooled pixel AUROC the background competes with the defects, which lie on the object. Measured by re-scoring
-the same trained flows (the baseline does not change training): on the 1x15 stream, seed 0, pill's pixel
-AUROC 0.899 with the raw NLL, 0.749 with the per-position z-score; the plane keeps the drift and drops the
-layout (a plane cannot draw a blob). Numbers: UPDATE_NOTES.md, v12.
+the same trained flows (the baseline does not change training; benchmarks/baseline_variants.py): on the 1x15
+stream, seed 0, pill's pixel AUROC is 0.883 with the raw NLL, 0.749 with the per-position z-score and 0.918
+with the plane; the plane keeps the drift and drops the layout (a plane cannot draw a blob). Numbers:
+UPDATE_NOTES.md, v12.
 """
 
 from __future__ import annotations

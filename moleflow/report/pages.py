@@ -10,6 +10,7 @@ from typing import Any
 from moleflow import __version__
 from moleflow.options import to_plain
 from moleflow.report import html as H
+from moleflow.report.tiles import path_label
 
 MATRIX_LABELS = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"))
 
@@ -90,7 +91,7 @@ def _confusion_table(confusion: list[list[int]], tasks: list[str]) -> str:
     return H.table(["", *[f"to {t}" for t in tasks]], rows)
 
 
-def _misrouted(records: list[dict], tasks: list[str], slug: dict[str, str]) -> str:
+def _misrouted(records: list[dict], tasks: list[str], slug: dict[str, str], data_path: str) -> str:
     """Every test image the router sent to another task than its class's, with where it went."""
     wrong = [r for r in records if r.get("routed_task") is not None and r.get("routed_task") != r.get("task")]
     if not wrong:
@@ -100,14 +101,14 @@ def _misrouted(records: list[dict], tasks: list[str], slug: dict[str, str]) -> s
         return str(tasks[task]) if isinstance(task, int) and 0 <= task < len(tasks) else str(task)
 
     rows = [[f'<a href="{escape(slug.get(r["class"], ""))}_evaluation.html">{escape(str(r["class"]))}</a>',
-             escape(str(r["filename"]).replace("\\", "/").rsplit("/", 1)[-1]),
+             escape(path_label(str(r["filename"]), data_path, str(r["class"]))),
              "anomalous" if r.get("ground_truth") == 1 else "normal", escape(name(r.get("task"))),
              escape(name(r.get("routed_task")))] for r in wrong]
     return (f"<h3>Mis-routed test images ({len(wrong)})</h3>"
             + H.table(["class", "image", "ground truth", "its task", "routed to"], rows, left=2, escape_cells=False))
 
 
-def _routing(metrics: dict, records: list[dict], slug: dict[str, str]) -> str:
+def _routing(metrics: dict, records: list[dict], slug: dict[str, str], data_path: str) -> str:
     routing = metrics.get("routing") or {}
     confusion, tasks = routing.get("confusion"), metrics.get("tasks") or []
     if not confusion:
@@ -118,7 +119,7 @@ def _routing(metrics: dict, records: list[dict], slug: dict[str, str]) -> str:
     for split, numbers in (routing.get("by_split") or {}).items():  # runs from before the split have none
         parts.append(f"<h3>{escape(split)} test images ({numbers.get('images', '?')}): accuracy "
                      f"{escape(H.fmt(numbers.get('accuracy')))}</h3>" + _confusion_table(numbers["confusion"], tasks))
-    return "".join(parts) + _misrouted(records, tasks, slug)
+    return "".join(parts) + _misrouted(records, tasks, slug, data_path)
 
 
 def index_page(run: Any, cfg: Any, metrics: dict, classes: list[str], slug: dict[str, str], shown: dict[str, dict],
@@ -139,7 +140,7 @@ def index_page(run: Any, cfg: Any, metrics: dict, classes: list[str], slug: dict
           "threshold, at which the pages judge each image right or wrong</p>"
         + H.table(header, _class_rows(metrics, classes, slug, shown), left=2, escape_cells=False)
         + "<h2>Continual accuracy matrix</h2>" + f'<div class="plots">{plots}</div>' + _matrix_tables(metrics)
-        + _routing(metrics, records, slug)
+        + _routing(metrics, records, slug, str(cfg.data.data_path))
         + "<h2>Parameters and time</h2>" + f'<div class="plots">{growth}</div>'
         + "<h2>ROC and PRO curves per class</h2>" + f'<div class="plots">{curves}</div>'
         + f'<p class="muted">anomaly maps {escape(source)}; written {time.strftime("%Y-%m-%d %H:%M:%S")} by '
