@@ -18,13 +18,10 @@ import argparse
 import numpy as np
 import torch
 
-from moleflow.continual.task_data import prepare_tasks
-from moleflow.continual.trainer import ContinualRun
-from moleflow.device import resolve_device
 from moleflow.evaluation.maps import anomaly_maps
 from moleflow.evaluation.metrics import aupro, image_auroc, pixel_auroc
 from moleflow.flow.score_baseline import PositionBaseline
-from moleflow.inference import _open_finished
+from moleflow.inference import restored_run
 
 #: name -> PositionBaseline arguments (None: the raw NLL)
 VARIANTS = {
@@ -40,16 +37,12 @@ VARIANTS = {
 
 def rescore(run_dir: str) -> dict[str, dict[str, tuple[float, float, float]]]:
     """variant -> class -> (image AUROC, pixel AUROC, AUPRO) of one finished run."""
-    run, cfg = _open_finished(run_dir)
-    device = resolve_device("cpu")
-    tasks, extractor, _ = prepare_tasks(cfg, device, progress=False)
-    state = ContinualRun(cfg, tasks, extractor.dim, extractor.grid, device, progress=False)
-    state.restore(run, len(tasks))
-    model = state.model.eval()
+    _, state, _ = restored_run(run_dir, progress=False)
+    cfg, tasks, model = state.cfg, state.tasks, state.model.eval()
 
     @torch.no_grad()
     def raw(feats: torch.Tensor, task: int) -> torch.Tensor:
-        return torch.cat([model(chunk, task)["patch_score"] for chunk in feats.split(16)]).double()
+        return torch.cat([model(chunk.to(state.device), task)["patch_score"].cpu() for chunk in feats.split(16)]).double()
 
     out: dict[str, dict[str, tuple[float, float, float]]] = {name: {} for name in VARIANTS}
     for task in tasks:

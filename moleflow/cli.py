@@ -56,9 +56,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from moleflow.inference import predict_images
+    from moleflow.report.html import DECISION
 
     for row in predict_images(args.run, args.images, args.out, progress=not args.quiet):
-        decision = {True: "anomalous", False: "normal", None: "undecided"}[row["anomalous"]]
+        decision = DECISION[row["anomalous"]]
         print(f"{row['filename']}\ttask={row['routed_task']} ({row['routed_class']})\t"
               f"distance={row['router_distance']:.4g}\tscore={row['score']:.4f}\t{decision}\theatmap={row['heatmap']}")
     print(f"predictions: {args.out}/predictions.jsonl")

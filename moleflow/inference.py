@@ -37,14 +37,21 @@ def _open_finished(run_dir: str | Path) -> tuple[RunFolder, Config]:
     return run, cfg
 
 
-def rescore_run(run_dir: str | Path, progress: bool = True) -> tuple[RunFolder, ContinualRun, dict, float]:
-    """A finished run rebuilt from its checkpoints and its test sets scored again, anomaly maps kept:
-    (run, state, scored per class, backbone seconds). Writes nothing (`moleflow eval` and `moleflow report`)."""
+def restored_run(run_dir: str | Path, progress: bool = True) -> tuple[RunFolder, ContinualRun, float]:
+    """A finished run rebuilt from its checkpoints, with its tasks' features: (run, state, backbone seconds)."""
     run, cfg = _open_finished(run_dir)
     device = resolve_device(cfg.train.device)
     tasks, extractor, backbone_s = prepare_tasks(cfg, device, progress)
     state = ContinualRun(cfg, tasks, extractor.dim, extractor.grid, device, progress)
     state.restore(run, len(tasks))
+    return run, state, backbone_s
+
+
+def rescore_run(run_dir: str | Path, progress: bool = True) -> tuple[RunFolder, ContinualRun, dict, float]:
+    """A finished run rebuilt from its checkpoints and its test sets scored again, anomaly maps kept:
+    (run, state, scored per class, backbone seconds). Writes nothing (`moleflow eval` and `moleflow report`)."""
+    run, state, backbone_s = restored_run(run_dir, progress)
+    tasks = state.tasks
     doc = run.read_json("progress.json")
     state.results = {int(k): v for k, v in doc.get("results", {}).items()}
     state.fit_log = doc.get("fit", [])
@@ -118,13 +125,11 @@ def predict_images(run_dir: str | Path, images: list[str], out_dir: str | Path, 
             amap = anomaly_maps(per_patch.float().cpu(), size, cfg.eval.blur_sigma)[0].numpy()
             low, high = V.map_range(amap, threshold if name == "score" and threshold is not None else math.nan)
             overlay = V.heat_overlay(rgb, amap, None, low, high, V.HEAT_CMAP if name == "score" else V.EXTRA_CMAP)
-            suffix = "" if name == "score" else f"_{re.sub(r'[^A-Za-z0-9]+', '_', name)}"
-            atomic_write_bytes(out / f"tiles/{stem}_map{suffix}.jpg", V.encode_jpeg(overlay))
-            pictures.append((f"tiles/{stem}_map{suffix}.jpg", "anomaly map" if name == "score" else f"{name} map"))
-            folder = out / "heatmaps" if name == "score" else out / "heatmaps" / name
-            folder.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(folder / f"{stem}.png", V.encode_png(overlay))
-            row["heatmap" if name == "score" else f"heatmap_{name}"] = str(folder / f"{stem}.png")
+            heatmap = Path("heatmaps") / (f"{stem}.png" if name == "score" else f"{name}/{stem}.png")
+            (out / heatmap).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(out / heatmap, V.encode_png(overlay))
+            pictures.append((heatmap.as_posix(), "anomaly map" if name == "score" else f"{name} map"))
+            row["heatmap" if name == "score" else f"heatmap_{name}"] = str(out / heatmap)
         tiles.append({"record": row, "pictures": pictures})
         rows.append(row)
     atomic_write_text(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))

@@ -108,6 +108,17 @@ class EuclideanRouter(PrototypeRouter):
         return (x - state["mean"]).pow(2).sum(dim=1)
 
 
+def floored_precision(cov: np.ndarray) -> np.ndarray:
+    """The symmetric inverse of a (D, D) covariance with a floor of 1e-6 x its mean variance on the diagonal.
+
+    Not a pseudo-inverse: when every sample is identical the covariance is 0 and its pseudo-inverse is 0 too,
+    so that task would sit at distance 0 from every image and take them all. The floor only bites then, and
+    keeps the precision large and finite."""
+    floor = max(1e-6 * float(np.trace(cov)) / cov.shape[0], 1e-12)
+    precision = np.linalg.inv(cov + floor * np.eye(cov.shape[0]))
+    return 0.5 * (precision + precision.T)
+
+
 class MahalanobisRouter(PrototypeRouter):
     """Task mean + Ledoit-Wolf shrinkage covariance; squared Mahalanobis distance.
 
@@ -122,14 +133,9 @@ class MahalanobisRouter(PrototypeRouter):
 
     def _fit(self, x: Tensor) -> dict[str, Tensor]:
         lw = LedoitWolf(assume_centered=False).fit(x.numpy())
-        cov = lw.covariance_
-        # Not lw.precision_ (a pseudo-inverse): when every sample of a task is identical the covariance is 0
-        # and its pseudo-inverse is 0 too, so that task would sit at distance 0 from every image and take
-        # them all. The floor below only bites then, and keeps the task's precision large and finite.
-        floor = max(1e-6 * float(np.trace(cov)) / cov.shape[0], 1e-12)
-        precision = np.linalg.inv(cov + floor * np.eye(cov.shape[0]))
-        precision = 0.5 * (precision + precision.T)
-        return {"mean": torch.from_numpy(lw.location_.copy()), "precision": torch.from_numpy(precision)}
+        # not lw.precision_ (a pseudo-inverse): see floored_precision
+        return {"mean": torch.from_numpy(lw.location_.copy()),
+                "precision": torch.from_numpy(floored_precision(lw.covariance_))}
 
     def _distance(self, x: Tensor, state: dict[str, Tensor]) -> Tensor:
         diff = x - state["mean"]
@@ -182,10 +188,7 @@ class PooledMahalanobisRouter(PrototypeRouter):
         if self._precision is None or self._precision[0] != key:
             weights = [float(self._tasks[t]["count"]) - 1.0 for t in key]
             cov = sum(w * self._tasks[t]["covariance"] for w, t in zip(weights, key)) / sum(weights)
-            # the floor only bites when every image of every task is identical (see MahalanobisRouter)
-            floor = max(1e-6 * float(torch.trace(cov)) / cov.shape[0], 1e-12)
-            precision = torch.linalg.inv(cov + floor * torch.eye(cov.shape[0], dtype=cov.dtype))
-            self._precision = (key, 0.5 * (precision + precision.T))
+            self._precision = (key, torch.from_numpy(floored_precision(cov.numpy())))
         return self._precision[1]
 
     def distances(self, pooled: Tensor) -> Tensor:

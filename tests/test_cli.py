@@ -205,7 +205,9 @@ def test_predict_draws_each_image_at_its_own_resolution(trained, small_bench, tm
     with Image.open(row["heatmap"]) as heat:
         assert heat.size == (96, 80)  # not the model's input size
     tiles = sorted(p.name for p in (out / "tiles").iterdir())
-    assert tiles == ["0000_larger_input.jpg", "0000_larger_map.jpg"]
+    assert tiles == ["0000_larger_input.jpg"]  # the map in the tile is the heatmap itself, not a second copy
+    page = (out / "predictions.html").read_text()
+    assert 'src="tiles/0000_larger_input.jpg"' in page and 'src="heatmaps/0000_larger.png"' in page
     with Image.open(out / "tiles" / "0000_larger_input.jpg") as im:
         assert im.size == (96, 80)
 

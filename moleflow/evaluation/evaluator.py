@@ -136,10 +136,9 @@ class Evaluator:
         labels = fs.labels.numpy()
         masks = fs.masks[:, 0].numpy().astype(bool)
         routed_ok = bool((scored.pred_task == scored.task_id).all())
-        true = np.full(len(labels), scored.task_id)
-        out: dict[str, float] = {"routing_accuracy": M.routing_accuracy(true, scored.pred_task.numpy())}
-        split = M.routing_accuracy_by_split(true, scored.pred_task.numpy(), labels)
-        out.update({f"routing_accuracy_{name}": value for name, value in split.items()})
+        true, pred = np.full(len(labels), scored.task_id), scored.pred_task.numpy()
+        out: dict[str, float] = {"routing_accuracy": M.routing_accuracy(true, pred)}
+        out.update(zip(M.ROUTING_SPLIT_KEYS, M.routing_accuracy_by_split(true, pred, labels).values()))
         variants = [("", scored.patch, scored.image)]
         if not routed_ok:
             variants.append(("_oracle", scored.patch_oracle, scored.image_oracle))

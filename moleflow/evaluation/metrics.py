@@ -376,6 +376,8 @@ def confusion_matrix(true_tasks: Any, pred_tasks: Any, num_tasks: int) -> np.nda
 #: the test images' ground truth, for routing numbers per split: a defect moves the image's pooled feature, which
 #: a prototype router reads, so anomalous images can be mis-routed where normal ones are not
 ROUTING_SPLITS = (("normal", False), ("anomalous", True))
+#: their per-class keys in metrics.json, in ROUTING_SPLITS' order
+ROUTING_SPLIT_KEYS = tuple(f"routing_accuracy_{name}" for name, _ in ROUTING_SPLITS)
 
 
 def _routing_split_inputs(true_tasks: Any, pred_tasks: Any, labels: Any, metric: str

@@ -15,7 +15,7 @@ from moleflow.evaluation import metrics as M
 from moleflow.evaluation.continual_metrics import accuracy_matrix, continual_summary
 from moleflow.evaluation.visualize import class_scales, encode_png, overlay_png, overlay_rgb
 
-ROUTING_KEYS = ("routing_accuracy", "routing_accuracy_normal", "routing_accuracy_anomalous")
+ROUTING_KEYS = ("routing_accuracy", *M.ROUTING_SPLIT_KEYS)
 SUMMARY_KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "f1", *ROUTING_KEYS,
                 "image_auroc_oracle", "pixel_auroc_oracle", "aupro_oracle")
 TB_IMAGES_PER_CLASS = 3

@@ -288,7 +288,7 @@ class MoLEFlow(TaskStateMixin, nn.Module):
         patch attention if enabled, task adapter). subgrid=(dy, dx, s): x' of the patches [dy::s, dx::s] only
         (training on a sub-grid, --token_stride). Every step here is per patch but the attention, so the
         features are sliced first unless the attention must see the whole grid."""
-        return self._adapted(self._before_adapter(feats, task_id, subgrid), task_id)[0]
+        return self._adapted(self._before_adapter(feats, task_id, subgrid), task_id, log_det=False)[0]
 
     def _before_adapter(self, feats: Tensor, task_id: int, subgrid: tuple[int, int, int] | None) -> Tensor:
         self._check_feats(feats)
@@ -309,8 +309,9 @@ class MoLEFlow(TaskStateMixin, nn.Module):
             x = x[:, rows, cols]
         return x
 
-    def _adapted(self, x: Tensor, task_id: int) -> tuple[Tensor, Tensor | None]:
-        """The task adapter on x: (x', its log|det dx'/dx| per patch with adapter_in_density, else None)."""
+    def _adapted(self, x: Tensor, task_id: int, log_det: bool = True) -> tuple[Tensor, Tensor | None]:
+        """The task adapter on x: (x', its log|det dx'/dx| per patch with adapter_in_density and `log_det`,
+        else None)."""
         key = str(task_id)
         if key not in self.adapters:
             return x, None
@@ -318,7 +319,7 @@ class MoLEFlow(TaskStateMixin, nn.Module):
         y = self.adapters[key](x)
         if mix is not None:
             y = (1.0 - mix) * x + mix * y
-        return y, self.adapters[key].log_det(x, mix) if self.adapter_in_density else None
+        return y, self.adapters[key].log_det(x, mix) if self.adapter_in_density and log_det else None
 
     def flow_context(self, x_adapted: Tensor) -> Tensor | None:
         """(B,h,w,D) flow input x' -> its CPCF context (B,h,w,D), or None without use_cpcf."""

@@ -116,7 +116,7 @@ def prediction_tile(t: dict, eager: bool) -> str:
     resolution, map beside it, score badge): no ground truth, so the badges are the routed task with its router
     distance and the decision at the routed class's threshold T."""
     r = t["record"]
-    decision = {True: "anomalous", False: "normal", None: "undecided"}[r.get("anomalous")]
+    decision = DECISION[r.get("anomalous")]
     distance = r.get("router_distance")
     route = f"task {r['routed_task']} ({r['routed_class']})" + (
         f", router distance {fmt(distance, 5)}" if distance is not None else "")
@@ -129,6 +129,8 @@ def prediction_tile(t: dict, eager: bool) -> str:
             f'<div class="path">{escape(r["filename"])}</div></figcaption></figure>')
 
 
+#: `moleflow predict`'s decision (predictions.jsonl "anomalous": True, False or None without a threshold) by name
+DECISION = {True: "anomalous", False: "normal", None: "undecided"}
 #: a prediction's score badge: red above the routed class's threshold, green below, grey without one
 DECISION_COLOUR = {"anomalous": "hsl(0, 75%, 38%)", "normal": "hsl(120, 75%, 38%)", "undecided": "hsl(0, 0%, 55%)"}
 PREDICTED = {"anomalous": "anomalous (score >= T)", "normal": "normal (score < T)",
