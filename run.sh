@@ -63,19 +63,12 @@ setup() {
   fi
 }
 
-ensure_all_classes() {
-  # the 15 MVTec-named classes (the demo needs only three); classes already written are kept as they are
+ensure_classes() {
+  # synthetic classes or groups beyond the demo's three (`all`: the 15 MVTec-named ones; `lookalike`: the routing
+  # stress stream's lots); classes already written are kept as they are; a user's own data set is never written to
   ensure_benchmark
   if [ -z "${DATA_PATH_GIVEN:-}" ]; then
-    "$PY" -m moleflow synth --out "$DATA_PATH" --classes all --quiet >/dev/null
-  fi
-}
-
-ensure_lookalike() {
-  # the routing stress stream's look-alike lots (synth/lookalike.py) beside the other classes
-  ensure_benchmark
-  if [ -z "${DATA_PATH_GIVEN:-}" ]; then
-    "$PY" -m moleflow synth --out "$DATA_PATH" --classes lookalike --quiet >/dev/null
+    "$PY" -m moleflow synth --out "$DATA_PATH" --classes "$@" --quiet >/dev/null
   fi
 }
 
@@ -188,13 +181,13 @@ sweep() {
                              orthogonality=0.01 selector_entropy=0.1 selector_diversity=0.1 distinctness=0.1 "${ablation[@]}" ;;
       # --- the 1x15 stream over all 15 classes: MoLE-Flow (the defaults) beside the continual baselines -----
       stream15)
-        ensure_all_classes
+        ensure_classes all
         for strategy in moleflow finetune replay joint separate; do
           moleflow sweep --versions v9 --seeds 0 "${sw[@]}" -- --strategy "$strategy" "${stream15[@]}"
         done
         moleflow sweep --seeds 0 "${sw[@]}" -- --model knn "${stream15[@]}" ;;
       stream15-v10)  # the default version on the same stream (the baselines above are v9's, as measured)
-        ensure_all_classes
+        ensure_classes all
         moleflow sweep --versions v10 --seeds 0 "${sw[@]}" -- "${stream15[@]}" ;;
       # --- v11 (issue 23): beside knn and the no-sharing ceiling on each stream --------------
       v11-seeds)      moleflow sweep --versions v11 v10 --seeds 0 1 2 3 4 "${sw[@]}" -- "${v11[@]}"
@@ -202,13 +195,13 @@ sweep() {
                       moleflow sweep --seeds 0 "${sw[@]}" -- --model knn --embed_dim 128 "${v11[@]}" ;;  # its best pooling
       separate-seeds) moleflow sweep --versions v11 --seeds 0 1 2 "${sw[@]}" -- --strategy separate "${v11[@]}" ;;
       stream15-v11)   # the 1x15 stream: v11 (3 seeds), v10, knn and --strategy separate (a whole flow per task)
-        ensure_all_classes
+        ensure_classes all
         moleflow sweep --versions v11 --seeds 0 1 2 "${sw[@]}" -- "${stream15[@]}"
         moleflow sweep --versions v10 --seeds 0 1 "${sw[@]}" -- "${stream15[@]}"
         moleflow sweep --versions v10 --seeds 0 "${sw[@]}" -- --strategy separate "${stream15[@]}"
         moleflow sweep --seeds 0 "${sw[@]}" -- --model knn "${stream15[@]}" ;;
       scenario105)    # --scenario 10-5: ten classes in task 0, five in task 1
-        ensure_all_classes
+        ensure_classes all
         moleflow sweep --versions v11 v10 --seeds 0 "${sw[@]}" -- "${scenario105[@]}"
         moleflow sweep --versions v10 --seeds 0 "${sw[@]}" -- --strategy separate "${scenario105[@]}"
         moleflow sweep --seeds 0 "${sw[@]}" -- --model knn "${scenario105[@]}" ;;
@@ -217,15 +210,15 @@ sweep() {
                       moleflow sweep --versions v12 --seeds 0 "${sw[@]}" -- --strategy separate "${v12[@]}"
                       moleflow sweep --seeds 0 "${sw[@]}" -- --model knn "${v12[@]}"
                       moleflow sweep --seeds 0 "${sw[@]}" -- --model knn --embed_dim 128 "${v12[@]}" ;;
-      stream15-v12)   ensure_all_classes
+      stream15-v12)   ensure_classes all
                       moleflow sweep --versions v12 --seeds 0 1 2 3 4 "${sw[@]}" -- "${stream15[@]}"
                       moleflow sweep --versions v12 --seeds 0 "${sw[@]}" -- --strategy separate "${stream15[@]}"
                       moleflow sweep --seeds 0 "${sw[@]}" -- --model knn "${stream15[@]}" ;;
-      scenario105-v12) ensure_all_classes
+      scenario105-v12) ensure_classes all
                       moleflow sweep --versions v12 --seeds 0 1 2 3 4 "${sw[@]}" -- "${scenario105[@]}"
                       moleflow sweep --seeds 0 "${sw[@]}" -- --model knn "${scenario105[@]}" ;;
       lookalike)      # the routing stress stream (issue 24): lda (the default router) against mahalanobis and euclidean
-        ensure_lookalike
+        ensure_classes lookalike
         for router in lda mahalanobis euclidean; do
           moleflow sweep --seeds 0 "${sw[@]}" -- --model knn --router "$router" "${lookalike[@]}"
         done
@@ -246,7 +239,7 @@ sweep() {
 
 bench() {
   setup
-  ensure_all_classes
+  ensure_classes all
   export HF_HUB_OFFLINE=1
   "$PY" benchmarks/scaling.py --data_path "$DATA_PATH" "$@"
 }

@@ -31,8 +31,8 @@ COLUMNS = (
 OPTIONAL_COLUMNS = frozenset({"routing_accuracy_normal", "routing_accuracy_anomalous"})
 CONTINUAL_METRICS = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"))
 #: per-class keys of metrics.json every run has (the built-in metrics); any other is shown as an extra column
-STANDARD_PER_CLASS = frozenset({"routing_accuracy", "routing_accuracy_normal", "routing_accuracy_anomalous", "image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro",
-                                "f1", "f1_threshold"})
+STANDARD_PER_CLASS = frozenset({"routing_accuracy", "routing_accuracy_normal", "routing_accuracy_anomalous",
+                                "image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro", "f1", "f1_threshold"})
 
 
 #: the run's time split (metrics.json -> timing); wall_s is the whole of `moleflow train`'s work but writing the
