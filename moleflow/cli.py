@@ -56,12 +56,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from moleflow.inference import predict_images
-    from moleflow.report.html import DECISION
+    from moleflow.report.html import decision_of
 
     for row in predict_images(args.run, args.images, args.out, progress=not args.quiet):
-        decision = DECISION[row["anomalous"]]
+        in_range = (f"\ttask_range={row['task_range_distance']:.4g}/{row['task_range_threshold']:.4g}"
+                    if "task_range_distance" in row else "")
         print(f"{row['filename']}\ttask={row['routed_task']} ({row['routed_class']})\t"
-              f"distance={row['router_distance']:.4g}\tscore={row['score']:.4f}\t{decision}\theatmap={row['heatmap']}")
+              f"distance={row['router_distance']:.4g}{in_range}\tscore={row['score']:.4f}\t{decision_of(row)}\t"
+              f"heatmap={row['heatmap']}")
     print(f"predictions: {args.out}/predictions.jsonl")
     print(f"tiles: {args.out}/predictions.html")
     return 0

@@ -111,6 +111,9 @@ class TrainConfig:
     router: str = option("lda", "task router: a name registered in moleflow.routers (built-in: lda = each task's "
                                 "mean under the tasks' pooled covariance, mahalanobis = under each task's own, "
                                 "euclidean, oracle = the true task, an upper bound)")
+    task_range_memory: int = option(1000, "training patch features kept per task (float16, ~300 KiB at the "
+                                          "default width) to say when a test or predicted image belongs to no "
+                                          "learned task (moleflow/task_range.py); 0 = off", minimum=0)
     seed: int = option(0, "seed of everything random in the run")
     device: str = option("auto", "auto | cpu | cuda")
 
@@ -121,6 +124,9 @@ class EvalConfig:
                                           "the blurred anomaly map)", choices=["max", "topk", "map_max"])
     topk: int = option(10, "k for --score_aggregation topk", minimum=1)
     blur_sigma: float = option(4.0, "Gaussian blur of the upsampled anomaly map (0 = none)", minimum=0)
+    task_range_margin: float = option(1.35, "an image is of no learned task when its patch distance exceeds every "
+                                            "task's training range by this factor (measured: learned test images "
+                                            "<= 1.23, unseen classes >= 1.48; UPDATE_NOTES.md)", minimum=1.0)
     save_maps: bool = option(False, "write maps/<class>.npz with float maps, masks, labels, scores, paths")
     heatmaps: int = option(-1, "heatmap overlays per class to write (-1 = all, 0 = none)", minimum=-1)
     report: bool = option(True, "write the HTML report (report/index.html: dataset and evaluation page per class, "

@@ -41,6 +41,8 @@ RULES: tuple[Rule, ...] = (
          "the backbone is a CNN (this one is a ViT: use --vit_blocks)"),
     Rule(("vit_blocks",), lambda c, _: backbone_is_vit(c.backbone.backbone_name),
          "the backbone is a ViT (this one is a CNN: use --cnn_layers)"),
+    Rule(("task_range_margin",), lambda c, _: c.train.task_range_memory > 0,
+         "--task_range_memory is above 0 (the default; 0 turns the no-learned-task check off)"),
     Rule(("report_max_per_class",), lambda c, _: c.eval.report, "--report is on (the default)"),
 )
 

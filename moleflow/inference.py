@@ -98,6 +98,8 @@ def predict_images(run_dir: str | Path, images: list[str], out_dir: str | Path, 
     state.restore(run, len(cfg.data.tasks))
     if cfg.train.router == "oracle":
         raise MoleflowError("this run uses --router oracle, which needs the true task; predict needs a real router")
+    # runs from before the check, or with --task_range_memory 0, say nothing about unlearned images
+    checks_range = state.task_range is not None and state.task_range.complete(len(cfg.data.tasks))
     thresholds = {c: m.get("f1_threshold") for c, m in run.read_json("metrics.json")["final"]["per_class"].items()}
     # a decision needs one class's threshold: a task holding several classes (N-M scenarios) has none
     task_threshold = [thresholds.get(classes[0]) if len(classes) == 1 else None for classes in cfg.data.tasks]
@@ -117,6 +119,10 @@ def predict_images(run_dir: str | Path, images: list[str], out_dir: str | Path, 
         threshold = task_threshold[task]
         row = {"filename": str(path), "routed_task": task, "routed_class": state.task_names[task],
                "router_distance": float(distances.min()), "score": score, "anomalous": _decide(score, threshold)}
+        if checks_range:
+            row.update(state.task_range.check(patch.cpu(), torch.tensor([task])).record(0))
+            if row["no_learned_task"]:
+                row["anomalous"] = None  # a score from an expert of another product decides nothing
         rgb = T.load_rgb(path)  # the image at its own resolution, as the report draws it
         stem = f"{len(rows):04d}_{re.sub(r'[^A-Za-z0-9_-]+', '_', Path(path).stem)}"
         pictures = [(f"tiles/{stem}_input.jpg", f"input {rgb.shape[1]}x{rgb.shape[0]}")]

@@ -87,6 +87,16 @@ def router_distances(cfg: Config, flags_tasks) -> torch.Tensor:
     return torch.cat([state.router.distances(task.tests[0].test.pooled) for task in state.tasks])
 
 
+def task_range_check(cfg: Config, flags_tasks) -> dict:
+    """The no-learned-task check of task 0's test images once every task's range is in."""
+    state = _state(cfg, flags_tasks)
+    for task in state.tasks:
+        state.task_range.add_task(task.task_id, task.train.patch, seed=task.task_id)
+    test = state.tasks[0].tests[0].test
+    check = state.task_range.check(test.patch, torch.zeros(len(test), dtype=torch.long))
+    return {"distance": check.distance, "threshold": check.threshold}
+
+
 def extractor_output(cfg: Config, flags_tasks) -> dict:
     extractor = build_extractor(cfg, CPU)
     image = flags_tasks[0][0].tests[0].dataset[0]["image"]
@@ -111,6 +121,7 @@ OBSERVABLES: dict[str, Callable] = {
     "scores": task0_scores,
     "evaluation": task0_evaluation,
     "routing": router_distances,
+    "task_range": task_range_check,
     "features": extractor_output,
 }
 
@@ -153,6 +164,8 @@ CASES = {
     "topk": (["--score_aggregation", "topk"], ["--score_aggregation", "topk", "--topk", "3"], "evaluation", "image"),
     "blur_sigma": ([], ["--blur_sigma", "0"], "evaluation", "maps"),
     "router": ([], ["--router", "euclidean"], "routing", None),
+    "task_range_memory": ([], ["--task_range_memory", "20"], "task_range", "distance"),
+    "task_range_margin": ([], ["--task_range_margin", "2"], "task_range", "threshold"),
     "embed_dim": ([], ["--embed_dim", "16"], "features", "dim"),
     "img_size": ([], ["--img_size", "32"], "features", "grid"),
     "cnn_layers": ([], ["--cnn_layers", "1", "2"], "features", "grid"),

@@ -82,6 +82,8 @@ REFUSED = {
                                  "--task_blocks changes nothing unless --use_spatial_lora is off"),
     "report tiles without a report": (["--no_report", "--report_max_per_class", "3"],
                                       "--report_max_per_class changes nothing unless --report is on"),
+    "a range margin with the check off": (["--task_range_memory", "0", "--task_range_margin", "2"],
+                                          "--task_range_margin changes nothing unless --task_range_memory is above 0"),
 }
 
 #: the same flags where they are read: accepted
@@ -98,6 +100,7 @@ ACCEPTED = {
     "finetune with loop settings": ["--strategy", "finetune", "--num_epochs", "3", "--clamp", "1.5"],
     "replay with its memory": ["--strategy", "replay", "--replay_per_task", "5", "--num_epochs", "3"],
     "report tiles with the report": ["--report_max_per_class", "3"],
+    "a range margin with the check on": ["--task_range_memory", "50", "--task_range_margin", "2"],
     "task blocks with their width": ["--task_blocks", "2", "--task_block_hidden", "32"],
     "adapter log-det with a plain FiLM adapter": ["--version", "v10", "--adapter_in_density"],
     "v12's baseline options on v11": ["--version", "v11", "--baseline_interior", "plane", "--baseline_border", "1"],

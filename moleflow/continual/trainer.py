@@ -29,6 +29,7 @@ from moleflow.report.source import from_scored
 from moleflow.rng import deterministic_cuda, seeded_rng
 from moleflow.run_folder import RunFolder
 from moleflow.run_log import TBLogger, collect_env
+from moleflow.task_range import TaskRange
 
 MATRIX_METRICS = ("image_auroc", "pixel_auroc", "aupro")
 
@@ -57,10 +58,13 @@ class ContinualRun:
         self.model = strategy_cls.model_for_run(model, build_for_task)
         self.hooks = ModelHooks.of(self.model)  # the contract's optional hooks, or their defaults
         self.router = registry.create("routers", cfg.train.router)
+        memory = cfg.train.task_range_memory
+        self.task_range = TaskRange(memory, cfg.eval.task_range_margin) if memory > 0 else None
         # from the config, not `tasks`: predict restores a run without loading any data
         self.task_names = [task_name(classes) for classes in cfg.data.tasks]  # a task's classes joined by '+'
         self.strategy = strategy_cls.from_config(self.model, len(self.task_names), cfg)
-        self.evaluator = Evaluator(self.model, self.strategy, self.router, cfg.eval, cfg.data.size, device)
+        self.evaluator = Evaluator(self.model, self.strategy, self.router, cfg.eval, cfg.data.size, device,
+                                   task_range=self.task_range)
         self.results: dict[int, dict[str, dict[str, float]]] = {}  # after task i -> class -> metrics (per class,
         # also when a task holds several classes)
         self.fit_log: list[dict] = []
@@ -93,6 +97,8 @@ class ContinualRun:
                                  **({"loss_state": fit.loss_state} if fit.loss_state else {})})
         self.strategy.end_task(t)
         self.router.add_task(t, task.train.pooled)
+        if self.task_range is not None:
+            self.task_range.add_task(t, task.train.patch, seed=self._task_seed(t))
 
     def evaluate(self, upto: int, keep_maps: bool = False) -> dict[str, Any]:
         scored = {}
@@ -111,6 +117,8 @@ class ContinualRun:
         tensors = {f"model.{k}": v for k, v in self.model.task_state(self.strategy.model_task(t)).items()} \
             if self.strategy.frozen_after_task else {}
         tensors.update({f"router.{k}": v for k, v in self.router.task_state(t).items()})
+        if self.task_range is not None:
+            tensors.update({f"{RANGE_PREFIX}{k}": v for k, v in self.task_range.task_state(t).items()})
         recipe_meta = {RECIPE_KEY: json.dumps(recipe(self.cfg), sort_keys=True)}
         run.save_checkpoint(f"task_{t}", tensors, {"task": str(t), "class": self.task_names[t], **recipe_meta})
         if self.strategy.shared_changes(t) or not self.strategy.frozen_after_task:
@@ -133,6 +141,9 @@ class ContinualRun:
                 if model_part:
                     self.model.load_task_state(self.strategy.model_task(t), model_part)
                 self.router.load_task_state(t, {k[7:]: v for k, v in tensors.items() if k.startswith("router.")})
+                if self.task_range is not None:
+                    self.task_range.load_task_state(t, {k[len(RANGE_PREFIX):]: v for k, v in tensors.items()
+                                                        if k.startswith(RANGE_PREFIX)})
                 self.strategy.end_task(t)
             if shared:
                 state = loaded[shared[-1]][0]
@@ -146,6 +157,9 @@ class ContinualRun:
                                 f"({first}); they come from another configuration") from None
 
 
+#: checkpoint key prefix of a task's no-learned-task range (moleflow.task_range)
+RANGE_PREFIX = "task_range."
+
 #: checkpoint metadata key of the settings (config.recipe) of the run that wrote it
 RECIPE_KEY = "moleflow.recipe"
 
@@ -156,9 +170,10 @@ def check_recipe(path: Path, meta: dict[str, str], cfg: Config) -> None:
         return  # written before recipes were recorded: the load itself still checks names and shapes
     theirs = migrate_recipe(json.loads(meta[RECIPE_KEY]), set(FIELD_SPECS) - NOT_SETTINGS)
     ours = json.loads(json.dumps(recipe(cfg)))
-    # an option added after the checkpoint was written did not exist then: the run computed its default
-    added = json.loads(json.dumps({name: default_of(f) for name, f in option_fields(type(cfg.options)).items()
-                                   if name not in theirs}))
+    # a setting added after the checkpoint was written (an engine setting or a model option) did not exist
+    # then: the run computed its default
+    fields = {**{name: f for name, (_, f) in FIELD_SPECS.items()}, **option_fields(type(cfg.options))}
+    added = json.loads(json.dumps({name: default_of(f) for name, f in fields.items() if name not in theirs}))
     differ = sorted(name for name in set(theirs) | set(ours) if theirs.get(name, added.get(name)) != ours.get(name))
     if differ:
         shown = "; ".join(f"{n}: {theirs.get(n)!r} in the checkpoint, {ours.get(n)!r} in this run" for n in differ[:4])

@@ -23,6 +23,7 @@ from moleflow import registry
 from moleflow.errors import MoleflowError
 from moleflow.evaluation import metrics as M
 from moleflow.evaluation.maps import anomaly_maps, image_scores
+from moleflow.task_range import RangeCheck, TaskRange
 
 PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "aupro")
 #: keys of maps/<class>.npz written by the report; an extra map may not reuse them
@@ -68,6 +69,10 @@ def per_class_metrics() -> list[tuple[str, Any]]:
     return found
 
 
+#: per-class metric: the fraction of the class's test images said to be of no learned task (should be 0)
+NO_TASK_KEY = "no_learned_task_rate"
+
+
 @dataclass
 class ScoredSet:
     task_id: int
@@ -80,12 +85,15 @@ class ScoredSet:
     maps: torch.Tensor | None = None  # (N,H,W) routed anomaly maps, kept for the final report
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (N,h,w) routed extra maps
     extra_maps: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (N,H,W), for the report
+    task_range: RangeCheck | None = None  # beyond every learned task's range? (None: the check is off)
 
 
 class Evaluator:
     def __init__(self, model: Any, strategy: Any, router: Any, eval_cfg: Any, img_size: tuple[int, int],
-                 device: torch.device, images_per_pass: int = 32):
+                 device: torch.device, images_per_pass: int = 32, task_range: TaskRange | None = None):
         self.model = model
+        self.task_range = task_range
+        self._range_cache: dict[str, dict[int, torch.Tensor]] = {}  # test class -> task -> ratios (fixed state)
         self.strategy = strategy
         self.router = router
         self.cfg = eval_cfg
@@ -127,10 +135,13 @@ class Evaluator:
                 routed[name][rows] = other[name][rows]
         method, k = self.cfg.score_aggregation, self.cfg.topk
         extras = {name: value for name, value in routed.items() if name != "score"}
+        in_range = None
+        if self.task_range is not None and self.task_range.complete(task_id + 1):
+            in_range = self.task_range.check(fs.patch, pred, cache=self._range_cache.setdefault(class_name, {}))
         return ScoredSet(task_id, class_name, pred, routed["score"], oracle["score"],
                          image_scores(routed["score"], method, k, out_size=self.img_size, sigma=self.cfg.blur_sigma),
                          image_scores(oracle["score"], method, k, out_size=self.img_size, sigma=self.cfg.blur_sigma),
-                         extras=extras)
+                         extras=extras, task_range=in_range)
 
     def metrics(self, scored: ScoredSet, fs: Any, keep_maps: bool = False) -> dict[str, float]:
         labels = fs.labels.numpy()
@@ -139,6 +150,8 @@ class Evaluator:
         true, pred = np.full(len(labels), scored.task_id), scored.pred_task.numpy()
         out: dict[str, float] = {"routing_accuracy": M.routing_accuracy(true, pred)}
         out.update(zip(M.ROUTING_SPLIT_KEYS, M.routing_accuracy_by_split(true, pred, labels).values()))
+        if scored.task_range is not None:  # every one of these images is of a learned task: each flag is wrong
+            out[NO_TASK_KEY] = float(scored.task_range.no_learned_task.float().mean())
         variants = [("", scored.patch, scored.image)]
         if not routed_ok:
             variants.append(("_oracle", scored.patch_oracle, scored.image_oracle))
@@ -161,6 +174,6 @@ class Evaluator:
                 scored.extra_maps[name] = extra
             out[f"pixel_auroc_{name}"] = M.pixel_auroc(masks, extra.numpy())
         if routed_ok:  # identical scores: the oracle numbers are the routed numbers
-            for name in [k for k in out if not k.startswith(("routing_accuracy", "pixel_auroc_"))]:
+            for name in [k for k in out if not k.startswith(("routing_accuracy", "pixel_auroc_", NO_TASK_KEY))]:
                 out[f"{name}_oracle"] = out[name]
         return out

@@ -13,10 +13,11 @@ import torch
 from moleflow.contract import describe
 from moleflow.evaluation import metrics as M
 from moleflow.evaluation.continual_metrics import accuracy_matrix, continual_summary
+from moleflow.evaluation.evaluator import NO_TASK_KEY
 from moleflow.evaluation.visualize import class_scales, encode_png, overlay_png, overlay_rgb
 
 ROUTING_KEYS = ("routing_accuracy", *M.ROUTING_SPLIT_KEYS)
-SUMMARY_KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "f1", *ROUTING_KEYS,
+SUMMARY_KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "f1", *ROUTING_KEYS, NO_TASK_KEY,
                 "image_auroc_oracle", "pixel_auroc_oracle", "aupro_oracle")
 TB_IMAGES_PER_CLASS = 3
 
@@ -61,6 +62,13 @@ def write_final_report(run: Any, state: Any, scored: dict[str, Any], timing: dic
                "confusion": M.confusion_matrix(true.numpy(), pred.numpy(), len(tasks)).tolist(),
                "by_split": M.routing_by_split(true.numpy(), pred.numpy(), labels.numpy(), len(tasks)),
                "router": cfg.train.router}
+    checked = [scored[c].task_range for c in classes if scored[c].task_range is not None]
+    if checked:  # the no-learned-task check (moleflow.task_range); each flag here is a false alarm
+        routing["no_learned_task"] = {
+            "images": int(sum(int(r.no_learned_task.sum()) for r in checked)),
+            "of": int(sum(len(r.no_learned_task) for r in checked)),
+            "margin": cfg.eval.task_range_margin, "memory_per_task": cfg.train.task_range_memory,
+            "bytes_per_task": state.task_range.task_bytes(0)}
     metrics = {
         "tasks": [task.name for task in tasks],
         "classes": classes,
@@ -114,6 +122,7 @@ def write_final_report(run: Any, state: Any, scored: dict[str, Any], timing: dic
             per_image.append({"filename": path, "class": c, "task": task.task_id, "routed_task": int(s.pred_task[i]),
                               "ground_truth": label, "prediction": prediction, "score": score,
                               "score_oracle": float(s.image_oracle[i]), "heatmap": heat, **extra_heat,
+                              **(s.task_range.record(i) if s.task_range is not None else {}),
                               "correct": None if prediction is None else prediction == label})
         csv_rows.append({"class": c, "task": task.task_id, **{k: per_class[c].get(k) for k in SUMMARY_KEYS}})
     csv_rows.append({"class": "mean", "task": "", **mean})
@@ -128,8 +137,8 @@ def write_final_report(run: Any, state: Any, scored: dict[str, Any], timing: dic
 def _log_tensorboard(tb: Any, cfg: Any, classes: list[str], per_class: dict, mean: dict, metrics: dict,
                      images: list[tuple[str, np.ndarray]], last: int) -> None:
     for c in classes:
-        for k in ("image_auroc", "pixel_auroc", "aupro", *ROUTING_KEYS):
-            tb.scalar(f"final/{c}/{k}", per_class[c][k], last)
+        for k in ("image_auroc", "pixel_auroc", "aupro", *ROUTING_KEYS, NO_TASK_KEY):
+            tb.scalar(f"final/{c}/{k}", per_class[c].get(k), last)
     for k, v in mean.items():
         tb.scalar(f"final/mean/{k}", v, last)
     for i, (c, rgb) in enumerate(images):

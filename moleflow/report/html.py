@@ -86,7 +86,8 @@ def _picture(src: str, caption: str, eager: bool) -> str:
 
 VERDICT = {"FN": "wrong: false negative (anomalous, missed)", "FP": "wrong: false positive (normal, flagged)",
            "TP": "right: anomalous, flagged", "TN": "right: normal, passed", "undecided": "no threshold: undecided"}
-RECORD_KEYS = ("filename", "ground_truth", "prediction", "score", "correct", "task", "routed_task", "score_oracle")
+RECORD_KEYS = ("filename", "ground_truth", "prediction", "score", "correct", "task", "routed_task", "score_oracle",
+               "no_learned_task", "task_range_distance", "task_range_threshold")
 
 
 def label_badge(label: int) -> str:
@@ -116,10 +117,12 @@ def prediction_tile(t: dict, eager: bool) -> str:
     resolution, map beside it, score badge): no ground truth, so the badges are the routed task with its router
     distance and the decision at the routed class's threshold T."""
     r = t["record"]
-    decision = DECISION[r.get("anomalous")]
+    decision = decision_of(r)
     distance = r.get("router_distance")
     route = f"task {r['routed_task']} ({r['routed_class']})" + (
-        f", router distance {fmt(distance, 5)}" if distance is not None else "")
+        f", router distance {fmt(distance, 5)}" if distance is not None else "") + (
+        f", task range {fmt(r['task_range_distance'], 4)} (beyond {fmt(r['task_range_threshold'], 4)}: no "
+        "learned task)" if "task_range_distance" in r else "")
     pics = [_picture(src, cap, eager) for src, cap in t["pictures"]]
     return (f'<figure class="tile {decision}" data-filename="{escape(r["filename"])}" data-decision="{decision}">'
             f'<div class="pics n{len(pics)}">{"".join(pics)}</div><figcaption>'
@@ -131,10 +134,21 @@ def prediction_tile(t: dict, eager: bool) -> str:
 
 #: `moleflow predict`'s decision (predictions.jsonl "anomalous": True, False or None without a threshold) by name
 DECISION = {True: "anomalous", False: "normal", None: "undecided"}
-#: a prediction's score badge: red above the routed class's threshold, green below, grey without one
-DECISION_COLOUR = {"anomalous": "hsl(0, 75%, 38%)", "normal": "hsl(120, 75%, 38%)", "undecided": "hsl(0, 0%, 55%)"}
+#: the decision of an image beyond every learned task's range (moleflow.task_range)
+UNLEARNED = "no-learned-task"
+#: a prediction's score badge: red above the routed class's threshold, green below, grey without one, violet
+#: for an image of no learned task
+DECISION_COLOUR = {"anomalous": "hsl(0, 75%, 38%)", "normal": "hsl(120, 75%, 38%)", "undecided": "hsl(0, 0%, 55%)",
+                   UNLEARNED: "hsl(280, 60%, 45%)"}
 PREDICTED = {"anomalous": "anomalous (score >= T)", "normal": "normal (score < T)",
-             "undecided": "no threshold for this task: undecided"}
+             "undecided": "no threshold for this task: undecided",
+             UNLEARNED: "of no learned task: beyond every task's range (the score is the nearest task's, not a "
+                        "decision)"}
+
+
+def decision_of(record: dict) -> str:
+    """A prediction record's decision: of no learned task, else anomalous / normal / undecided at T."""
+    return UNLEARNED if record.get("no_learned_task") else DECISION[record.get("anomalous")]
 
 
 def dataset_tile(t: dict, eager: bool) -> str:

@@ -119,7 +119,28 @@ def _routing(metrics: dict, records: list[dict], slug: dict[str, str], data_path
     for split, numbers in (routing.get("by_split") or {}).items():  # runs from before the split have none
         parts.append(f"<h3>{escape(split)} test images ({numbers.get('images', '?')}): accuracy "
                      f"{escape(H.fmt(numbers.get('accuracy')))}</h3>" + _confusion_table(numbers["confusion"], tasks))
-    return "".join(parts) + _misrouted(records, tasks, slug, data_path)
+    return "".join(parts) + _misrouted(records, tasks, slug, data_path) + _unlearned(routing, records, slug, data_path)
+
+
+def _unlearned(routing: dict, records: list[dict], slug: dict[str, str], data_path: str) -> str:
+    """The no-learned-task check: every test image here is of a learned class, so each one it flags is wrong."""
+    check = routing.get("no_learned_task")
+    if not check:  # off (--task_range_memory 0), or a run from before it
+        return ""
+    flagged = [r for r in records if r.get("no_learned_task")]
+    head = (f"<h3>Said to be of no learned task: {check['images']} of {check['of']} test images</h3><p>each task "
+            f"keeps {check['memory_per_task']} training patches ({check['bytes_per_task'] / 1024:.0f} KiB); an "
+            f"image is of no learned task beyond {H.fmt(check['margin'])} x every task's range. Every test image "
+            "is of a learned class, so each one listed is a false alarm.</p>")
+    if not flagged:
+        return head
+    rows = [[f'<a href="{escape(slug.get(r["class"], ""))}_evaluation.html">{escape(str(r["class"]))}</a>',
+             escape(path_label(str(r["filename"]), data_path, str(r["class"]))),
+             "anomalous" if r.get("ground_truth") == 1 else "normal",
+             escape(H.fmt(r.get("task_range_distance"))), escape(H.fmt(r.get("task_range_threshold")))]
+            for r in flagged]
+    return head + H.table(["class", "image", "ground truth", "distance (routed task)", "threshold"], rows, left=2,
+                          escape_cells=False)
 
 
 def index_page(run: Any, cfg: Any, metrics: dict, classes: list[str], slug: dict[str, str], shown: dict[str, dict],
