@@ -16,6 +16,7 @@ from moleflow.config import NOT_RECIPE, Config, resolve_config
 from moleflow.config_migration import migrate
 from moleflow.errors import MoleflowError
 from moleflow.run_folder import CONFIG_FILE, RunFolder
+from moleflow.task_range import NO_TASK_KEY
 
 METRICS_FILE = "metrics.json"
 # (metrics.json key, column title), in table order
@@ -32,7 +33,8 @@ OPTIONAL_COLUMNS = frozenset({"routing_accuracy_normal", "routing_accuracy_anoma
 CONTINUAL_METRICS = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"))
 #: per-class keys of metrics.json every run has (the built-in metrics); any other is shown as an extra column
 STANDARD_PER_CLASS = frozenset({"routing_accuracy", "routing_accuracy_normal", "routing_accuracy_anomalous",
-                                "image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro", "f1", "f1_threshold"})
+                                "image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro", "f1", "f1_threshold",
+                                NO_TASK_KEY})  # the last: the report's routing section shows it
 
 
 #: the run's time split (metrics.json -> timing); wall_s is the whole of `moleflow train`'s work but writing the

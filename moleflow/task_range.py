@@ -33,6 +33,10 @@ from torch import Tensor
 
 from moleflow.errors import MoleflowError
 
+#: per-class metric: the fraction of a learned class's test images said to be of no learned task (each a false
+#: alarm: 0 is right)
+NO_TASK_KEY = "no_learned_task_rate"
+
 #: the quantile of an image's nearest-memory patch distances that measures it (see the module docstring)
 QUANTILE = 0.25
 

@@ -23,7 +23,7 @@ from moleflow import registry
 from moleflow.errors import MoleflowError
 from moleflow.evaluation import metrics as M
 from moleflow.evaluation.maps import anomaly_maps, image_scores
-from moleflow.task_range import RangeCheck, TaskRange
+from moleflow.task_range import NO_TASK_KEY, RangeCheck, TaskRange
 
 PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "aupro")
 #: keys of maps/<class>.npz written by the report; an extra map may not reuse them
@@ -67,10 +67,6 @@ def per_class_metrics() -> list[tuple[str, Any]]:
         if kind is not None:
             found.append((name, fn))
     return found
-
-
-#: per-class metric: the fraction of the class's test images said to be of no learned task (should be 0)
-NO_TASK_KEY = "no_learned_task_rate"
 
 
 @dataclass

@@ -13,7 +13,7 @@ import torch
 from moleflow.contract import describe
 from moleflow.evaluation import metrics as M
 from moleflow.evaluation.continual_metrics import accuracy_matrix, continual_summary
-from moleflow.evaluation.evaluator import NO_TASK_KEY
+from moleflow.task_range import NO_TASK_KEY
 from moleflow.evaluation.visualize import class_scales, encode_png, overlay_png, overlay_rgb
 
 ROUTING_KEYS = ("routing_accuracy", *M.ROUTING_SPLIT_KEYS)
