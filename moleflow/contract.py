@@ -9,6 +9,11 @@ On the class (read by `model_spec`):
                                            optional `validate(context)`): flags, presets, config.json
     from_options(options, context) -> model   build it from its options and the run's `ModelContext`
     input_kind = "features" | "images"     what train/test inputs it gets (default features)
+    own_scores = False | True              True: the model defines its anomaly map and image score itself
+                                           (e.g. anomalib's models): its maps are final, at image size, and
+                                           `score_maps` returns the image score under IMAGE_SCORE (B,); the
+                                           engine then neither blurs nor aggregates (--blur_sigma and
+                                           --score_aggregation are refused for it)
 
 On the instance (`ContinualModel`, a runtime-checkable Protocol):
 
@@ -44,6 +49,8 @@ from torch import Tensor
 from moleflow.errors import MoleflowError
 
 INPUT_KINDS = ("features", "images")
+#: the key of a model's own image score (B,) in `score_maps`' output (own_scores models only)
+IMAGE_SCORE = "image_score"
 
 
 @dataclass(frozen=True)
@@ -112,6 +119,7 @@ class ModelSpec:
     model_class: type
     options_class: type
     input_kind: str
+    own_scores: bool = False
 
     def build(self, options: Any, context: ModelContext) -> Any:
         return self.model_class.from_options(options, context)
@@ -131,7 +139,11 @@ def model_spec(name: str, model_class: Any) -> ModelSpec:
     if not callable(getattr(model_class, "from_options", None)):
         raise MoleflowError(f"model '{name}' ({label}) has no from_options(options, context) classmethod; see "
                             "moleflow/contract.py")
-    return ModelSpec(name, model_class, options_class, kind)
+    own_scores = bool(getattr(model_class, "own_scores", False))
+    if own_scores and not callable(getattr(model_class, "score_maps", None)):
+        raise MoleflowError(f"model '{name}' ({label}) declares own_scores but has no score_maps(inputs, task_id) "
+                            f"returning its map under 'score' and its image score under '{IMAGE_SCORE}'")
+    return ModelSpec(name, model_class, options_class, kind, own_scores)
 
 
 def _no_op(*args: Any, **kwargs: Any) -> None:

@@ -31,6 +31,8 @@ def _strategy_reads(cfg: Any) -> tuple[str, ...]:
 RULES: tuple[Rule, ...] = (
     Rule(("split_percent", "split_seed"), _splits_itself,
          "--dataset_format splits the data itself (folder or csv; mvtec, mpdd and visa come pre-split)"),
+    Rule(("score_aggregation", "blur_sigma"), lambda c, _: not c.spec.own_scores,
+         "the model's maps and image scores are the engine's to make (this model makes its own: own_scores)"),
     Rule(("topk",), lambda c, _: c.eval.score_aggregation == "topk", "--score_aggregation is topk"),
     Rule(("replay_per_task",), lambda c, _: "replay_per_task" in _strategy_reads(c), "--strategy reads it (replay)"),
     Rule(("deterministic",), lambda c, _: resolve_device(c.train.device).type == "cuda",

@@ -17,8 +17,9 @@ from moleflow.device import resolve_device
 from moleflow.continual.trainer import ContinualRun
 from moleflow.data.image_io import load_image
 from moleflow.errors import MoleflowError
-from moleflow.evaluation.evaluator import model_score_maps
-from moleflow.evaluation.maps import anomaly_maps, image_scores
+from moleflow.contract import IMAGE_SCORE
+from moleflow.evaluation.evaluator import image_score_of, map_blur_sigma, model_score_maps
+from moleflow.evaluation.maps import anomaly_maps
 from moleflow.evaluation.report import write_final_report
 from moleflow.evaluation import visualize as V
 from moleflow.report import html as H
@@ -113,9 +114,9 @@ def predict_images(run_dir: str | Path, images: list[str], out_dir: str | Path, 
         task = int(state.router.task_ids[int(distances.argmin())])
         model_input = image.unsqueeze(0).to(device) if cfg.spec.input_kind == "images" else patch
         named = model_score_maps(state.model, model_input, state.strategy.model_task(task))
-        scores = named["score"].float().cpu()
-        score = float(image_scores(scores, cfg.eval.score_aggregation, cfg.eval.topk, out_size=size,
-                                   sigma=cfg.eval.blur_sigma)[0])
+        own = cfg.spec.own_scores
+        score = float(image_score_of({k: v.float().cpu() for k, v in named.items()}, cfg.eval, own, size)[0])
+        named.pop(IMAGE_SCORE, None)
         threshold = task_threshold[task]
         row = {"filename": str(path), "routed_task": task, "routed_class": state.task_names[task],
                "router_distance": float(distances.min()), "score": score, "anomalous": _decide(score, threshold)}
@@ -128,7 +129,7 @@ def predict_images(run_dir: str | Path, images: list[str], out_dir: str | Path, 
         pictures = [(f"tiles/{stem}_input.jpg", f"input {rgb.shape[1]}x{rgb.shape[0]}")]
         atomic_write_bytes(out / pictures[0][0], V.encode_jpeg(rgb))
         for name, per_patch in named.items():  # the anomaly map, then any extra map the model returns
-            amap = anomaly_maps(per_patch.float().cpu(), size, cfg.eval.blur_sigma)[0].numpy()
+            amap = anomaly_maps(per_patch.float().cpu(), size, map_blur_sigma(cfg.eval, own))[0].numpy()
             low, high = V.map_range(amap, threshold if name == "score" and threshold is not None else math.nan)
             overlay = V.heat_overlay(rgb, amap, None, low, high, V.HEAT_CMAP if name == "score" else V.EXTRA_CMAP)
             heatmap = Path("heatmaps") / (f"{stem}.png" if name == "score" else f"{name}/{stem}.png")

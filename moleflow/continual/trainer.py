@@ -64,7 +64,7 @@ class ContinualRun:
         self.task_names = [task_name(classes) for classes in cfg.data.tasks]  # a task's classes joined by '+'
         self.strategy = strategy_cls.from_config(self.model, len(self.task_names), cfg)
         self.evaluator = Evaluator(self.model, self.strategy, self.router, cfg.eval, cfg.data.size, device,
-                                   task_range=self.task_range)
+                                   task_range=self.task_range, own_scores=cfg.spec.own_scores)
         self.results: dict[int, dict[str, dict[str, float]]] = {}  # after task i -> class -> metrics (per class,
         # also when a task holds several classes)
         self.fit_log: list[dict] = []

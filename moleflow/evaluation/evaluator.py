@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from moleflow import registry
+from moleflow.contract import IMAGE_SCORE
 from moleflow.errors import MoleflowError
 from moleflow.evaluation import metrics as M
 from moleflow.evaluation.maps import anomaly_maps, image_scores
@@ -41,6 +42,11 @@ def model_score_maps(model: Any, inputs: torch.Tensor, model_task: int) -> dict[
         raise MoleflowError(f"model {type(model).__name__}: score_maps() must return the anomaly score under "
                             f"'score' (it returned: {', '.join(sorted(out)) or 'nothing'})")
     for name, value in out.items():
+        if name == IMAGE_SCORE:  # an own_scores model's image score: one value per image
+            if tuple(value.shape) != tuple(score.shape[:1]):
+                raise MoleflowError(f"model {type(model).__name__}: score_maps() '{IMAGE_SCORE}' has shape "
+                                    f"{tuple(value.shape)}; it must be one score per image, {tuple(score.shape[:1])}")
+            continue
         if name != "score" and (name in RESERVED_MAP_NAMES or not name.isidentifier()):
             raise MoleflowError(f"model {type(model).__name__}: score_maps() name {name!r} is not allowed "
                                 f"(use an identifier other than {', '.join(sorted(RESERVED_MAP_NAMES))})")
@@ -48,6 +54,22 @@ def model_score_maps(model: Any, inputs: torch.Tensor, model_task: int) -> dict[
             raise MoleflowError(f"model {type(model).__name__}: score_maps() map {name!r} has shape "
                                 f"{tuple(value.shape)}, the score {tuple(score.shape)}; they must match")
     return out
+
+
+def map_blur_sigma(eval_cfg: Any, own_scores: bool) -> float:
+    """The blur the engine applies to a model's maps: --blur_sigma, none for a model whose maps are final
+    (own_scores: it smoothed them itself)."""
+    return 0.0 if own_scores else float(eval_cfg.blur_sigma)
+
+
+def image_score_of(named: dict[str, torch.Tensor], eval_cfg: Any, own_scores: bool,
+                   img_size: tuple[int, int]) -> torch.Tensor:
+    """(B,) image scores of one `model_score_maps` output: the model's own (own_scores), else the
+    --score_aggregation of its score map."""
+    if own_scores:
+        return named[IMAGE_SCORE].float()
+    return image_scores(named["score"], eval_cfg.score_aggregation, eval_cfg.topk, out_size=img_size,
+                        sigma=map_blur_sigma(eval_cfg, own_scores))
 
 
 def per_class_metrics() -> list[tuple[str, Any]]:
@@ -86,8 +108,11 @@ class ScoredSet:
 
 class Evaluator:
     def __init__(self, model: Any, strategy: Any, router: Any, eval_cfg: Any, img_size: tuple[int, int],
-                 device: torch.device, images_per_pass: int = 32, task_range: TaskRange | None = None):
+                 device: torch.device, images_per_pass: int = 32, task_range: TaskRange | None = None,
+                 own_scores: bool = False):
         self.model = model
+        self.own_scores = own_scores  # the model's maps are final and it scores images itself (contract)
+        self.map_sigma = map_blur_sigma(eval_cfg, own_scores)
         self.task_range = task_range
         self._range_cache: dict[str, dict[int, torch.Tensor]] = {}  # test class -> task -> ratios (fixed state)
         self.strategy = strategy
@@ -129,14 +154,13 @@ class Evaluator:
             other = self.expert_scores(class_name, inputs, expert)
             for name in routed:
                 routed[name][rows] = other[name][rows]
-        method, k = self.cfg.score_aggregation, self.cfg.topk
-        extras = {name: value for name, value in routed.items() if name != "score"}
+        extras = {name: value for name, value in routed.items() if name not in ("score", IMAGE_SCORE)}
         in_range = None
         if self.task_range is not None and self.task_range.complete(task_id + 1):
             in_range = self.task_range.check(fs.patch, pred, cache=self._range_cache.setdefault(class_name, {}))
         return ScoredSet(task_id, class_name, pred, routed["score"], oracle["score"],
-                         image_scores(routed["score"], method, k, out_size=self.img_size, sigma=self.cfg.blur_sigma),
-                         image_scores(oracle["score"], method, k, out_size=self.img_size, sigma=self.cfg.blur_sigma),
+                         image_score_of(routed, self.cfg, self.own_scores, self.img_size),
+                         image_score_of(oracle, self.cfg, self.own_scores, self.img_size),
                          extras=extras, task_range=in_range)
 
     def metrics(self, scored: ScoredSet, fs: Any, keep_maps: bool = False) -> dict[str, float]:
@@ -153,7 +177,7 @@ class Evaluator:
             variants.append(("_oracle", scored.patch_oracle, scored.image_oracle))
         for suffix, patch, image in variants:
             img = image.numpy()
-            maps = anomaly_maps(patch, self.img_size, self.cfg.blur_sigma)
+            maps = anomaly_maps(patch, self.img_size, self.map_sigma)
             if suffix == "" and keep_maps:
                 scored.maps = maps
             maps_np = maps.numpy()
@@ -165,7 +189,7 @@ class Evaluator:
                 else:
                     out[f"{name}{suffix}"] = value
         for name, patch in scored.extras.items():
-            extra = anomaly_maps(patch, self.img_size, self.cfg.blur_sigma)
+            extra = anomaly_maps(patch, self.img_size, self.map_sigma)
             if keep_maps:
                 scored.extra_maps[name] = extra
             out[f"pixel_auroc_{name}"] = M.pixel_auroc(masks, extra.numpy())

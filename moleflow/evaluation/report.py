@@ -82,11 +82,13 @@ def write_final_report(run: Any, state: Any, scored: dict[str, Any], timing: dic
         "timing": timing,
         "fit": state.fit_log,
         "definitions": {
-            "image_score": ("max of the anomaly map" if cfg.eval.score_aggregation == "map_max" else
+            "image_score": "the model's own" if cfg.spec.own_scores else (
+                            "max of the anomaly map" if cfg.eval.score_aggregation == "map_max" else
                             f"{cfg.eval.score_aggregation} of per-patch scores"
                             + (f" (top {cfg.eval.topk})" if cfg.eval.score_aggregation == "topk" else "")),
             "patch_score": "0.5*||z||^2 - log|det J| (nats); training loss = its mean / D",
-            "anomaly_map": f"bilinear upsample of patch scores + Gaussian blur sigma {cfg.eval.blur_sigma}",
+            "anomaly_map": "the model's own, at image size" if cfg.spec.own_scores else
+                           f"bilinear upsample of patch scores + Gaussian blur sigma {cfg.eval.blur_sigma}",
         },
     }
 

@@ -29,7 +29,8 @@ def _config_rows(run: Any, cfg: Any) -> list[list[str]]:
         ["tasks", " -> ".join("+".join(classes) for classes in cfg.data.tasks)],
         ["model options", ", ".join(f"{k}={v}" for k, v in to_plain(cfg.options).items())],
         ["seed", str(t.seed)],
-        ["image score", f"{e.score_aggregation}" + (f" (top {e.topk})" if e.score_aggregation == "topk" else "")
+        ["image score", "the model's own, and its own map" if cfg.spec.own_scores else
+         f"{e.score_aggregation}" + (f" (top {e.topk})" if e.score_aggregation == "topk" else "")
          + f", map blur sigma {e.blur_sigma:g}"],
     ]
     if env.get("git_sha") not in (None, "unknown"):
