@@ -106,7 +106,7 @@ HISTORY=(--embed_dim 128 --num_epochs 30 --batch_size 8)
 SWEEP_ITEMS="v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint separate knn v10 v10-seeds knn-seeds knn-embed128 v9-seeds \
 v10-k5 v10-dil2 v10-learned v10-stride1 v10-epochs30 v10-nobaseline v10-v3experts v10-batch8 v10-embed128 \
 v10-160px knn-160px discriminator-seeds catalogue-seeds stream15 stream15-v10 v11-seeds separate-seeds stream15-v11 \
-scenario105 v12-seeds stream15-v12 scenario105-v12 lookalike"
+scenario105 v12-seeds stream15-v12 scenario105-v12 lookalike anomalib"
 DEFAULT_ITEMS="v1 v2 v3 v4 v4.1 v5 v6 v7 finetune joint knn"
 
 sweep() {
@@ -125,6 +125,8 @@ sweep() {
   local scenario105=(--scenario 10-5 --experiment_name "$experiment-105" "${COMMON[@]}")
   local v12=(--task_classes $CLASSES --experiment_name "$experiment-v12" "${COMMON[@]}")
   local lookalike=(--task_classes lookalike --experiment_name "$experiment-lookalike" "${COMMON[@]}")
+  local anomalib=(--task_classes $CLASSES --experiment_name "$experiment-anomalib" "${COMMON[@]}")
+  local anomalib15=(--task_classes mvtec15 --experiment_name "$experiment-anomalib15" "${COMMON[@]}")
   # every item is one `moleflow sweep` (one `moleflow train` subprocess per version x seed); the tables are
   # written once, below
   local extra; read -r -a extra <<< "${SWEEP_FLAGS:-}"
@@ -224,11 +226,21 @@ sweep() {
         done
         moleflow sweep --versions v12 --seeds 0 "${sw[@]}" -- "${lookalike[@]}"
         moleflow sweep --versions v12 --seeds 0 "${sw[@]}" -- --router mahalanobis "${lookalike[@]}" ;;
+      anomalib)       # plugins/moleflow-anomalib (issue 26): anomalib's models beside v12 and knn, demo and 1x15
+        ensure_classes all
+        for flags in "--model anomalib_patchcore" "--model anomalib_patchcore --strategy finetune" \
+                     "--model anomalib_padim" "--model anomalib_dfm" \
+                     "--model anomalib_fastflow --backbone_name resnet18 --no_pretrained" "--model knn" ""; do
+          read -r -a f <<< "$flags"
+          moleflow sweep --seeds 0 "${sw[@]}" -- "${f[@]}" "${anomalib[@]}"
+          [[ "$flags" == *finetune* ]] || moleflow sweep --seeds 0 "${sw[@]}" -- "${f[@]}" "${anomalib15[@]}"
+        done ;;
       *) log "error: unknown sweep item '$item' (known: $SWEEP_ITEMS)"; exit 2 ;;
     esac
   done
   for folder in "runs/$experiment" "runs/$experiment-baselines" "runs/$experiment-v10" "runs/$experiment-stream15" \
-                "runs/$experiment-v11" "runs/$experiment-105" "runs/$experiment-v12" "runs/$experiment-lookalike"; do
+                "runs/$experiment-v11" "runs/$experiment-105" "runs/$experiment-v12" "runs/$experiment-lookalike" \
+                "runs/$experiment-anomalib" "runs/$experiment-anomalib15"; do
     if [ -d "$folder" ]; then
       moleflow compare "$folder" --markdown --out "$folder/COMPARE.md" >/dev/null
       echo "tables: $folder/COMPARE.md"
