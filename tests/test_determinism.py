@@ -29,7 +29,12 @@ MODEL_FLAGS = {"moleflow": FLOW, "knn": [], "pixel_gauss": [], "firm": ["--num_e
                # its teacher distils 5000 steps by default: the students plugin's own test sizes
                "students": ["--num_epochs", "1", "--batch_size", "4", "--model_opt", "students=2", "width=8",
                             "descriptor_dim=16", "descriptor_size=32", "teacher_patches=128", "teacher_steps=15",
-                            "teacher_batch=16"]}
+                            "teacher_batch=16"],
+               # plugins/moleflow-anomalib (PatchCore's coreset also draws from numpy: forked per fit)
+               "anomalib_patchcore": [], "anomalib_padim": ["--n_features", "16"],
+               "anomalib_dfm": ["--pooling_kernel_size", "1"],  # its default 4 is larger than these tiny maps
+               "anomalib_fastflow": ["--backbone_name", "resnet18", "--no_pretrained", "--num_epochs", "1",
+                                     "--flow_steps", "1"]}
 
 
 @pytest.fixture(scope="module")

@@ -82,6 +82,12 @@ REFUSED = {
                                  "--task_blocks changes nothing unless --use_spatial_lora is off"),
     "report tiles without a report": (["--no_report", "--report_max_per_class", "3"],
                                       "--report_max_per_class changes nothing unless --report is on"),
+    # a model that makes its own maps and image scores (plugins/moleflow-anomalib: own_scores)
+    "a blur for anomalib's own maps": (["--model", "anomalib_padim", "--blur_sigma", "2"],
+                                       "--blur_sigma changes nothing unless the model's maps and image scores are "
+                                       "the engine's to make"),
+    "an aggregation of anomalib's own image score": (["--model", "anomalib_dfm", "--score_aggregation", "topk"],
+                                                     "--score_aggregation changes nothing unless"),
     "a range margin with the check off": (["--task_range_memory", "0", "--task_range_margin", "2"],
                                           "--task_range_margin changes nothing unless --task_range_memory is above 0"),
 }

@@ -96,7 +96,8 @@ def test_metrics_json_tensorboard_compare_and_report_show_the_split_and_every_mi
              SimpleNamespace(name="wood", classes=["wood"], task_id=1, tests=[])]
     cfg = SimpleNamespace(eval=SimpleNamespace(save_maps=False, heatmaps=0, score_aggregation="max", topk=1,
                                                blur_sigma=0.0),
-                          train=SimpleNamespace(router="mahalanobis"), flat=lambda: {"x": 1})
+                          train=SimpleNamespace(router="mahalanobis"), flat=lambda: {"x": 1},
+                          spec=SimpleNamespace(own_scores=False))
     model = SimpleNamespace(param_counts=lambda: {"shared": 0, "per_task": [0, 0]})
     state = SimpleNamespace(cfg=cfg, tasks=tasks, results={1: {"grid": metrics}}, model=model, fit_log=[])
     logged = {}

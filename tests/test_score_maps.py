@@ -105,7 +105,8 @@ def test_saved_extra_maps_and_overlays_in_the_report(tmp_path):
     task = SimpleNamespace(name="grid", classes=["grid"], task_id=0, tests=[test])
     cfg = SimpleNamespace(eval=SimpleNamespace(save_maps=True, heatmaps=2, score_aggregation="max", topk=1,
                                                blur_sigma=0.0),
-                          train=SimpleNamespace(router="mahalanobis"), flat=lambda: {"x": 1})
+                          train=SimpleNamespace(router="mahalanobis"), flat=lambda: {"x": 1},
+                          spec=SimpleNamespace(own_scores=False))
     model = SimpleNamespace(param_counts=lambda: {"shared": 0, "per_task": [0]})
     state = SimpleNamespace(cfg=cfg, tasks=[task], results={0: {"grid": metrics}}, model=model, fit_log=[])
     tb = SimpleNamespace(scalar=lambda *a: None, image=lambda *a: None, hparams=lambda *a: None)

@@ -275,7 +275,13 @@ class AnomalibDfm(AnomalibModel):
             raise MoleflowError(f"{context.label}: anomalib_dfm's PCA needs at least 2 training images")
 
         def fill() -> None:
-            self.fill_memory(network, images)
+            try:
+                self.fill_memory(network, images)
+            except RuntimeError as exc:  # the pooling kernel larger than the feature map
+                raise MoleflowError(f"{context.label}: anomalib_dfm cannot pool the stage's feature map with "
+                                    f"--pooling_kernel_size {self.opts.pooling_kernel_size} at this image size "
+                                    f"({str(exc).splitlines()[0][:120]}); use a smaller kernel or a larger "
+                                    "--img_size") from None
             network.fit()
 
         return closed_form_fit(fill)
