@@ -126,7 +126,7 @@ class EvalConfig:
     blur_sigma: float = option(4.0, "Gaussian blur of the upsampled anomaly map (0 = none)", minimum=0)
     task_range_margin: float = option(1.35, "an image is of no learned task when its patch distance exceeds every "
                                             "task's training range by this factor (measured: learned test images "
-                                            "<= 1.23, unseen classes >= 1.48; UPDATE_NOTES.md)", minimum=1.0)
+                                            "<= 1.20, unseen classes >= 1.49; UPDATE_NOTES.md)", minimum=1.0)
     save_maps: bool = option(False, "write maps/<class>.npz with float maps, masks, labels, scores, paths")
     heatmaps: int = option(-1, "heatmap overlays per class to write (-1 = all, 0 = none)", minimum=-1)
     report: bool = option(True, "write the HTML report (report/index.html: dataset and evaluation page per class, "
