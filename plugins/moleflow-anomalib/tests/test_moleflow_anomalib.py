@@ -173,3 +173,32 @@ def test_anomalib_and_moleflow_agree_on_auroc_and_aupro():
     pro.update(SimpleNamespace(anomaly_map=maps, gt_mask=masks))
     ours = M.aupro(masks.numpy().astype(bool), maps.numpy(), fpr_limit=0.3)
     assert abs(float(pro.compute()) - ours) < 1e-3, (float(pro.compute()), ours)
+
+
+def test_fastflow_takes_a_users_resnet_weights_file_and_refuses_a_backbone_anomalib_lacks(bench, tmp_path):
+    """anomalib's FastFlow knows ResNets only; their ImageNet weights are not offline here, so a user's file is
+    the way to real features: it is loaded key for key into anomalib's extractor."""
+    import timm
+    from safetensors.torch import save_file
+
+    from moleflow.continual.task_data import prepare_tasks
+    from moleflow.continual.trainer import ContinualRun
+    from moleflow.errors import MoleflowError
+    from moleflow.testing import train_config
+
+    with torch.random.fork_rng():
+        torch.manual_seed(123)
+        reference = timm.create_model("resnet18", num_classes=0)
+    weights = tmp_path / "resnet18.safetensors"
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(weights))
+    cfg = train_config("--data_path", str(bench), "--runs_dir", str(tmp_path), "--model", "anomalib_fastflow",
+                       "--backbone_name", "resnet18", "--backbone_weights", str(weights), *ENGINE)
+    tasks, extractor, _ = prepare_tasks(cfg, CPU, progress=False)
+    state = ContinualRun(cfg, tasks, extractor.dim, extractor.grid, CPU, progress=False)
+    state.strategy.begin_task(0, "leather")
+    loaded = state.model.tasks["0"].feature_extractor.state_dict()
+    assert torch.equal(loaded["conv1.weight"], reference.state_dict()["conv1.weight"])
+    assert str(weights) in state.model.describe()  # the run records where the backbone's weights came from
+    lite0 = train_config("--data_path", str(bench), "--model", "anomalib_fastflow", *ENGINE)
+    with pytest.raises(MoleflowError, match="anomalib's FastFlow takes --backbone_name resnet18 or wide_resnet50_2"):
+        lite0.spec.build(lite0.options, lite0.model_context())
