@@ -180,10 +180,7 @@ class AnomalibModel(nn.Module):
         return result
 
     def end_task(self, task_id: int) -> None:
-        network = self._network(task_id)
-        network.eval()
-        for p in network.parameters():
-            p.requires_grad_(False)
+        self._network(task_id).eval().requires_grad_(False)
 
     @torch.no_grad()
     def score_maps(self, images: torch.Tensor, task_id: int) -> dict[str, torch.Tensor]:
