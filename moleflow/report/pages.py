@@ -92,6 +92,14 @@ def _confusion_table(confusion: list[list[int]], tasks: list[str]) -> str:
     return H.table(["", *[f"to {t}" for t in tasks]], rows)
 
 
+def _image_cells(r: dict, slug: dict[str, str], data_path: str) -> list[str]:
+    """A per_image record's first cells in the index's image lists: its class (linked to the class's evaluation
+    page), the image's path, its ground truth."""
+    return [f'<a href="{escape(slug.get(r["class"], ""))}_evaluation.html">{escape(str(r["class"]))}</a>',
+            escape(path_label(str(r["filename"]), data_path, str(r["class"]))),
+            "anomalous" if r.get("ground_truth") == 1 else "normal"]
+
+
 def _misrouted(records: list[dict], tasks: list[str], slug: dict[str, str], data_path: str) -> str:
     """Every test image the router sent to another task than its class's, with where it went."""
     wrong = [r for r in records if r.get("routed_task") is not None and r.get("routed_task") != r.get("task")]
@@ -101,10 +109,8 @@ def _misrouted(records: list[dict], tasks: list[str], slug: dict[str, str], data
     def name(task: Any) -> str:
         return str(tasks[task]) if isinstance(task, int) and 0 <= task < len(tasks) else str(task)
 
-    rows = [[f'<a href="{escape(slug.get(r["class"], ""))}_evaluation.html">{escape(str(r["class"]))}</a>',
-             escape(path_label(str(r["filename"]), data_path, str(r["class"]))),
-             "anomalous" if r.get("ground_truth") == 1 else "normal", escape(name(r.get("task"))),
-             escape(name(r.get("routed_task")))] for r in wrong]
+    rows = [[*_image_cells(r, slug, data_path), escape(name(r.get("task"))), escape(name(r.get("routed_task")))]
+            for r in wrong]
     return (f"<h3>Mis-routed test images ({len(wrong)})</h3>"
             + H.table(["class", "image", "ground truth", "its task", "routed to"], rows, left=2, escape_cells=False))
 
@@ -135,11 +141,8 @@ def _unlearned(routing: dict, records: list[dict], slug: dict[str, str], data_pa
             "is of a learned class, so each one listed is a false alarm.</p>")
     if not flagged:
         return head
-    rows = [[f'<a href="{escape(slug.get(r["class"], ""))}_evaluation.html">{escape(str(r["class"]))}</a>',
-             escape(path_label(str(r["filename"]), data_path, str(r["class"]))),
-             "anomalous" if r.get("ground_truth") == 1 else "normal",
-             escape(H.fmt(r.get("task_range_distance"))), escape(H.fmt(r.get("task_range_threshold")))]
-            for r in flagged]
+    rows = [[*_image_cells(r, slug, data_path), escape(H.fmt(r.get("task_range_distance"))),
+             escape(H.fmt(r.get("task_range_threshold")))] for r in flagged]
     return head + H.table(["class", "image", "ground truth", "distance (routed task)", "threshold"], rows, left=2,
                           escape_cells=False)
 
